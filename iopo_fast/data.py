@@ -1,0 +1,272 @@
+"""Training records on disk to token-id examples.
+
+Accepted record formats (a JSON array, or JSON Lines with one record per line):
+
+- the original IOPO release: `{"conversations": [{"from": "human", "value": x1}, {"from": "human",
+  "value": x2}], "chosen": {"from": "gpt", "value": y1}, "rejected": {"from": "gpt", "value": y2}}`;
+- flat IOPO: `{"x1": ..., "x2": ..., "y1": ..., "y2": ...}`;
+- DPO: `{"prompt": ..., "chosen": ..., "rejected": ...}` (DPO mode only).
+
+Every format takes an optional `"system"` string. In DPO mode an IOPO record gives the two DPO pairs
+that carry its four sequences: (x1: y1 over y2) and (x2: y2 over y1).
+
+A record that cannot be used is rejected with its file, line (or array index) and reason: skipped and
+written to the rejection log by default, or raised as `DataError` in strict mode. Good records are
+never affected by bad ones.
+
+Truncation policy: responses are never cut (a cut response loses its end of turn, and may no longer
+satisfy the constraints it is the preferred answer for). When the longest of an example's sequences
+exceeds `cutoff_len`, its prompts lose tokens from the start, keeping the end of the instruction and
+the assistant header, until every sequence fits. If that leaves fewer than `MIN_PROMPT_TOKENS` for
+a prompt, the record is rejected.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .packing import DPOExample, Example, IOPOExample
+
+MIN_PROMPT_TOKENS = 8
+LOSS_MODES = ("iopo", "dpo")
+
+
+class DataError(ValueError):
+    """A data problem that stops the run; its message is one line naming the file and the reason."""
+
+
+@dataclass
+class TextExample:
+    """One example as strings: prompts (x1, x2) or (x,), responses (y1, y2) or (y_w, y_l)."""
+
+    source: str
+    system: str | None
+    prompts: tuple[str, ...]
+    responses: tuple[str, ...]
+
+
+class RejectionLog:
+    """Collects rejected records, writes them to `path` as JSON Lines, or raises in strict mode."""
+
+    def __init__(self, path: str | Path | None = None, strict: bool = False):
+        self.path = Path(path) if path is not None else None
+        self.strict = strict
+        self.reasons: Counter[str] = Counter()
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("")
+
+    def reject(self, source: str, reason: str, record: object) -> None:
+        if self.strict:
+            raise DataError(f"{source}: {reason}")
+        self.reasons[reason.split(":")[0]] += 1
+        if self.path is not None:
+            with self.path.open("a", encoding="utf-8") as log:
+                log.write(json.dumps({"source": source, "reason": reason, "record": record}, ensure_ascii=False) + "\n")
+
+    @property
+    def count(self) -> int:
+        return sum(self.reasons.values())
+
+
+@dataclass
+class DataStats:
+    """What loading one file did."""
+
+    path: str
+    records: int = 0
+    examples: int = 0
+    truncated: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+    def summary(self, rejection_log: RejectionLog | None = None) -> str:
+        text = f"{self.path}: {self.records} records, {self.examples} examples, {self.truncated} truncated"
+        if self.rejected:
+            reasons = ", ".join(f"{count} {reason}" for reason, count in self.rejected.most_common())
+            text += f", {sum(self.rejected.values())} rejected ({reasons})"
+            if rejection_log is not None and rejection_log.path is not None:
+                text += f", see {rejection_log.path}"
+        return text
+
+
+def load_examples(
+    path: str | Path,
+    tokenizer,
+    loss: str = "iopo",
+    cutoff_len: int = 1024,
+    rejection_log: RejectionLog | None = None,
+) -> tuple[list[Example], DataStats]:
+    """Read, validate, tokenize and truncate the records of `path` into IOPO or DPO examples."""
+    if loss not in LOSS_MODES:
+        raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(LOSS_MODES)}")
+    rejection_log = rejection_log if rejection_log is not None else RejectionLog()
+    encoder = ChatEncoder(tokenizer)
+    stats = DataStats(str(path))
+    rejected_before = Counter(rejection_log.reasons)
+    examples: list[Example] = []
+    for source, record, invalid_json in _read_records(Path(path)):
+        stats.records += 1
+        if invalid_json:
+            rejection_log.reject(source, invalid_json, record)
+            continue
+        try:
+            for text in _parse_record(source, record, loss):
+                example, truncated = _tokenize(text, encoder, cutoff_len)
+                examples.append(example)
+                stats.truncated += truncated
+        except _Rejected as rejection:
+            rejection_log.reject(source, str(rejection), record)
+    stats.examples = len(examples)
+    stats.rejected = rejection_log.reasons - rejected_before
+    if not examples:
+        raise DataError(f"{path}: no usable examples ({stats.records} records, all rejected)")
+    return examples, stats
+
+
+class _Rejected(Exception):
+    """Raised inside this module for a record that cannot be used; the message is the reason."""
+
+
+def _read_records(path: Path):
+    """Yield (source, record, problem) for every record: the parsed value and "", or the raw line
+    and why it is not valid JSON."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file")
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}:{error.lineno}: invalid JSON array: {error.msg}") from None
+        for index, record in enumerate(records):
+            yield f"{path}[{index}]", record, ""
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        source = f"{path}:{number}"
+        try:
+            yield source, json.loads(line), ""
+        except json.JSONDecodeError as error:
+            yield source, line, f"invalid JSON: {error.msg} at column {error.colno}"
+
+
+def _parse_record(source: str, record: object, loss: str) -> list[TextExample]:
+    """The examples one record gives in `loss` mode, or `_Rejected` with the reason."""
+    if not isinstance(record, dict):
+        raise _Rejected("not a JSON object")
+    system = _optional_string(record, "system")
+    if "conversations" in record:
+        turns = record["conversations"]
+        if not isinstance(turns, list) or len(turns) != 2:
+            raise _Rejected("'conversations' must hold exactly two human turns (x1, x2)")
+        x1, x2 = (_message_text(dict(enumerate(turns)), i, f"conversations[{i}]") for i in range(2))
+        y1, y2 = (_message_text(record, key, key) for key in ("chosen", "rejected"))
+    elif "x1" in record or "x2" in record:
+        x1, x2, y1, y2 = (_required_string(record, name) for name in ("x1", "x2", "y1", "y2"))
+    elif "prompt" in record:
+        prompt, chosen, rejected = (_required_string(record, name) for name in ("prompt", "chosen", "rejected"))
+        if loss == "iopo":
+            raise _Rejected("a DPO record (prompt/chosen/rejected) has no second instruction: train it with loss: dpo")
+        _check_distinct(("chosen", chosen), ("rejected", rejected))
+        return [TextExample(source, system, (prompt,), (chosen, rejected))]
+    else:
+        raise _Rejected("unrecognised record: expected conversations/chosen/rejected, x1/x2/y1/y2 or prompt/chosen/rejected")
+    _check_distinct(("x1", x1), ("x2", x2))
+    _check_distinct(("y1", y1), ("y2", y2))
+    if loss == "dpo":
+        return [TextExample(source, system, (x1,), (y1, y2)), TextExample(source, system, (x2,), (y2, y1))]
+    return [TextExample(source, system, (x1, x2), (y1, y2))]
+
+
+def _required_string(container: dict, key: str, label: str | None = None) -> str:
+    """`container[key]` as a non-empty string, or `_Rejected` naming the field as `label`."""
+    label = label or key
+    if key not in container or container[key] is None:
+        raise _Rejected(f"missing field '{label}'")
+    value = container[key]
+    if not isinstance(value, str):
+        raise _Rejected(f"field '{label}' is not a string")
+    if not value.strip():
+        raise _Rejected(f"empty field '{label}'")
+    return value
+
+
+def _optional_string(record: dict, key: str) -> str | None:
+    return _required_string(record, key) if record.get(key) is not None else None
+
+
+def _message_text(container: dict, key: str, label: str) -> str:
+    """The text of a `{"from": ..., "value": ...}` message at `container[key]` (a plain string is accepted too)."""
+    message = container.get(key)
+    if isinstance(message, dict):
+        return _required_string(message, "value", f"{label}.value")
+    return _required_string(container, key, label)
+
+
+def _check_distinct(first: tuple[str, str], second: tuple[str, str]) -> None:
+    if first[1].strip() == second[1].strip():
+        raise _Rejected(f"{first[0]} identical to {second[0]}")
+
+
+class ChatEncoder:
+    """Splits a chat-templated conversation into prompt ids and response ids.
+
+    The prompt is everything up to and including the assistant header (the template's generation
+    prompt); the response is the assistant's text plus the end-of-turn token, and nothing after it.
+    """
+
+    def __init__(self, tokenizer):
+        if not getattr(tokenizer, "chat_template", None):
+            raise DataError(f"tokenizer {tokenizer.name_or_path!r} has no chat template")
+        self.tokenizer = tokenizer
+        self.end_of_turn = tokenizer.eos_token
+
+    def encode(self, system: str | None, prompt: str, response: str) -> tuple[list[int], list[int]]:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        prompt_text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        full_text = self.tokenizer.apply_chat_template(
+            messages + [{"role": "assistant", "content": response}], tokenize=False
+        )
+        if not full_text.startswith(prompt_text):
+            raise DataError(f"the chat template of {self.tokenizer.name_or_path!r} does not render prompts as prefixes")
+        response_text = full_text[len(prompt_text) :]
+        end = response_text.rfind(self.end_of_turn) if self.end_of_turn else -1
+        if end >= 0:
+            response_text = response_text[: end + len(self.end_of_turn)]
+        # Encode the two parts separately so that the split never depends on a merge across it.
+        return self._ids(prompt_text), self._ids(response_text)
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _tokenize(text: TextExample, encoder: ChatEncoder, cutoff_len: int) -> tuple[Example, bool]:
+    """Token ids of `text`, truncated by the module's policy; returns (example, whether truncated)."""
+    # A response's ids do not depend on its prompt, so y_j is encoded once, after its own prompt
+    # (the last one when there is a single prompt), and shared by the sequences that hold it.
+    pairs = [encoder.encode(text.system, prompt, response) for prompt, response in zip(text.prompts, text.responses)]
+    prompts = [prompt for prompt, _ in pairs]
+    responses = [response for _, response in pairs]
+    if len(text.prompts) == 1:
+        responses.append(encoder.encode(text.system, text.prompts[0], text.responses[1])[1])
+
+    longest_response = max(len(response) for response in responses)
+    if max(len(prompt) for prompt in prompts) + longest_response > cutoff_len:
+        prompt_budget = cutoff_len - longest_response
+        if prompt_budget < MIN_PROMPT_TOKENS:
+            raise _Rejected(
+                f"cannot fit in cutoff_len={cutoff_len}: a response of {longest_response} tokens leaves "
+                f"{max(prompt_budget, 0)} for the prompt (at least {MIN_PROMPT_TOKENS} needed)"
+            )
+        prompts = [prompt[-prompt_budget:] for prompt in prompts]
+        truncated = True
+    else:
+        truncated = False
+
+    if len(prompts) == 2:
+        return IOPOExample(prompts[0], prompts[1], responses[0], responses[1]), truncated
+    return DPOExample(prompts[0], responses[0], responses[1]), truncated

@@ -1,0 +1,231 @@
+"""Examples as token ids, and the batch layouts that the model reads them in.
+
+An IOPO example is scored on four (prompt, response) sequences in the role order of DESIGN.md
+("The IOPO objective"): (x1, y1), (x1, y2), (x2, y2), (x2, y1). A DPO example on two: (x, y_w),
+(x, y_l).
+
+`pack_examples` builds the shared-prefix layout of DESIGN.md ("Packing layout"): `[x1 | y1 | y2]`
+and `[x2 | y2 | y1]` per IOPO example (`[x | y_w | y_l]` per DPO example), all examples in one
+padding-free stream, with the varlen attention metadata that makes each response see only its own
+prompt. `pad_examples` is the plain layout, every sequence right-padded in its own row, as the
+original implementation batches them. Both record, for every response token, the hidden row that
+predicts it and the (example, role) score it adds to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class IOPOExample:
+    """Token ids of one IOPO quadruple: y1 follows x1's constraints, y2 follows x2's."""
+
+    prompt1: list[int]
+    prompt2: list[int]
+    response1: list[int]
+    response2: list[int]
+
+    roles = ("chosen_v1", "rejected_v1", "chosen_v2", "rejected_v2")
+
+    def sequences(self) -> list[tuple[list[int], list[int]]]:
+        """The (prompt, response) pair of each role."""
+        return [
+            (self.prompt1, self.response1),
+            (self.prompt1, self.response2),
+            (self.prompt2, self.response2),
+            (self.prompt2, self.response1),
+        ]
+
+    def packs(self) -> list[tuple[list[int], list[int], list[int], int, int]]:
+        """(prompt, first response, second response, role of the first, role of the second) per pack."""
+        return [
+            (self.prompt1, self.response1, self.response2, 0, 1),
+            (self.prompt2, self.response2, self.response1, 2, 3),
+        ]
+
+
+@dataclass(frozen=True)
+class DPOExample:
+    """Token ids of one DPO pair: `chosen` is preferred over `rejected` for `prompt`."""
+
+    prompt: list[int]
+    chosen: list[int]
+    rejected: list[int]
+
+    roles = ("chosen", "rejected")
+
+    def sequences(self) -> list[tuple[list[int], list[int]]]:
+        return [(self.prompt, self.chosen), (self.prompt, self.rejected)]
+
+    def packs(self) -> list[tuple[list[int], list[int], list[int], int, int]]:
+        return [(self.prompt, self.chosen, self.rejected, 0, 1)]
+
+
+Example = IOPOExample | DPOExample
+
+
+def packed_length(example: Example) -> int:
+    """Tokens of `example` in the shared-prefix layout: P1 + P2 + 2 (L1 + L2) for IOPO."""
+    return sum(len(prompt) + len(first) + len(second) for prompt, first, second, _, _ in example.packs())
+
+
+def unpacked_length(example: Example) -> int:
+    """Tokens of the example's separate sequences: what a four-sequence (or two-sequence) batch holds."""
+    return sum(len(prompt) + len(response) for prompt, response in example.sequences())
+
+
+@dataclass
+class Batch:
+    """What every layout records about the response tokens of `num_examples` examples.
+
+    predictor_rows: [R] index of the hidden row (in the flattened hidden states) that predicts `targets[r]`.
+    segment_ids: [R] index of the score target r adds to: example * num_roles + role.
+    response_lengths: [num_examples, num_roles] response tokens per score.
+    """
+
+    predictor_rows: torch.Tensor
+    targets: torch.Tensor
+    segment_ids: torch.Tensor
+    response_lengths: torch.Tensor
+    num_examples: int
+    num_roles: int
+
+    def to(self, device: torch.device | str):
+        moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return type(self)(**{name: v.to(device) if torch.is_tensor(v) else v for name, v in moved.items()})
+
+
+@dataclass
+class PackedBatch(Batch):
+    """The shared-prefix layout: one padding-free stream and its varlen attention segments.
+
+    input_ids, position_ids: [1, T]; positions restart as in the unpacked sequences.
+    cu_seqlens_q: [n + 1] int32 query segments over the stream.
+    kv_index: [Tk] stream rows that form the key/value segments, `cu_seqlens_k` [n + 1] int32;
+      the second response of a pack sees its prompt's rows gathered again (DESIGN.md, "Packing layout").
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    cu_seqlens_q: torch.Tensor
+    cu_seqlens_k: torch.Tensor
+    kv_index: torch.Tensor
+    max_seqlen_q: int
+    max_seqlen_k: int
+
+    @property
+    def num_tokens(self) -> int:
+        return self.input_ids.shape[1]
+
+
+@dataclass
+class PaddedBatch(Batch):
+    """The plain layout: each (prompt, response) sequence right-padded in its own row, `[N, S]`."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens that carry content (padding excluded)."""
+        return int(self.attention_mask.sum())
+
+
+class _ResponseIndex:
+    """Collects, response by response, the per-token fields that every layout shares."""
+
+    def __init__(self, examples: list[Example]):
+        if not examples:
+            raise ValueError("a batch needs at least one example")
+        self.num_roles = len(examples[0].roles)
+        if any(len(example.roles) != self.num_roles for example in examples):
+            raise ValueError("cannot mix IOPO and DPO examples in one batch")
+        self.num_examples = len(examples)
+        self.predictor_rows, self.targets, self.segment_ids = [], [], []
+        self.lengths = torch.zeros(self.num_examples, self.num_roles, dtype=torch.long)
+
+    def add(self, example_index: int, role: int, response: list[int], predictor_rows) -> None:
+        if not response:
+            raise ValueError(f"example {example_index} has an empty response")
+        self.predictor_rows.extend(predictor_rows)
+        self.targets.extend(response)
+        self.segment_ids.extend([example_index * self.num_roles + role] * len(response))
+        self.lengths[example_index, role] = len(response)
+
+    def fields(self) -> dict:
+        return dict(
+            predictor_rows=torch.tensor(self.predictor_rows, dtype=torch.long),
+            targets=torch.tensor(self.targets, dtype=torch.long),
+            segment_ids=torch.tensor(self.segment_ids, dtype=torch.long),
+            response_lengths=self.lengths,
+            num_examples=self.num_examples,
+            num_roles=self.num_roles,
+        )
+
+
+def pack_examples(examples: list[Example], max_tokens: int | None = None) -> PackedBatch:
+    """The shared-prefix layout of `examples` in one stream; `max_tokens` bounds the stream length."""
+    responses = _ResponseIndex(examples)
+    input_ids, position_ids, kv_index = [], [], []
+    query_lengths, key_lengths = [], []
+    for example_index, example in enumerate(examples):
+        for prompt, first, second, first_role, second_role in example.packs():
+            if not prompt:
+                raise ValueError(f"example {example_index} has an empty prompt")
+            start, num_prompt, num_first = len(input_ids), len(prompt), len(first)
+            second_start = start + num_prompt + num_first
+            input_ids.extend(prompt + first + second)
+            position_ids.extend([*range(num_prompt + num_first), *range(num_prompt, num_prompt + len(second))])
+            # Segment 1: prompt and first response, causal over themselves.
+            kv_index.extend(range(start, second_start))
+            query_lengths.append(num_prompt + num_first)
+            key_lengths.append(num_prompt + num_first)
+            # Segment 2: the second response queries its prompt's rows gathered again, then itself.
+            kv_index.extend([*range(start, start + num_prompt), *range(second_start, second_start + len(second))])
+            query_lengths.append(len(second))
+            key_lengths.append(num_prompt + len(second))
+            # A response token is predicted by the row before it in its own sequence: for the second
+            # response's first token that is the prompt's last row, not the first response's.
+            last_prompt_row = start + num_prompt - 1
+            responses.add(example_index, first_role, first, range(last_prompt_row, last_prompt_row + num_first))
+            responses.add(example_index, second_role, second,
+                          [last_prompt_row, *range(second_start, second_start + len(second) - 1)])
+    if max_tokens is not None and len(input_ids) > max_tokens:
+        raise ValueError(f"{len(examples)} examples take {len(input_ids)} tokens, over max_tokens={max_tokens}")
+
+    def cumulative(lengths: list[int]) -> torch.Tensor:
+        return torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+
+    return PackedBatch(
+        **responses.fields(),
+        input_ids=torch.tensor([input_ids], dtype=torch.long),
+        position_ids=torch.tensor([position_ids], dtype=torch.long),
+        cu_seqlens_q=cumulative(query_lengths),
+        cu_seqlens_k=cumulative(key_lengths),
+        kv_index=torch.tensor(kv_index, dtype=torch.long),
+        max_seqlen_q=max(query_lengths),
+        max_seqlen_k=max(key_lengths),
+    )
+
+
+def pad_examples(examples: list[Example], pad_token_id: int = 0) -> PaddedBatch:
+    """Every (prompt, response) sequence of `examples` right-padded in its own row, in role order."""
+    responses = _ResponseIndex(examples)
+    sequences = [pair for example in examples for pair in example.sequences()]
+    width = max(len(prompt) + len(response) for prompt, response in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for index, (prompt, response) in enumerate(sequences):
+        if not prompt:
+            raise ValueError(f"example {index // responses.num_roles} has an empty prompt")
+        tokens = prompt + response
+        input_ids[index, : len(tokens)] = torch.tensor(tokens)
+        attention_mask[index, : len(tokens)] = 1
+        first_row = index * width + len(prompt) - 1
+        example_index, role = divmod(index, responses.num_roles)
+        responses.add(example_index, role, response, range(first_row, first_row + len(response)))
+    return PaddedBatch(**responses.fields(), input_ids=input_ids, attention_mask=attention_mask)

@@ -1,0 +1,41 @@
+"""The naive implementation, kept as the ground truth that every fast path is tested against.
+
+Each (prompt, response) sequence of an example goes through the unmodified Hugging Face model on its
+own, with full logits, `log_softmax` and a gather, as the original LLaMA-Factory-based IOPO code does
+(DESIGN.md, "Reference paths and CPU testing"). It is slow and memory-hungry on purpose: it is simple.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .packing import Example
+
+
+def token_logprobs(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100
+) -> torch.Tensor:
+    """log_softmax(hidden @ weight^T)[targets] from the full logits, 0 where targets == ignore_index.
+
+    Computed in at least fp32 (float64 inputs stay float64).
+    """
+    dtype = torch.promote_types(hidden.dtype, torch.float32)
+    logits = hidden.to(dtype) @ weight.to(dtype).T
+    keep = targets != ignore_index
+    picked = logits.log_softmax(-1).gather(-1, torch.where(keep, targets, 0).unsqueeze(-1)).squeeze(-1)
+    return torch.where(keep, picked, 0.0)
+
+
+def sequence_logps(model: nn.Module, examples: list[Example]) -> torch.Tensor:
+    """Summed response log-probs, `[len(examples), num_roles]` in role order, one sequence at a time."""
+    rows = []
+    for example in examples:
+        scores = []
+        for prompt, response in example.sequences():
+            input_ids = torch.tensor([prompt + response], device=model.device)
+            logits = model(input_ids=input_ids).logits[0].float()
+            logps = logits[len(prompt) - 1 : -1].log_softmax(-1)
+            scores.append(logps.gather(-1, input_ids[0, len(prompt) :, None]).sum())
+        rows.append(torch.stack(scores))
+    return torch.stack(rows)

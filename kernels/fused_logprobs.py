@@ -1,0 +1,283 @@
+"""Per-token log-probs through the LM head without materializing the [T, V] logits.
+
+DESIGN.md, "The fused log-prob kernel". With logits z = h W^T (h [T, D], W [V, D], targets y [T]):
+
+    logp_t    = z_t[y_t] - lse_t,             lse_t = log sum_v exp(z_t[v])
+    dlogp_t   = onehot(y_t) - softmax(z_t)    (derivative with respect to z_t)
+    dh        = (g * dlogp) W,                dW = (g * dlogp)^T h,   g = dL/dlogp [T]
+
+Forward: `_lse_forward_kernel` tiles (rows x vocab), computes each logits tile blockwise over D with
+`tl.dot` and keeps an online max / sum-exp per row; every program covers one row block and a fixed span
+of the vocabulary (a split), and the few per-split partial lse are combined afterwards.
+`_logp_kernel` takes the target logit as an indexed dot product h_t . W[y_t]. Only lse [T] (fp32) is kept
+for the backward.
+Backward: `_backward_kernel` recomputes each logits tile, forms g * (onehot(y) - softmax(z)) in registers
+and adds its products with W and h into fp32 dh [T, D] and dW [V, D] with atomic adds.
+
+Cost: 2 T D V FLOPs forward + 6 T D V backward = 8 T D V (plus O(T D) for the target logits).
+Memory: O(T) in the forward; the backward adds the fp32 accumulators dh [T, D] and dW [V, D].
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .chunked_logprobs import ChunkedLogProbsFunction
+
+# `triton.jit` reads TRITON_INTERPRET when it decorates a function: Triton's own helpers (tl.zeros, tl.sum,
+# ...) at `import triton`, the kernels below when this module is imported. They run on CPU tensors only
+# if the variable was set before triton was first imported.
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+IMPLS = ("auto", "triton", "chunked")
+
+
+@triton.jit
+def _dot(a, b, acc, INTERPRETED: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """acc + a @ b, accumulated in fp32. The CPU interpreter multiplies the raw bit patterns of bf16
+    operands, so there they are upcast first (exact: a bf16 product is exact in fp32)."""
+    if INTERPRETED:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _logits_tile(h_ptr, w_ptr, rows, cols, T, V, D, BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr,
+                 BLOCK_D: tl.constexpr, INTERPRETED: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """z[rows, cols] = h[rows] W[cols]^T in fp32, blockwise over D; rows >= T and cols >= V read zeros."""
+    offs_d = tl.arange(0, BLOCK_D)
+    h_ptrs = h_ptr + rows[:, None] * D + offs_d[None, :]
+    w_ptrs = w_ptr + cols[None, :] * D + offs_d[:, None]  # the transposed tile W[cols]^T, [BLOCK_D, BLOCK_V]
+    z = tl.zeros((BLOCK_T, BLOCK_V), dtype=tl.float32)
+    for d in range(0, D, BLOCK_D):
+        d_mask = offs_d < D - d
+        h = tl.load(h_ptrs, mask=(rows[:, None] < T) & d_mask[None, :], other=0.0)
+        w = tl.load(w_ptrs, mask=(cols[None, :] < V) & d_mask[:, None], other=0.0)
+        z = _dot(h, w, z, INTERPRETED, DOT_PRECISION)
+        h_ptrs += BLOCK_D
+        w_ptrs += BLOCK_D
+    return z
+
+
+@triton.jit
+def _lse_forward_kernel(h_ptr, w_ptr, partial_lse_ptr, T, V, D, BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr,
+                        BLOCK_D: tl.constexpr, SPLIT_BLOCKS: tl.constexpr, INTERPRETED: tl.constexpr,
+                        DOT_PRECISION: tl.constexpr):
+    """partial_lse[s, t] = log sum_{v in split s} exp(z[t, v]) with an online max: the running sum is
+    rescaled by exp(m_old - m_new) whenever the row maximum grows, so exp never overflows."""
+    split = tl.program_id(0)
+    rows = (tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+    row_max = tl.full((BLOCK_T,), float("-inf"), dtype=tl.float32)
+    sum_exp = tl.zeros((BLOCK_T,), dtype=tl.float32)
+    v_start = split * SPLIT_BLOCKS * BLOCK_V
+    v_stop = tl.minimum(v_start + SPLIT_BLOCKS * BLOCK_V, V)
+    for v in range(v_start, v_stop, BLOCK_V):
+        cols = (v + tl.arange(0, BLOCK_V)).to(tl.int64)
+        z = _logits_tile(h_ptr, w_ptr, rows, cols, T, V, D, BLOCK_T, BLOCK_V, BLOCK_D, INTERPRETED, DOT_PRECISION)
+        z = tl.where(cols[None, :] < V, z, float("-inf"))
+        new_max = tl.maximum(row_max, tl.max(z, axis=1))
+        sum_exp = sum_exp * tl.exp(row_max - new_max) + tl.sum(tl.exp(z - new_max[:, None]), axis=1)
+        row_max = new_max
+    tl.store(partial_lse_ptr + split * T + rows, row_max + tl.log(sum_exp), mask=rows < T)
+
+
+@triton.jit
+def _logp_kernel(h_ptr, w_ptr, y_ptr, lse_ptr, logp_ptr, T, D, ignore_index, BLOCK_T: tl.constexpr,
+                 BLOCK_D: tl.constexpr):
+    """logp[t] = h[t] . W[y[t]] - lse[t], the target logit as an indexed dot product; 0 for ignored rows."""
+    rows = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+    targets = tl.load(y_ptr + rows, mask=rows < T, other=ignore_index)
+    valid = (rows < T) & (targets != ignore_index)
+    offs_d = tl.arange(0, BLOCK_D)
+    target_logit = tl.zeros((BLOCK_T,), dtype=tl.float32)
+    for d in range(0, D, BLOCK_D):
+        mask = valid[:, None] & (offs_d[None, :] < D - d)
+        h = tl.load(h_ptr + rows[:, None] * D + d + offs_d[None, :], mask=mask, other=0.0)
+        w = tl.load(w_ptr + targets[:, None] * D + d + offs_d[None, :], mask=mask, other=0.0)
+        target_logit += tl.sum(h.to(tl.float32) * w.to(tl.float32), axis=1)
+    lse = tl.load(lse_ptr + rows, mask=rows < T, other=0.0)
+    tl.store(logp_ptr + rows, tl.where(valid, target_logit - lse, 0.0), mask=rows < T)
+
+
+@triton.jit
+def _backward_kernel(h_ptr, w_ptr, y_ptr, lse_ptr, g_ptr, dh_ptr, dw_ptr, T, V, D, BLOCK_T: tl.constexpr,
+                     BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, GROUP_T: tl.constexpr,
+                     COMPUTE_DH: tl.constexpr, COMPUTE_DW: tl.constexpr, INTERPRETED: tl.constexpr,
+                     DOT_PRECISION: tl.constexpr):
+    """One (row block, vocab block) tile: dz = g * (onehot(y) - softmax(z)), then dh += dz W and
+    dW += dz^T h, atomically in fp32. g is 0 on ignored rows."""
+    # Consecutive programs sweep the vocabulary for GROUP_T row blocks, so the h rows of a group and
+    # the W rows of a vocab block are reused from L2.
+    pid = tl.program_id(0)
+    num_v_blocks = tl.cdiv(V, BLOCK_V)
+    first_t = (pid // (GROUP_T * num_v_blocks)) * GROUP_T
+    group_size = tl.minimum(tl.cdiv(T, BLOCK_T) - first_t, GROUP_T)
+    pid_t = first_t + (pid % (GROUP_T * num_v_blocks)) % group_size
+    pid_v = (pid % (GROUP_T * num_v_blocks)) // group_size
+    rows = (pid_t * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+    cols = (pid_v * BLOCK_V + tl.arange(0, BLOCK_V)).to(tl.int64)
+    row_mask = rows < T
+    col_mask = cols < V
+
+    z = _logits_tile(h_ptr, w_ptr, rows, cols, T, V, D, BLOCK_T, BLOCK_V, BLOCK_D, INTERPRETED, DOT_PRECISION)
+    lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
+    g = tl.load(g_ptr + rows, mask=row_mask, other=0.0)
+    targets = tl.load(y_ptr + rows, mask=row_mask, other=-1)
+    softmax = tl.where(col_mask[None, :], tl.exp(z - lse[:, None]), 0.0)
+    onehot = tl.where(cols[None, :] == targets[:, None], 1.0, 0.0)
+    # The gradient products run on the tensor cores in the input dtype, accumulating in fp32.
+    dz = (g[:, None] * (onehot - softmax)).to(h_ptr.dtype.element_ty)
+
+    offs_d = tl.arange(0, BLOCK_D)
+    for d in range(0, D, BLOCK_D):
+        d_mask = offs_d < D - d
+        if COMPUTE_DH:
+            w = tl.load(w_ptr + cols[:, None] * D + d + offs_d[None, :], mask=col_mask[:, None] & d_mask[None, :],
+                        other=0.0)
+            dh = _dot(dz, w, tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32), INTERPRETED, DOT_PRECISION)
+            tl.atomic_add(dh_ptr + rows[:, None] * D + d + offs_d[None, :], dh,
+                          mask=row_mask[:, None] & d_mask[None, :])
+        if COMPUTE_DW:
+            h = tl.load(h_ptr + rows[:, None] * D + d + offs_d[None, :], mask=row_mask[:, None] & d_mask[None, :],
+                        other=0.0)
+            dw = _dot(tl.trans(dz), h, tl.zeros((BLOCK_V, BLOCK_D), dtype=tl.float32), INTERPRETED, DOT_PRECISION)
+            tl.atomic_add(dw_ptr + cols[:, None] * D + d + offs_d[None, :], dw,
+                          mask=col_mask[:, None] & d_mask[None, :])
+
+
+@dataclass(frozen=True)
+class _LaunchConfig:
+    """Tile sizes, launch options and grids of the three kernels, for one dtype."""
+
+    block_t: int
+    block_v: int
+    block_d: int
+    split_blocks: int  # vocab blocks per forward program
+    group_t: int  # row blocks per backward group
+    num_warps: int
+    forward_stages: int
+    backward_stages: int
+    dot_precision: str
+
+    def forward_grid(self, num_rows: int, vocab_size: int) -> tuple[int, int]:
+        return triton.cdiv(vocab_size, self.split_blocks * self.block_v), triton.cdiv(num_rows, self.block_t)
+
+    def row_grid(self, num_rows: int) -> tuple[int]:
+        return (triton.cdiv(num_rows, self.block_t),)
+
+    def backward_grid(self, num_rows: int, vocab_size: int) -> tuple[int]:
+        return (triton.cdiv(num_rows, self.block_t) * triton.cdiv(vocab_size, self.block_v),)
+
+
+def _launch_config(dtype: torch.dtype) -> _LaunchConfig:
+    if INTERPRETED:
+        # Small tiles keep the interpreter fast; at test sizes they give ragged edges in every
+        # dimension, several vocab blocks per split and several splits.
+        return _LaunchConfig(block_t=32, block_v=64, block_d=32, split_blocks=4, group_t=2, num_warps=1,
+                             forward_stages=1, backward_stages=1, dot_precision="ieee")
+    if dtype == torch.float32:
+        # fp32 products must not round to tf32, or the fp32 tolerance (DESIGN.md, "Tolerances") is lost:
+        # this is the exact path, not the fast one, with tiles small enough for fp32 in shared memory.
+        return _LaunchConfig(block_t=64, block_v=64, block_d=32, split_blocks=128, group_t=8, num_warps=4,
+                             forward_stages=2, backward_stages=2, dot_precision="ieee")
+    # H100, bf16: 128 x 128 logits tiles. A split of 64 vocab blocks gives 16-19 splits at V = 128k-152k,
+    # so concurrent forward programs share few row blocks and their W tiles stay in L2. The backward
+    # holds two pipelined loops and the dz tile, hence fewer stages. (input_precision only applies to
+    # fp32 operands: "tf32" is Triton's default.)
+    return _LaunchConfig(block_t=128, block_v=128, block_d=64, split_blocks=64, group_t=8, num_warps=8,
+                         forward_stages=3, backward_stages=2, dot_precision="tf32")
+
+
+def _forward(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int):
+    (T, D), V = hidden.shape, weight.shape[0]
+    config = _launch_config(hidden.dtype)
+    logp = hidden.new_empty(T, dtype=torch.float32)
+    if T == 0:
+        return logp, torch.empty_like(logp)
+    grid = config.forward_grid(T, V)
+    partial_lse = hidden.new_empty(grid[0], T, dtype=torch.float32)
+    _lse_forward_kernel[grid](
+        hidden, weight, partial_lse, T, V, D, BLOCK_T=config.block_t, BLOCK_V=config.block_v,
+        BLOCK_D=config.block_d, SPLIT_BLOCKS=config.split_blocks, INTERPRETED=INTERPRETED,
+        DOT_PRECISION=config.dot_precision, num_warps=config.num_warps, num_stages=config.forward_stages,
+    )
+    lse = torch.logsumexp(partial_lse, dim=0)
+    _logp_kernel[config.row_grid(T)](
+        hidden, weight, targets, lse, logp, T, D, ignore_index, BLOCK_T=config.block_t, BLOCK_D=config.block_d,
+    )
+    return logp, lse
+
+
+def _backward(hidden, weight, targets, lse, grad_logp, ignore_index, compute_dh: bool, compute_dw: bool):
+    (T, D), V = hidden.shape, weight.shape[0]
+    config = _launch_config(hidden.dtype)
+    grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if compute_dh else None
+    grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if compute_dw else None
+    if T > 0 and (compute_dh or compute_dw):
+        grad_logp = torch.where(targets == ignore_index, 0.0, grad_logp).contiguous()
+        _backward_kernel[config.backward_grid(T, V)](
+            hidden, weight, targets, lse, grad_logp, grad_hidden, grad_weight, T, V, D, BLOCK_T=config.block_t,
+            BLOCK_V=config.block_v, BLOCK_D=config.block_d, GROUP_T=config.group_t, COMPUTE_DH=compute_dh,
+            COMPUTE_DW=compute_dw, INTERPRETED=INTERPRETED, DOT_PRECISION=config.dot_precision,
+            num_warps=config.num_warps, num_stages=config.backward_stages,
+        )
+    return (
+        grad_hidden.to(hidden.dtype) if compute_dh else None,
+        grad_weight.to(weight.dtype) if compute_dw else None,
+    )
+
+
+class FusedLogProbsFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int):
+        logp, lse = _forward(hidden, weight, targets, ignore_index)
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.ignore_index = ignore_index
+        return logp
+
+    @staticmethod
+    def backward(ctx, grad_logp: torch.Tensor):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        compute_dh, compute_dw = ctx.needs_input_grad[:2]
+        grad_hidden, grad_weight = _backward(hidden, weight, targets, lse, grad_logp, ctx.ignore_index,
+                                             compute_dh, compute_dw)
+        return grad_hidden, grad_weight, None, None
+
+
+def resolve_impl(hidden: torch.Tensor, impl: str = "auto") -> str:
+    """The implementation `fused_logprobs` runs for `hidden`: "triton" (CUDA tensors, or any tensor when
+    TRITON_INTERPRET=1 was set before triton was imported) or "chunked" (the PyTorch twin)."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    triton_runs = hidden.is_cuda or INTERPRETED
+    if impl == "auto":
+        return "triton" if triton_runs else "chunked"
+    if impl == "triton" and not triton_runs:
+        raise RuntimeError("the Triton log-prob kernels need CUDA tensors, or TRITON_INTERPRET=1 set before "
+                           "triton is imported")
+    return impl
+
+
+def fused_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
+                   impl: str = "auto") -> torch.Tensor:
+    """logp[t] = log_softmax(hidden[t] @ weight.T)[targets[t]] as fp32 [T], 0 where targets == ignore_index.
+
+    hidden [T, D] and weight [V, D] share a dtype (bf16 or fp32); targets [T] int64. Differentiable in
+    hidden and weight (fp32 accumulation, gradients in the input dtype). `impl` picks the Triton kernels
+    or their chunked PyTorch twin; see `resolve_impl`.
+    """
+    if hidden.ndim != 2 or weight.ndim != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"expected hidden [T, D] and weight [V, D], got {tuple(hidden.shape)} and "
+                         f"{tuple(weight.shape)}")
+    if hidden.dtype != weight.dtype:
+        raise ValueError(f"hidden and weight must share a dtype, got {hidden.dtype} and {weight.dtype}")
+    if targets.shape != hidden.shape[:1]:
+        raise ValueError(f"expected targets [{hidden.shape[0]}], got {tuple(targets.shape)}")
+    function = FusedLogProbsFunction if resolve_impl(hidden, impl) == "triton" else ChunkedLogProbsFunction
+    return function.apply(hidden.contiguous(), weight.contiguous(), targets.contiguous(), ignore_index)

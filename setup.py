@@ -1,0 +1,40 @@
+"""iopo-fast: a fast trainer for IOPO (Input-Output Preference Optimization, arXiv 2411.06208)."""
+
+from pathlib import Path
+
+from setuptools import setup
+
+# The Triton kernels live in the top-level folder `kernels/` but install as `iopo_fast.kernels`:
+# a top-level package named `kernels` would shadow Hugging Face's `kernels`, which transformers probes.
+setup(
+    name="iopo-fast",
+    version="0.1.0",
+    description="Fast IOPO and DPO preference training: shared-prefix packing, varlen attention, "
+    "fused log-prob kernels, DeepSpeed",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=["iopo_fast", "iopo_fast.kernels"],
+    package_dir={"iopo_fast": "iopo_fast", "iopo_fast.kernels": "kernels"},
+    install_requires=[
+        "torch>=2.5",
+        "transformers>=4.57",
+        "accelerate>=1.0",
+        "deepspeed>=0.16",
+        "triton>=3.1",
+        "liger-kernel>=0.5.10",
+        "peft>=0.15",
+        "datasets>=3.0",
+        "safetensors>=0.4.5",
+        "gguf>=0.10",
+        "pyyaml>=6.0",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "flash-attn": ["flash-attn>=2.6"],
+        "trl": ["trl>=0.19"],
+        "dev": ["pytest>=8.0", "matplotlib>=3.8"],
+    },
+    entry_points={"console_scripts": ["iopo-fast=iopo_fast.cli:main"]},
+)

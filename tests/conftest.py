@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny random Llama and Qwen2 models, random examples, the real SmolLM2 tokenizer."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from iopo_fast import DPOExample, IOPOExample
+
+torch.set_num_threads(2)
+
+
+def tiny_llama(vocab_size: int = 96) -> LlamaForCausalLM:
+    """Llama with GQA (4 query heads, 2 key/value heads) and an untied LM head."""
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config).float()
+
+
+def tiny_qwen2(vocab_size: int = 96) -> Qwen2ForCausalLM:
+    """Qwen2 with attention biases and the LM head tied to the embedding."""
+    config = Qwen2Config(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+    )
+    return Qwen2ForCausalLM(config).float()
+
+
+TINY_MODELS = {"llama": tiny_llama, "qwen2": tiny_qwen2}
+
+
+def random_ids(length: int, vocab_size: int, generator: torch.Generator) -> list[int]:
+    return torch.randint(0, vocab_size, (length,), generator=generator).tolist()
+
+
+def random_iopo_examples(count: int, vocab_size: int, generator: torch.Generator) -> list[IOPOExample]:
+    """Examples of different lengths, including length-1 prompts and responses."""
+    def length() -> int:
+        return int(torch.randint(1, 12, (1,), generator=generator))
+
+    return [
+        IOPOExample(*(random_ids(length(), vocab_size, generator) for _ in range(4))) for _ in range(count)
+    ]
+
+
+def random_dpo_examples(count: int, vocab_size: int, generator: torch.Generator) -> list[DPOExample]:
+    return [DPOExample(*example.sequences()[0], example.response2)
+            for example in random_iopo_examples(count, vocab_size, generator)]
+
+
+@pytest.fixture
+def generator() -> torch.Generator:
+    """A freshly seeded generator: every test run draws new random inputs (the seed is printed)."""
+    seed = secrets.randbelow(2**31)
+    print(f"random seed: {seed}")
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    from iopo_fast.model import DEFAULT_MODEL, load_tokenizer
+
+    return load_tokenizer(DEFAULT_MODEL)

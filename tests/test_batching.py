@@ -1,0 +1,30 @@
+"""The token-budget packer: every example exactly once, no micro-batch over budget, few micro-batches."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import random_iopo_examples
+
+from iopo_fast.batching import fill_ratio, plan_micro_batches
+from iopo_fast.packing import packed_length
+
+
+def test_plan_respects_the_budget_and_places_every_example_once(generator):
+    examples = random_iopo_examples(40, 50, generator)
+    budget = 2 * max(packed_length(e) for e in examples)
+    plan = plan_micro_batches(examples, budget)
+    assert sorted(i for group in plan for i in group) == list(range(len(examples)))
+    assert all(sum(packed_length(examples[i]) for i in group) <= budget for group in plan)
+    total = sum(packed_length(e) for e in examples)
+    lower_bound = math.ceil(total / budget)
+    assert len(plan) <= math.ceil(11 / 9 * lower_bound) + 1  # first-fit decreasing's guarantee
+    assert fill_ratio(examples, plan, budget) == pytest.approx(total / (len(plan) * budget))
+
+
+def test_an_example_over_budget_is_an_error(generator):
+    examples = random_iopo_examples(3, 50, generator)
+    longest = max(packed_length(e) for e in examples)
+    with pytest.raises(ValueError, match=f"takes {longest} tokens, over max_tokens_per_micro_batch={longest - 1}"):
+        plan_micro_batches(examples, longest - 1)

@@ -1,0 +1,68 @@
+"""Config loading: types, choices, unknown keys, and one-line CLI errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from iopo_fast.cli import main
+from iopo_fast.config import ConfigError, TrainConfig, load_config, options_markdown
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 5e-6\npref_beta: 1\nbf16: true\neval_dataset: null\n")
+    config = load_config(path, ["--max_steps=7", "--pref_loss=ipo", "output_dir=out"])
+    assert config.learning_rate == 5e-6 and config.pref_beta == 1.0 and config.bf16 is True
+    assert config.max_steps == 7 and config.pref_loss == "ipo" and config.output_dir == "out"
+    assert config.eval_dataset is None
+
+
+@pytest.mark.parametrize("text, message", [
+    ("learnig_rate: 1.0e-5\n", "unknown key 'learnig_rate'; did you mean 'learning_rate'?"),
+    ("pref_loss: sigmod\n", "pref_loss: 'sigmod' is not one of sigmoid, ipo, hinge, robust"),
+    ("max_steps: ten\n", "max_steps: expected int, got 'ten'"),
+    ("bf16: 1\n", "bf16: expected bool, got 1"),
+    ("learning_rate: fast\n", "learning_rate: expected a number, got 'fast'"),
+    ("label_smoothing: 0.5\n", "label_smoothing: must be in [0, 0.5), got 0.5"),
+    ("per_device_train_batch_size: 0\n", "per_device_train_batch_size: must be positive, got 0"),
+    ("- a\n- b\n", "a config file must be a mapping"),
+])
+def test_bad_config_values_are_one_line_errors(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_unknown_override_names_the_nearest_key():
+    with pytest.raises(ConfigError, match="the command line: unknown key 'pref_beat'; did you mean 'pref_beta'"):
+        load_config(None, ["--pref_beat=0.2"])
+
+
+@pytest.mark.parametrize("config_text, extra, message", [
+    (None, [], "no such config file"),
+    ("dataset: {tmp}/absent.jsonl\n", [], "absent.jsonl: no such data file"),
+    ("model_name_or_path: {tmp}/no-model\n", [], "no-model: no such model directory"),
+    ("max_steps: 1\n", ["--warmup_ratio=2"], "warmup_ratio: must be in [0, 1], got 2.0"),
+])
+def test_cli_errors_are_one_line_without_a_traceback(tmp_path, capsys, config_text, extra, message):
+    path = tmp_path / "c.yaml"
+    if config_text is not None:
+        path.write_text(config_text.format(tmp=tmp_path) + f"output_dir: {tmp_path}/out\n")
+    assert main(["train", str(path), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("iopo-fast: error: ") and message in err and err.count("\n") == 1
+
+
+def test_options_table_lists_every_field():
+    table = options_markdown()
+    for name in TrainConfig.__dataclass_fields__:
+        assert f"| `{name}` |" in table
+
+
+def test_readme_option_table_is_current():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert options_markdown() in readme, "regenerate the README's table with `iopo-fast options --markdown`"

@@ -1,0 +1,226 @@
+"""`fused_logprobs`, both implementations, against float64 PyTorch to DESIGN.md's tolerances.
+
+The Triton kernels run on CUDA tensors or, without a GPU, under Triton's CPU interpreter. `triton.jit`
+reads TRITON_INTERPRET when it decorates a function, and Triton's own helpers (`tl.zeros`, `tl.sum`, ...)
+are decorated at `import triton`: with Triton 3.9, setting the variable after that but before importing
+`iopo_fast.kernels` gives interpreted kernels that fail on their first `tl.zeros`. pytest has imported
+triton (conftest imports `iopo_fast`) before this module runs, so without a GPU
+`test_triton_under_interpreter` reruns this file's Triton cases in a fresh process started with
+TRITON_INTERPRET=1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from functools import partial
+
+import pytest
+import torch
+
+from iopo_fast.kernels import fused_logprobs, resolve_impl
+
+IGNORE_INDEX = -100
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+TRITON_RUNS_HERE = torch.cuda.is_available() or INTERPRETED
+
+IMPLS = [
+    "chunked",
+    pytest.param("triton", marks=pytest.mark.skipif(not TRITON_RUNS_HERE, reason="see test_triton_under_interpreter")),
+]
+DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.bfloat16, id="bf16")]
+# (T, D, V): a single row, odd T and V; D and V leave ragged tiles in every launch configuration.
+SHAPES = [pytest.param(shape, id="T{}-D{}-V{}".format(*shape))
+          for shape in [(1, 16, 97), (37, 48, 300), (130, 48, 513)]]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    logp_max_abs: float | None  # on every token's logp
+    segment_sum_rel: float | None  # on the sums of logp over segments (sequence scores)
+    grad_rel: float  # ||grad - expected|| / ||expected||, for every gradient
+
+
+# DESIGN.md, "Tolerances". bf16 results are compared with float64 computed from the same bf16 values.
+TOLERANCES = {
+    torch.float32: Tolerance(logp_max_abs=1e-4, segment_sum_rel=None, grad_rel=1e-4),
+    torch.bfloat16: Tolerance(logp_max_abs=None, segment_sum_rel=5e-3, grad_rel=1e-2),
+}
+
+
+def assert_matches_reference(dtype, logp, expected_logp, segment_ids, grads, expected_grads) -> None:
+    """Compare with the float64 reference to TOLERANCES[dtype]; print the errors."""
+    tolerance = TOLERANCES[dtype]
+    logp, expected_logp = logp.double(), expected_logp.double()
+    num_segments = int(segment_ids.max()) + 1
+    sums = logp.new_zeros(num_segments).index_add(0, segment_ids, logp)
+    expected_sums = sums.new_zeros(num_segments).index_add(0, segment_ids, expected_logp)
+    errors = {
+        "logp_max_abs": (logp - expected_logp).abs().max().item(),
+        "segment_sum_rel": ((sums - expected_sums).abs() / expected_sums.abs().clamp_min(1e-30)).max().item(),
+    }
+    for index, (grad, expected) in enumerate(zip(grads, expected_grads, strict=True)):
+        assert grad.dtype == dtype
+        errors[f"grad{index}_rel"] = ((grad.double() - expected).norm() / expected.norm()).item()
+    print({name: f"{error:.2e}" for name, error in errors.items()})
+    for name in ("logp_max_abs", "segment_sum_rel"):
+        if getattr(tolerance, name) is not None:
+            assert errors[name] <= getattr(tolerance, name), (name, errors)
+    for name, error in errors.items():
+        if name.startswith("grad"):
+            assert error <= tolerance.grad_rel, (name, errors)
+
+
+def reference_logprobs(hidden, weight, targets, ignore_index=IGNORE_INDEX):
+    """Full float64 logits, log_softmax, gather; 0 on ignored rows."""
+    logp = torch.log_softmax(hidden.double() @ weight.double().T, dim=-1)
+    logp = logp.gather(1, targets.clamp(min=0)[:, None]).squeeze(1)
+    return torch.where(targets == ignore_index, 0.0, logp)
+
+
+def random_inputs(shape, dtype, generator, device=DEVICE):
+    """hidden [T, D], weight [V, D] (leaves that require grad), targets [T] with about a fifth ignored
+    (never row 0, so the gradients are never all zero). Logits have a standard deviation of about 3."""
+    T, D, V = shape
+    hidden = torch.randn(T, D, generator=generator)
+    weight = torch.randn(V, D, generator=generator) * (3 / math.sqrt(D))
+    targets = torch.randint(0, V, (T,), generator=generator)
+    ignored = torch.rand(T, generator=generator) < 0.2
+    ignored[:1] = False
+    targets[ignored] = IGNORE_INDEX
+    return (hidden.to(device, dtype).requires_grad_(), weight.to(device, dtype).requires_grad_(), targets.to(device))
+
+
+def float64_leaves(*tensors):
+    return [tensor.detach().double().requires_grad_() for tensor in tensors]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_matches_float64_reference(impl, dtype, shape, generator):
+    hidden, weight, targets = random_inputs(shape, dtype, generator)
+    upstream = torch.randn(shape[0], generator=generator).to(DEVICE)
+    segment_ids = torch.randint(0, 4, (shape[0],), generator=generator).sort().values.to(DEVICE)
+    weight_before = weight.detach().clone()
+
+    logp = fused_logprobs(hidden, weight, targets, impl=impl)
+    assert logp.dtype == torch.float32 and logp.shape == targets.shape
+    grads = torch.autograd.grad((logp * upstream).sum(), (hidden, weight))
+
+    hidden64, weight64 = float64_leaves(hidden, weight)
+    expected = reference_logprobs(hidden64, weight64, targets)
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), (hidden64, weight64))
+    assert_matches_reference(dtype, logp, expected, segment_ids, grads, expected_grads)
+    assert torch.equal(weight, weight_before)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_frozen_weight_gets_no_gradient(impl, generator):
+    hidden, weight, targets = random_inputs((37, 48, 300), torch.float32, generator)
+    weight.requires_grad_(False)
+    upstream = torch.randn(37, generator=generator).to(DEVICE)
+    logp = fused_logprobs(hidden, weight, targets, impl=impl)
+    (logp * upstream).sum().backward()
+    assert weight.grad is None
+
+    (hidden64,) = float64_leaves(hidden)
+    expected = reference_logprobs(hidden64, weight, targets)
+    (expected * upstream).sum().backward()
+    segment_ids = torch.zeros_like(targets)
+    assert_matches_reference(torch.float32, logp, expected, segment_ids, [hidden.grad], [hidden64.grad])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_weight_tied_to_the_embedding(impl, generator):
+    """The LM head is also the input embedding: both uses add up in its gradient."""
+    T, D, V = 37, 16, 97
+    _, weight, targets = random_inputs((T, D, V), torch.float32, generator)
+    input_ids = torch.randint(0, V, (T,), generator=generator).to(DEVICE)
+    mixing = torch.randn(D, D, generator=generator).to(DEVICE)
+    upstream = torch.randn(T, generator=generator).to(DEVICE)
+    targets = torch.where(targets == IGNORE_INDEX, -1, targets)
+
+    logp = fused_logprobs(torch.tanh(weight[input_ids] @ mixing), weight, targets, ignore_index=-1, impl=impl)
+    (grad,) = torch.autograd.grad((logp * upstream).sum(), weight)
+
+    (weight64,) = float64_leaves(weight)
+    expected = reference_logprobs(torch.tanh(weight64[input_ids] @ mixing.double()), weight64, targets, -1)
+    (expected_grad,) = torch.autograd.grad((expected * upstream).sum(), weight64)
+    assert_matches_reference(torch.float32, logp, expected, torch.zeros_like(targets), [grad], [expected_grad])
+
+
+@pytest.mark.parametrize("num_rows", [0, 5])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_empty_and_fully_ignored_inputs_give_zeros(impl, dtype, num_rows, generator):
+    hidden, weight, _ = random_inputs((num_rows, 16, 97), dtype, generator)
+    targets = torch.full((num_rows,), IGNORE_INDEX, device=DEVICE)
+    logp = fused_logprobs(hidden, weight, targets, impl=impl)
+    assert logp.shape == (num_rows,) and logp.dtype == torch.float32 and not logp.any()
+    upstream = torch.randn(num_rows, generator=generator).to(DEVICE)
+    grads = torch.autograd.grad((logp * upstream).sum(), (hidden, weight))
+    for grad, tensor in zip(grads, (hidden, weight), strict=True):
+        assert grad.shape == tensor.shape and grad.dtype == dtype and not grad.any()
+
+
+def test_resolve_impl():
+    hidden = torch.empty(3, 8)
+    assert resolve_impl(hidden, "chunked") == "chunked"
+    with pytest.raises(ValueError, match="impl must be one of"):
+        resolve_impl(hidden, "cuda")
+    if torch.cuda.is_available():
+        assert resolve_impl(hidden.cuda()) == "triton"
+    if INTERPRETED:
+        assert resolve_impl(hidden) == resolve_impl(hidden, "triton") == "triton"
+    else:
+        assert resolve_impl(hidden) == "chunked"
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+            resolve_impl(hidden, "triton")
+
+
+@pytest.mark.skipif(TRITON_RUNS_HERE, reason="the Triton cases run in this process")
+def test_triton_under_interpreter():
+    """This file's Triton cases, and `resolve_impl` with TRITON_INTERPRET=1, in a fresh process."""
+    command = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
+               "-k", "(triton and not under_interpreter) or resolve_impl"]
+    result = subprocess.run(command, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-5000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert "passed" in summary and "skipped" not in summary, summary
+
+
+def peak_allocated_bytes(function, trace_path) -> int:
+    """Peak of the CPU allocator's total while `function` runs, above its level at the start, read from
+    the memory events of a profiler trace."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profiler:
+        function()
+    profiler.export_chrome_trace(str(trace_path))
+    events = [event["args"] for event in json.loads(trace_path.read_text())["traceEvents"]
+              if event.get("name") == "[memory]"]
+    start = events[0]["Total Allocated"] - events[0]["Bytes"]
+    return max(event["Total Allocated"] for event in events) - start
+
+
+def test_chunked_memory_is_below_a_tenth_of_the_logits(generator, tmp_path):
+    shape = T, D, V = 4096, 64, 49152
+    hidden, weight, targets = random_inputs(shape, torch.float32, generator, device=torch.device("cpu"))
+    upstream = torch.randn(T, generator=generator)
+
+    def full_logits_logprobs(hidden, weight, targets):
+        return torch.log_softmax(hidden @ weight.T, dim=-1).gather(1, targets.clamp(min=0)[:, None]).squeeze(1)
+
+    def forward_backward(logprobs):
+        return lambda: torch.autograd.grad((logprobs(hidden, weight, targets) * upstream).sum(), (hidden, weight))
+
+    bound = T * V * 4 / 10
+    chunked = peak_allocated_bytes(forward_backward(partial(fused_logprobs, impl="chunked")), tmp_path / "c.json")
+    full = peak_allocated_bytes(forward_backward(full_logits_logprobs), tmp_path / "full.json")
+    print(f"peak MiB: chunked {chunked / 2**20:.1f}, full logits {full / 2**20:.1f}, bound {bound / 2**20:.1f}")
+    assert full > bound, "the measurement must see the full logits"
+    assert chunked < bound

@@ -1,0 +1,49 @@
+"""The embedded default model: converted from its GGUF file once, cached, loadable, and scored right."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from iopo_fast import IOPOExample, pack_examples, reference, sequence_logps
+from iopo_fast.model import DEFAULT_MODEL, ModelError, load_model, load_tokenizer, resolve_model_path
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    """SmolLM2 converted into a fresh cache, so that the conversion path itself runs."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IOPO_FAST_CACHE", str(tmp_path_factory.mktemp("cache")))
+        model = load_model(DEFAULT_MODEL)
+        path = resolve_model_path(DEFAULT_MODEL)
+    return model, path
+
+
+def test_default_model_is_smollm2_converted_to_safetensors(smollm2):
+    model, path = smollm2
+    assert (model.config.model_type, model.config.vocab_size, model.config.num_attention_heads,
+            model.config.num_key_value_heads, model.config.tie_word_embeddings) == ("llama", 49152, 9, 3, True)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert not hasattr(model.config, "quantization_config")
+    assert path.endswith("SmolLM2-135M-Instruct")
+
+
+def test_sequence_logps_matches_reference_on_smollm2(smollm2, smollm2_tokenizer):
+    model, _ = smollm2
+    encode = lambda text: smollm2_tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    examples = [IOPOExample(encode("Say hi in lowercase:"), encode("Say hi in UPPERCASE:"), encode(" hi there"),
+                            encode(" HI THERE")),
+                IOPOExample(encode("Name a color."), encode("Name a color in French."), encode(" Blue."),
+                            encode(" Bleu."))]
+    with torch.no_grad():
+        scores = sequence_logps(model, pack_examples(examples))
+        expected = reference.sequence_logps(model, examples)
+    torch.testing.assert_close(scores, expected, rtol=0, atol=1e-4)
+    # Pretrained weights, not random ones: a random model scores about -log(49152) = -10.8 per token.
+    per_token = scores / pack_examples(examples).response_lengths
+    assert per_token.max() > -6
+
+
+def test_missing_local_model_is_a_one_line_error(tmp_path):
+    with pytest.raises(ModelError, match="no such model directory"):
+        load_tokenizer(str(tmp_path / "absent"))
