@@ -1,10 +1,12 @@
 """Running Hugging Face decoders on a packed batch, through transformers' public extension points.
 
-The packed attention is registered in transformers' `AttentionInterface` under `ATTENTION_NAME`, and
-the packing metadata reaches it through the model's forward kwargs; nothing of the modeling code is
-forked. Because no attention-mask function is registered under that name, transformers builds no
-mask at all for a packed forward: no `[S, S]` mask ever exists. The model's own attention setting is
-switched only for the duration of a packed forward, so the same model still runs unpacked batches.
+`ATTENTION_NAME` is registered in transformers' `AttentionInterface` and `AttentionMaskInterface`,
+and a model runs packed batches once its attention implementation is set to it (done on first use).
+The packing metadata reaches the attention through the model's forward kwargs; nothing of the
+modeling code is forked. For a packed forward the mask function returns None, so no `[S, S]` mask is
+ever built; any other forward (unpacked batches, generation) runs PyTorch SDPA with its usual mask.
+The kwargs travel with each decoder layer's inputs, so gradient checkpointing recomputes a layer
+with the same packed attention.
 
 Supported families: `SUPPORTED_MODEL_TYPES` (tested: Llama, including SmolLM2, Qwen2, Mistral and
 Qwen3). A family whose attention does more than scaled dot-product over rotated q/k (logit
@@ -14,11 +16,14 @@ softcapping, sliding windows, attention sinks) is refused rather than silently m
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
+from transformers import AttentionInterface, AttentionMaskInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import sdpa_mask
 
 from .attention import resolve_backend, varlen_attention
 from .packing import PackedBatch
@@ -32,9 +37,13 @@ logger = logging.getLogger(__name__)
 def packed_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
                              packed_batch: PackedBatch | None = None, attention_backend: str = "reference",
                              **kwargs):
-    """The attention of one layer over the packed stream: q, k, v are `[1, heads, T, head_dim]`."""
+    """One layer's attention: over the packed stream when `packed_batch` is given, else plain SDPA.
+
+    q, k, v are `[1, heads, T, head_dim]` for a packed batch; the output is `[1, T, heads, head_dim]`.
+    """
     if packed_batch is None:
-        raise RuntimeError(f"the {ATTENTION_NAME!r} attention runs only inside iopo_fast.packed_hidden_states")
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
     if dropout:
         raise NotImplementedError("attention dropout is not supported on packed batches")
     # Keys and values are gathered from the stream by kv_index: the prompt rows appear once more for
@@ -49,7 +58,16 @@ def packed_attention_forward(module, query, key, value, attention_mask, scaling=
     return output.unsqueeze(0), None
 
 
+_in_packed_forward = contextvars.ContextVar("iopo_fast_packed_forward", default=False)
+
+
+def packed_attention_mask(*args, **kwargs):
+    """No mask for a packed forward (the segments are the mask); SDPA's mask otherwise."""
+    return None if _in_packed_forward.get() else sdpa_mask(*args, **kwargs)
+
+
 AttentionInterface.register(ATTENTION_NAME, packed_attention_forward)
+AttentionMaskInterface.register(ATTENTION_NAME, packed_attention_mask)
 
 
 def packed_hidden_states(model: nn.Module, batch: PackedBatch, attention_backend: str = "auto") -> torch.Tensor:
@@ -58,7 +76,8 @@ def packed_hidden_states(model: nn.Module, batch: PackedBatch, attention_backend
     embedding = model.get_input_embeddings().weight
     backend = resolve_backend(embedding.device, embedding.dtype, attention_backend)
     _log_backend_once(backend)
-    with _attention_implementation(model.config, ATTENTION_NAME):
+    model.config._attn_implementation = ATTENTION_NAME
+    with _packed_forward():
         output = model.get_decoder()(
             input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
             packed_batch=batch, attention_backend=backend,
@@ -79,13 +98,12 @@ def check_supported(config, batch: PackedBatch | None = None) -> None:
 
 
 @contextlib.contextmanager
-def _attention_implementation(config, name: str):
-    previous = config._attn_implementation
-    config._attn_implementation = name
+def _packed_forward():
+    token = _in_packed_forward.set(True)
     try:
         yield
     finally:
-        config._attn_implementation = previous
+        _in_packed_forward.reset(token)
 
 
 _logged_backends: set[str] = set()

@@ -28,9 +28,10 @@ def sequence_logps(model: nn.Module, batch: Batch, impl: str = "auto", attention
         raise TypeError(f"expected a PackedBatch or a PaddedBatch, got {type(batch).__name__}")
     predictor_hidden = hidden.index_select(0, batch.predictor_rows)
     token_logps = fused_logprobs(predictor_hidden, model.get_output_embeddings().weight, batch.targets, impl=impl)
-    num_scores = batch.num_examples * batch.num_roles
-    scores = token_logps.new_zeros(num_scores).index_add(0, batch.segment_ids, token_logps)
-    return scores.view(batch.num_examples, batch.num_roles)
+    # Summed in float64: a sequence score adds hundreds of fp32 terms, and the sum is cheap.
+    scores = torch.zeros(batch.num_examples * batch.num_roles, dtype=torch.float64, device=token_logps.device)
+    scores = scores.index_add(0, batch.segment_ids, token_logps.double())
+    return scores.float().view(batch.num_examples, batch.num_roles)
 
 
 def _check_supported_head(model: nn.Module) -> None:

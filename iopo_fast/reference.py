@@ -36,6 +36,6 @@ def sequence_logps(model: nn.Module, examples: list[Example]) -> torch.Tensor:
             input_ids = torch.tensor([prompt + response], device=model.device)
             logits = model(input_ids=input_ids).logits[0].float()
             logps = logits[len(prompt) - 1 : -1].log_softmax(-1)
-            scores.append(logps.gather(-1, input_ids[0, len(prompt) :, None]).sum())
+            scores.append(logps.gather(-1, input_ids[0, len(prompt) :, None]).sum(dtype=torch.float64))
         rows.append(torch.stack(scores))
-    return torch.stack(rows)
+    return torch.stack(rows).float()

@@ -6,7 +6,10 @@ import secrets
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 from iopo_fast import DPOExample, IOPOExample
 
@@ -31,7 +34,24 @@ def tiny_qwen2(vocab_size: int = 96) -> Qwen2ForCausalLM:
     return Qwen2ForCausalLM(config).float()
 
 
-TINY_MODELS = {"llama": tiny_llama, "qwen2": tiny_qwen2}
+def tiny_mistral(vocab_size: int = 96) -> MistralForCausalLM:
+    config = MistralConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, sliding_window=None,
+    )
+    return MistralForCausalLM(config).float()
+
+
+def tiny_qwen3(vocab_size: int = 96) -> Qwen3ForCausalLM:
+    """Qwen3: per-head RMSNorm on queries and keys, an explicit head_dim."""
+    config = Qwen3Config(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
+    )
+    return Qwen3ForCausalLM(config).float()
+
+
+TINY_MODELS = {"llama": tiny_llama, "qwen2": tiny_qwen2, "mistral": tiny_mistral, "qwen3": tiny_qwen3}
 
 
 def random_ids(length: int, vocab_size: int, generator: torch.Generator) -> list[int]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import TINY_MODELS, random_dpo_examples, random_iopo_examples
 
-from iopo_fast import pack_examples, pad_examples, reference, sequence_logps
+from iopo_fast import IOPOExample, pack_examples, pad_examples, reference, sequence_logps
 
 
 def parameter_grads(model, scores: torch.Tensor, weights: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -33,3 +33,25 @@ def test_sequence_logps_matches_reference(generator, family, make_examples, layo
     expected_grads = parameter_grads(model, expected, weights)
     for name, grad in grads.items():
         torch.testing.assert_close(grad, expected_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_gradient_checkpointing_keeps_packed_gradients(generator):
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
+    model = TINY_MODELS["llama"]()
+    examples = random_iopo_examples(4, model.config.vocab_size, generator)
+    weights = torch.randn(len(examples), 4, generator=generator)
+    batch = pack_examples(examples)
+    model.train()
+    expected = parameter_grads(model, sequence_logps(model, batch), weights)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    grads = parameter_grads(model, sequence_logps(model, batch), weights)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_unsupported_attention_is_refused(generator):
+    model = TINY_MODELS["mistral"]()
+    model.config.sliding_window = 4
+    examples = random_iopo_examples(2, model.config.vocab_size, generator)
+    with pytest.raises(NotImplementedError, match="sliding-window attention"):
+        sequence_logps(model, pack_examples([IOPOExample([1] * 9, [2], [3], [4])] + examples))
