@@ -59,8 +59,10 @@ class TrainConfig:
     per_device_eval_batch_size: int = _option(8, "Examples per evaluation batch.")
     max_tokens_per_micro_batch: int = _option(0, "Token budget of a packed micro-batch: the examples of a step are bin-packed into as few micro-batches as fit. 0: micro-batches of per_device_train_batch_size examples.")
     attention_backend: str = _option("auto", "Varlen attention over packed batches; auto: flash_attn, else torch_varlen on CUDA, else reference.", ("auto", "flash_attn", "torch_varlen", "reference"))
+    liger_kernels: bool = _option(True, "On GPU, Liger-Kernel's RMSNorm, RoPE and SwiGLU kernels in the model's layers.")
     logprob_impl: str = _option("auto", "Fused log-prob kernel; auto: triton on CUDA, else chunked PyTorch.", ("auto", "triton", "chunked"))
     bf16: bool = _option(False, "Train in bfloat16 (the log-prob kernel accumulates in fp32).")
+    gradient_checkpointing: bool = _option(False, "Recompute each decoder layer in the backward to save activation memory.")
     seed: int = _option(42, "Seed of the data order and of any random initialisation.")
     logging_steps: int = _option(1, "Write metrics.jsonl every this many steps.")
 

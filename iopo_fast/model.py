@@ -91,3 +91,31 @@ def _converted_default_model() -> Path:
 
 def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def apply_liger_kernels(model) -> bool:
+    """Liger-Kernel's RMSNorm, RoPE and SwiGLU Triton kernels for the model's layers, on CUDA only.
+
+    Not its cross entropy: the fused log-prob kernel (`iopo_fast.kernels`) replaces the LM-head loss.
+    Returns whether the kernels were applied (Liger knows the model type and the model is on CUDA).
+    """
+    if not next(model.parameters()).is_cuda:
+        return False
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+
+    if model.config.model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        return False
+    _apply_liger_kernel_to_instance(
+        model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False
+    )
+    return True
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each decoder layer in the backward (non-reentrant checkpointing, which passes kwargs)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

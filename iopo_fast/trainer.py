@@ -18,7 +18,7 @@ from .data import RejectionLog, load_examples
 from .logprobs import sequence_logps
 from .loss import dpo_loss, iopo_loss
 from .batching import fill_ratio, plan_micro_batches
-from .model import load_model, load_tokenizer
+from .model import apply_liger_kernels, enable_gradient_checkpointing, load_model, load_tokenizer
 from .packing import Example, pack_examples, unpacked_length
 
 
@@ -42,6 +42,10 @@ def train(config: TrainConfig) -> dict[str, dict[str, float]]:
         print(f"data: {stats.summary(rejection_log)}")
 
     policy = load_model(config.model_name_or_path, torch.bfloat16 if config.bf16 else torch.float32).to(device)
+    if config.liger_kernels and apply_liger_kernels(policy):
+        print("model: Liger-Kernel RMSNorm, RoPE and SwiGLU applied")
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(policy)
     reference = None if config.reference == "none" else copy.deepcopy(policy).eval().requires_grad_(False)
     objective = functools.partial(
         iopo_loss if config.loss == "iopo" else dpo_loss,

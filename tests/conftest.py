@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,6 +17,21 @@ from transformers import (
 from iopo_fast import DPOExample, IOPOExample
 
 torch.set_num_threads(2)
+
+# Triton kernels run on CUDA, or on CPU tensors when TRITON_INTERPRET=1 was set before triton was
+# imported. Triton 3.9 decorates its own helpers (`tl.zeros`, ...) at `import triton`, and this file
+# imports it (through iopo_fast), so on a CPU machine the Triton cases rerun in a fresh process.
+TRITON_RUNS_HERE = torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+triton_only = pytest.mark.skipif(not TRITON_RUNS_HERE, reason="reruns under the interpreter in a subprocess")
+
+
+def rerun_under_triton_interpreter(test_file: str, selection: str) -> None:
+    """Run the tests of `test_file` that match `selection` (pytest -k) in a process with TRITON_INTERPRET=1."""
+    command = [sys.executable, "-m", "pytest", test_file, "-q", "-p", "no:cacheprovider", "-k", selection]
+    result = subprocess.run(command, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-5000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert "passed" in summary and "skipped" not in summary, summary
 
 
 def tiny_llama(vocab_size: int = 96) -> LlamaForCausalLM:

@@ -13,26 +13,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from functools import partial
 
 import pytest
 import torch
+from conftest import TRITON_RUNS_HERE, rerun_under_triton_interpreter, triton_only
 
 from iopo_fast.kernels import fused_logprobs, resolve_impl
+from iopo_fast.kernels.fused_logprobs import INTERPRETED
 
 IGNORE_INDEX = -100
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-TRITON_RUNS_HERE = torch.cuda.is_available() or INTERPRETED
-
-IMPLS = [
-    "chunked",
-    pytest.param("triton", marks=pytest.mark.skipif(not TRITON_RUNS_HERE, reason="see test_triton_under_interpreter")),
-]
+IMPLS = ["chunked", pytest.param("triton", marks=triton_only)]
 DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.bfloat16, id="bf16")]
 # (T, D, V): a single row, odd T and V; D and V leave ragged tiles in every launch configuration.
 SHAPES = [pytest.param(shape, id="T{}-D{}-V{}".format(*shape))
@@ -185,12 +178,7 @@ def test_resolve_impl():
 @pytest.mark.skipif(TRITON_RUNS_HERE, reason="the Triton cases run in this process")
 def test_triton_under_interpreter():
     """This file's Triton cases, and `resolve_impl` with TRITON_INTERPRET=1, in a fresh process."""
-    command = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
-               "-k", "(triton and not under_interpreter) or resolve_impl"]
-    result = subprocess.run(command, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-5000:]
-    summary = result.stdout.strip().splitlines()[-1]
-    assert "passed" in summary and "skipped" not in summary, summary
+    rerun_under_triton_interpreter(__file__, "(triton and not under_interpreter) or resolve_impl")
 
 
 def peak_allocated_bytes(function, trace_path) -> int:

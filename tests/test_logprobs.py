@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_MODELS, random_dpo_examples, random_iopo_examples
+from conftest import (
+    TINY_MODELS, TRITON_RUNS_HERE, random_dpo_examples, random_iopo_examples, rerun_under_triton_interpreter,
+    triton_only,
+)
 
 from iopo_fast import IOPOExample, pack_examples, pad_examples, reference, sequence_logps
+from iopo_fast.model import enable_gradient_checkpointing
 
 
 def parameter_grads(model, scores: torch.Tensor, weights: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -19,13 +23,29 @@ def parameter_grads(model, scores: torch.Tensor, weights: torch.Tensor) -> dict[
 @pytest.mark.parametrize("make_examples", [random_iopo_examples, random_dpo_examples])
 @pytest.mark.parametrize("layout", [pack_examples, pad_examples])
 def test_sequence_logps_matches_reference(generator, family, make_examples, layout):
+    check_against_reference(generator, family, make_examples, layout, impl="chunked")
+
+
+@triton_only
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_sequence_logps_through_triton_kernel_matches_reference(generator, family):
+    check_against_reference(generator, family, random_iopo_examples, pack_examples, impl="triton")
+
+
+@pytest.mark.skipif(TRITON_RUNS_HERE, reason="the Triton cases run in this process")
+def test_triton_path_under_interpreter():
+    rerun_under_triton_interpreter(__file__, "through_triton_kernel")
+
+
+def check_against_reference(generator, family, make_examples, layout, impl):
+    """Scores and the gradients of every parameter, against `iopo_fast.reference`, in fp32."""
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
     model = TINY_MODELS[family]()
     examples = make_examples(5, model.config.vocab_size, generator)
     weights = torch.randn(len(examples), len(examples[0].roles), generator=generator)
 
     batch = layout(examples)
-    scores = sequence_logps(model, batch)
+    scores = sequence_logps(model, batch, impl=impl)
     expected = reference.sequence_logps(model, examples)
     torch.testing.assert_close(scores, expected, rtol=0, atol=1e-5)
 
@@ -43,7 +63,7 @@ def test_gradient_checkpointing_keeps_packed_gradients(generator):
     batch = pack_examples(examples)
     model.train()
     expected = parameter_grads(model, sequence_logps(model, batch), weights)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable_gradient_checkpointing(model)
     grads = parameter_grads(model, sequence_logps(model, batch), weights)
     for name, grad in grads.items():
         torch.testing.assert_close(grad, expected[name], rtol=1e-5, atol=1e-6, msg=name)
