@@ -30,11 +30,13 @@ setup(
         "gguf>=0.10",
         "pyyaml>=6.0",
         "tqdm>=4.66",
+        "matplotlib>=3.8",
     ],
     extras_require={
         "flash-attn": ["flash-attn>=2.6"],
         "trl": ["trl>=0.19"],
-        "dev": ["pytest>=8.0", "matplotlib>=3.8"],
+        "tensorboard": ["tensorboard>=2.15"],
+        "dev": ["pytest>=8.0", "tensorboard>=2.15"],
     },
     entry_points={"console_scripts": ["iopo-fast=iopo_fast.cli:main"]},
 )

@@ -12,6 +12,9 @@ from .model import ModelError
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="iopo-fast", description="Fast IOPO and DPO preference training.")
+    # The `deepspeed` launcher passes --local_rank before the command; the rank is read from
+    # LOCAL_RANK, which it sets too.
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
     train_parser = commands.add_parser("train", help="train from a YAML config, with --key=value overrides")
     train_parser.add_argument("config", help="YAML config file (see `iopo-fast options`)")
@@ -24,12 +27,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(overrides)}")
         print(options_markdown() if args.markdown else "\n".join(_option_lines()))
         return 0
-    try:
-        config = load_config(args.config, overrides)
-        from .trainer import train  # imported late: it pulls in torch and transformers
+    from .trainer import NonFiniteLossError, train  # imported here: it pulls in torch and DeepSpeed
 
-        train(config)
-    except (ConfigError, DataError, ModelError) as error:
+    try:
+        train(load_config(args.config, overrides))
+    except (ConfigError, DataError, ModelError, NonFiniteLossError) as error:
         print(f"iopo-fast: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -41,11 +41,18 @@ class TrainConfig:
     strict: bool = _option(False, "Fail on the first bad record instead of skipping it into rejected_records.jsonl.")
     # Objective
     loss: str = _option("iopo", "iopo: quadruples (x1, x2, y1, y2); dpo: (prompt, chosen, rejected) pairs.", LOSS_MODES)
-    reference: str = _option("live", "live: a frozen copy of the initial model; none: reference-free.", ("live", "none"))
+    reference: str = _option("live", "live: the initial model scored beside the policy (with LoRA, the policy with its adapters disabled); precomputed: scored once before training and cached in output_dir, no second model in memory; none: reference-free.", ("live", "precomputed", "none"))
     pref_beta: float = _option(0.1, "beta of the Bradley-Terry loss.")
     pref_loss: str = _option("sigmoid", "Loss of the margin z.", LOSS_TYPES)
     label_smoothing: float = _option(0.0, "Label smoothing eps of the sigmoid and robust losses, in [0, 0.5).")
     pref_ftx: float = _option(0.0, "Weight of the SFT term on the preferred responses.")
+    # Fine-tuning method
+    finetuning_type: str = _option("full", "full: train every parameter; lora: train PEFT LoRA adapters.", ("full", "lora"))
+    lora_rank: int = _option(8, "LoRA rank r.")
+    lora_alpha: float = _option(16.0, "LoRA scaling alpha (the update is alpha / r * B A).")
+    lora_dropout: float = _option(0.0, "Dropout on the LoRA input.")
+    lora_target: str = _option("all", "Modules that get adapters: all (every linear layer but the LM head) or comma-separated names such as q_proj,v_proj.")
+    lora_merge_on_export: bool = _option(False, "Save the final model with the adapters merged into the weights (the adapters alone go to output_dir/adapter).")
     # Optimisation
     learning_rate: float = _option(5e-6, "AdamW peak learning rate.")
     lr_scheduler_type: str = _option("cosine", "Learning-rate schedule after warm-up.", SCHEDULERS)
@@ -63,6 +70,17 @@ class TrainConfig:
     logprob_impl: str = _option("auto", "Fused log-prob kernel; auto: triton on CUDA, else chunked PyTorch.", ("auto", "triton", "chunked"))
     bf16: bool = _option(False, "Train in bfloat16 (the log-prob kernel accumulates in fp32).")
     gradient_checkpointing: bool = _option(False, "Recompute each decoder layer in the backward to save activation memory.")
+    # DeepSpeed
+    deepspeed: str | None = _option(None, "A DeepSpeed JSON config; its \"auto\" values and the batch keys are filled from this config. Unset: built from the keys below.")
+    zero_stage: int = _option(0, "ZeRO stage: 0 (data parallel), 1 (optimizer states), 2 (+gradients), 3 (+parameters) partitioned over ranks.", (0, 1, 2, 3))
+    offload_optimizer: bool = _option(False, "Keep the optimizer states and fp32 master weights in host memory (ZeRO 1-3).")
+    offload_param: bool = _option(False, "Keep the parameters in host memory between uses (ZeRO-3).")
+    # Checkpoints and monitoring
+    save_steps: int = _option(500, "Checkpoint every this many steps (0: only on SIGTERM); model, optimizer, scheduler, RNG and data position.")
+    save_total_limit: int = _option(2, "Checkpoints kept; older ones are deleted once a newer one is complete.")
+    resume: str = _option("auto", "auto: continue from the newest complete checkpoint in output_dir if there is one; never: start afresh.", ("auto", "never"))
+    max_nonfinite_steps: int = _option(5, "A step with a non-finite loss is skipped; this many in a row stop the run.")
+    report_to: str = _option("none", "Also log the metrics to TensorBoard (output_dir/tensorboard).", ("none", "tensorboard"))
     seed: int = _option(42, "Seed of the data order and of any random initialisation.")
     logging_steps: int = _option(1, "Write metrics.jsonl every this many steps.")
 
@@ -70,12 +88,21 @@ class TrainConfig:
         for item in dataclasses.fields(self):
             choices = item.metadata["choices"]
             if choices and getattr(self, item.name) not in choices:
-                raise ConfigError(f"{item.name}: {getattr(self, item.name)!r} is not one of {', '.join(choices)}")
+                raise ConfigError(f"{item.name}: {getattr(self, item.name)!r} is not one of {', '.join(map(str, choices))}")
         positive = ("cutoff_len", "per_device_train_batch_size", "gradient_accumulation_steps",
-                    "per_device_eval_batch_size", "logging_steps", "pref_beta", "learning_rate")
+                    "per_device_eval_batch_size", "logging_steps", "pref_beta", "learning_rate", "lora_rank",
+                    "save_total_limit", "max_nonfinite_steps")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")
+        if self.save_steps < 0:
+            raise ConfigError(f"save_steps: must be >= 0, got {self.save_steps}")
+        if self.offload_param and self.zero_stage != 3 and self.deepspeed is None:
+            raise ConfigError("offload_param: needs zero_stage: 3")
+        if self.offload_optimizer and self.zero_stage == 0 and self.deepspeed is None:
+            raise ConfigError("offload_optimizer: needs zero_stage 1, 2 or 3")
+        if self.deepspeed is not None and not Path(self.deepspeed).is_file():
+            raise ConfigError(f"deepspeed: {self.deepspeed}: no such file")
         if self.max_tokens_per_micro_batch < 0:
             raise ConfigError(f"max_tokens_per_micro_batch: must be >= 0, got {self.max_tokens_per_micro_batch}")
         if not 0 <= self.label_smoothing < 0.5:
@@ -114,7 +141,7 @@ def options_markdown() -> str:
     rows = ["| key | default | description |", "|---|---|---|"]
     for item in dataclasses.fields(TrainConfig):
         choices = item.metadata["choices"]
-        help_text = item.metadata["help"] + (f" One of: {', '.join(choices)}." if choices else "")
+        help_text = item.metadata["help"] + (f" One of: {', '.join(map(str, choices))}." if choices else "")
         rows.append(f"| `{item.name}` | `{item.default}` | {help_text} |")
     return "\n".join(rows)
 

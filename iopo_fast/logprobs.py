@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import torch
 from torch import nn
 
@@ -18,7 +21,25 @@ def sequence_logps(model: nn.Module, batch: Batch, impl: str = "auto", attention
     they go through the fused log-prob kernel (`iopo_fast.kernels.fused_logprobs`, `impl` selects
     the implementation): the `[tokens x vocab]` logits are never materialized.
     """
+    with scoring_forward(model, impl, attention_backend):
+        return model(batch)
+
+
+@contextlib.contextmanager
+def scoring_forward(model: nn.Module, impl: str = "auto", attention_backend: str = "auto"):
+    """Within it, `model(batch)` returns `sequence_logps(model, batch)`, and so does a wrapper's call.
+
+    The scores are computed as the model's forward, and the LM head's part as the head's forward,
+    under the hooks registered on those modules: a DeepSpeed engine wrapping `model` keeps its
+    per-forward bookkeeping, and ZeRO-3 gathers the partitioned LM-head weight (which the kernel
+    reads directly, not through `head.forward`) before the forward and again before the backward.
+    """
     _check_supported_head(model)
+    with _forward_replaced(model, functools.partial(_sequence_logps, model, impl, attention_backend)):
+        yield
+
+
+def _sequence_logps(model: nn.Module, impl: str, attention_backend: str, batch: Batch) -> torch.Tensor:
     if isinstance(batch, PackedBatch):
         hidden = packed_hidden_states(model, batch, attention_backend)
     elif isinstance(batch, PaddedBatch):
@@ -27,11 +48,27 @@ def sequence_logps(model: nn.Module, batch: Batch, impl: str = "auto", attention
     else:
         raise TypeError(f"expected a PackedBatch or a PaddedBatch, got {type(batch).__name__}")
     predictor_hidden = hidden.index_select(0, batch.predictor_rows)
-    token_logps = fused_logprobs(predictor_hidden, model.get_output_embeddings().weight, batch.targets, impl=impl)
+    head = model.get_output_embeddings()
+    with _forward_replaced(head, lambda hidden, targets: fused_logprobs(hidden, head.weight, targets, impl=impl)):
+        token_logps = head(predictor_hidden, batch.targets)
     # Summed in float64: a sequence score adds hundreds of fp32 terms, and the sum is cheap.
     scores = torch.zeros(batch.num_examples * batch.num_roles, dtype=torch.float64, device=token_logps.device)
     scores = scores.index_add(0, batch.segment_ids, token_logps.double())
     return scores.float().view(batch.num_examples, batch.num_roles)
+
+
+@contextlib.contextmanager
+def _forward_replaced(module: nn.Module, forward):
+    """`module.forward` is `forward` within; `module(...)` still runs the module's hooks around it."""
+    own_forward = module.__dict__.get("forward")
+    module.forward = forward
+    try:
+        yield
+    finally:
+        if own_forward is None:
+            del module.forward
+        else:
+            module.forward = own_forward
 
 
 def _check_supported_head(model: nn.Module) -> None:

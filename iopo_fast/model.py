@@ -97,9 +97,9 @@ def apply_liger_kernels(model) -> bool:
     """Liger-Kernel's RMSNorm, RoPE and SwiGLU Triton kernels for the model's layers, on CUDA only.
 
     Not its cross entropy: the fused log-prob kernel (`iopo_fast.kernels`) replaces the LM-head loss.
-    Returns whether the kernels were applied (Liger knows the model type and the model is on CUDA).
+    Returns whether the kernels were applied (Liger knows the model type and CUDA is available).
     """
-    if not next(model.parameters()).is_cuda:
+    if not torch.cuda.is_available():
         return False
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
     from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
@@ -119,3 +119,18 @@ def enable_gradient_checkpointing(model) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def apply_lora(model, rank: int, alpha: float, dropout: float, target: str):
+    """`model` wrapped by PEFT with LoRA adapters; only the adapters are trainable.
+
+    `target` is "all" (every linear layer but the LM head) or comma-separated module names.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    modules = "all-linear" if target == "all" else [name.strip() for name in target.split(",") if name.strip()]
+    lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=modules, task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as error:
+        raise ModelError(f"lora_target={target!r}: {_first_line(error)}") from None

@@ -1,114 +1,338 @@
-"""The training loop: set up, then for each step its micro-batches, loss, backward, step, log."""
+"""The training loop: set up the engine, then for each step its micro-batches, loss, backward, step, log.
+
+One loop for one process or many (`torchrun`, `deepspeed`), ZeRO 0-3, full or LoRA training. A
+step takes `per_device_train_batch_size * gradient_accumulation_steps` examples per rank from a
+seeded order that depends only on the step number, so a resumed run sees exactly the examples an
+uninterrupted one would. Its gradient is that of the mean loss over the examples of all ranks,
+whatever the micro-batch split (see `accumulate_gradients`).
+"""
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import math
+import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
-from transformers import get_scheduler
 
-from .config import TrainConfig
-from .data import RejectionLog, load_examples
-from .logprobs import sequence_logps
-from .loss import dpo_loss, iopo_loss
 from .batching import fill_ratio, plan_micro_batches
-from .model import apply_liger_kernels, enable_gradient_checkpointing, load_model, load_tokenizer
-from .packing import Example, pack_examples, unpacked_length
+from .checkpoint import Checkpoints, StopRequest
+from .config import ConfigError, TrainConfig
+from .data import RejectionLog, load_examples
+from .distributed import all_reduce, barrier, init_distributed, is_main, rank, rank_shard, world_size
+from .engine import build_engine, deepspeed_config, full_state_dict, reference_engine
+from .logprobs import scoring_forward, sequence_logps
+from .loss import dpo_loss, iopo_loss
+from .model import (apply_liger_kernels, apply_lora, enable_gradient_checkpointing, load_model, load_tokenizer,
+                    resolve_model_path)
+from .monitor import MetricsLog, device_peak_flops, peak_memory_gib, plot_metrics, step_flops
+from .packing import Example, pack_examples, packed_length, unpacked_length
+from .reference_logps import LiveReference, cache_path, precompute
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many steps in a row had a non-finite loss."""
 
 
 def train(config: TrainConfig) -> dict[str, dict[str, float]]:
     """Train with `config`; returns the held-out metrics before and after (empty without eval data)."""
-    torch.manual_seed(config.seed)
+    device = init_distributed()
+    _seed_everything(config.seed)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    log = functools.partial(print, flush=True) if is_main() else (lambda *args: None)
 
     tokenizer = load_tokenizer(config.model_name_or_path)
-    rejection_log = RejectionLog(output_dir / "rejected_records.jsonl", strict=config.strict)
+    rejection_log = RejectionLog(output_dir / "rejected_records.jsonl" if is_main() else None, strict=config.strict)
     load = functools.partial(
         load_examples, tokenizer=tokenizer, loss=config.loss, cutoff_len=config.cutoff_len, rejection_log=rejection_log
     )
     train_examples, stats = load(config.dataset)
-    print(f"data: {stats.summary(rejection_log)}")
+    log(f"data: {stats.summary(rejection_log)}")
     eval_examples = []
     if config.eval_dataset:
         eval_examples, stats = load(config.eval_dataset)
-        print(f"data: {stats.summary(rejection_log)}")
+        log(f"data: {stats.summary(rejection_log)}")
 
-    policy = load_model(config.model_name_or_path, torch.bfloat16 if config.bf16 else torch.float32).to(device)
-    if config.liger_kernels and apply_liger_kernels(policy):
-        print("model: Liger-Kernel RMSNorm, RoPE and SwiGLU applied")
-    if config.gradient_checkpointing:
-        enable_gradient_checkpointing(policy)
-    reference = None if config.reference == "none" else copy.deepcopy(policy).eval().requires_grad_(False)
-    objective = functools.partial(
-        iopo_loss if config.loss == "iopo" else dpo_loss,
-        beta=config.pref_beta,
-        loss_type=config.pref_loss,
-        label_smoothing=config.label_smoothing,
-        ftx=config.pref_ftx,
-    )
-    scorer = Scorer(policy, reference, objective, device, config.logprob_impl, config.attention_backend)
+    longest = max(packed_length(example) for example in train_examples)
+    if 0 < config.max_tokens_per_micro_batch < longest:
+        raise ConfigError(f"max_tokens_per_micro_batch: {config.max_tokens_per_micro_batch} is below the longest "
+                          f"example ({longest} packed tokens); raise it or lower cutoff_len")
+    ds_config = deepspeed_config(config, world_size())
+    zero3 = ds_config["zero_optimization"].get("stage", 0) == 3
+    if zero3:  # from_pretrained then loads each parameter straight into its partitions
+        from transformers.integrations import HfDeepSpeedConfig
 
-    results = {}
-    if eval_examples:
-        results["before"] = scorer.evaluate(eval_examples, config.per_device_eval_batch_size)
-        print(f"eval before training: {_describe(results['before'])}")
+        hf_deepspeed_config = HfDeepSpeedConfig(ds_config)  # noqa: F841 (active while referenced)
+    policy = _load_policy(config, log)
 
-    examples_per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps
+    examples_per_rank = config.per_device_train_batch_size * config.gradient_accumulation_steps
+    examples_per_step = examples_per_rank * world_size()
     steps_per_epoch = math.ceil(len(train_examples) / examples_per_step)
     total_steps = config.max_steps if config.max_steps > 0 else math.ceil(config.num_train_epochs * steps_per_epoch)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = get_scheduler(
-        config.lr_scheduler_type, optimizer, int(config.warmup_ratio * total_steps), total_steps
+    engine, scheduler = build_engine(policy, config, ds_config, total_steps)
+    policy = engine.module
+    score = functools.partial(sequence_logps, impl=config.logprob_impl, attention_backend=config.attention_backend)
+    forward = functools.partial(scoring_forward, impl=config.logprob_impl, attention_backend=config.attention_backend)
+    objective = functools.partial(
+        iopo_loss if config.loss == "iopo" else dpo_loss,
+        beta=config.pref_beta, loss_type=config.pref_loss, label_smoothing=config.label_smoothing, ftx=config.pref_ftx,
     )
-    order = _example_order(len(train_examples), config.seed)
+    train_reference, eval_reference = _references(config, policy, score, ds_config, device, train_examples,
+                                                  eval_examples, log)
+    scorer = Scorer(engine, train_reference, objective, device, forward)
+    eval_scorer = Scorer(engine, eval_reference, objective, device, forward)
 
-    policy.train()
-    progress = tqdm(range(1, total_steps + 1), desc="train", dynamic_ncols=True)
-    with (output_dir / "metrics.jsonl").open("w", encoding="utf-8") as metrics_file:
+    checkpoints = Checkpoints(output_dir, config.save_total_limit)
+    state = {"step": 0, "nonfinite_in_a_row": 0, "results": {}}
+    latest = checkpoints.latest() if config.resume == "auto" else None
+    if latest is not None:
+        state = checkpoints.load(engine, latest)
+        log(f"resumed from {latest} (step {state['step']} of {total_steps})")
+    results = state["results"]
+    if eval_examples and "before" not in results:
+        results["before"] = eval_scorer.evaluate(eval_examples, config.per_device_eval_batch_size)
+        log(f"eval before training: {_describe(results['before'])}")
+
+    num_parameters = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in policy.parameters())
+    num_trainable = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in policy.parameters()
+                        if p.requires_grad)
+    peak_flops = device_peak_flops(device)
+    order = ExampleOrder(len(train_examples), config.seed)
+    metrics_log = MetricsLog(output_dir, state["step"], config.report_to == "tensorboard") if is_main() else None
+    stop = StopRequest()
+    progress = tqdm(range(state["step"] + 1, total_steps + 1), desc="train", dynamic_ncols=True, disable=not is_main(),
+                    initial=state["step"], total=total_steps)
+    try:
         for step in progress:
             started = time.perf_counter()
-            step_examples = [train_examples[next(order)] for _ in range(examples_per_step)]
-            plan = _micro_batches(step_examples, config)
-            totals, stream_tokens = scorer.backward(step_examples, plan)
-            grad_norm = _clip(policy, config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-
+            indices = order.step_indices(step, examples_per_step)[rank() :: world_size()]
+            examples = [train_examples[i] for i in indices]
+            plan = _micro_batches(examples, config)
+            outcome = accumulate_gradients(engine, scorer, examples, indices, plan, examples_per_step)
+            if outcome.finite:
+                grad_norm = _grad_norm_before_step(engine)
+                engine.step()
+                grad_norm = engine.get_global_grad_norm() if grad_norm is None else grad_norm
+                state["nonfinite_in_a_row"] = 0
+            else:
+                skip_step(engine)
+                state["nonfinite_in_a_row"] += 1
+            state["step"] = step
             elapsed = time.perf_counter() - started
+
             # Useful tokens: those of the examples' separate sequences, the same count for any layout.
-            tokens = sum(unpacked_length(example) for example in step_examples)
-            record = {"step": step, "epoch": step / steps_per_epoch, **_means(totals, examples_per_step),
-                      "tokens": tokens, "tokens_per_sec": tokens / elapsed, "stream_tokens": stream_tokens,
-                      "micro_batches": len(plan), "learning_rate": scheduler.get_last_lr()[0],
-                      "grad_norm": grad_norm, "step_time": elapsed}
+            tokens = int(all_reduce(torch.tensor(sum(unpacked_length(e) for e in examples))))
+            stream_tokens = int(all_reduce(torch.tensor(outcome.stream_tokens)))
+            record = {"step": step, "epoch": step / steps_per_epoch}
+            if outcome.finite:
+                record.update(_means(outcome.totals, examples_per_step), grad_norm=float(grad_norm))
+            else:
+                record.update(loss=float("nan"), skipped="non-finite loss")
+            record.update(
+                tokens=tokens, tokens_per_sec=tokens / elapsed, stream_tokens=stream_tokens,
+                micro_batches=len(plan), learning_rate=scheduler.get_last_lr()[0], step_time=elapsed,
+                peak_memory_gib=peak_memory_gib(device),
+                # Every rank's examples, in rank order: the record of what the step trained on.
+                examples=_gather_indices(indices, examples_per_rank),
+            )
             if config.max_tokens_per_micro_batch:
-                record["fill_ratio"] = fill_ratio(step_examples, plan, config.max_tokens_per_micro_batch)
-            progress.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record[_accuracy_key(config)]:.2f}",
-                                 tok_s=f"{record['tokens_per_sec']:.0f}")
-            if step % config.logging_steps == 0 or step == total_steps:
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
+                record["fill_ratio"] = fill_ratio(examples, [g for g in plan if g], config.max_tokens_per_micro_batch)
+            if peak_flops:
+                flops = step_flops(num_parameters, num_trainable / num_parameters, stream_tokens,
+                                   config.reference == "live")
+                record["mfu"] = flops / (elapsed * peak_flops * world_size())
+            if is_main():
+                progress.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record.get(_accuracy_key(config), 0):.2f}",
+                                     tok_s=f"{record['tokens_per_sec']:.0f}")
+                if step % config.logging_steps == 0 or step == total_steps or not outcome.finite:
+                    metrics_log.write(record)
+            if not outcome.finite:
+                log(f"step {step}: non-finite loss, step skipped ({state['nonfinite_in_a_row']} in a row)")
+                if state["nonfinite_in_a_row"] >= config.max_nonfinite_steps:
+                    raise NonFiniteLossError(f"{state['nonfinite_in_a_row']} steps in a row had a non-finite loss; "
+                                             f"stopped at step {step} (max_nonfinite_steps={config.max_nonfinite_steps})")
+            stop_requested = bool(all_reduce(torch.tensor(int(stop.signal is not None)), "max"))
+            if stop_requested or (config.save_steps and step % config.save_steps == 0 and step < total_steps):
+                checkpoints.save(engine, state)
+                if stop_requested:
+                    log(f"stopped by a signal: checkpoint of step {step} saved in {checkpoints.root}")
+                    return results
+    finally:
+        stop.restore()
+        if metrics_log is not None:
+            metrics_log.close()
 
     if eval_examples:
-        results["after"] = scorer.evaluate(eval_examples, config.per_device_eval_batch_size)
-        print(f"eval before training: {_describe(results['before'])}")
-        print(f"eval after training:  {_describe(results['after'])}")
-        (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
-
-    model_dir = output_dir / "model"
-    policy.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    print(f"model saved to {model_dir}")
+        results["after"] = eval_scorer.evaluate(eval_examples, config.per_device_eval_batch_size)
+        log(f"eval before training: {_describe(results['before'])}")
+        log(f"eval after training:  {_describe(results['after'])}")
+    if is_main():
+        if eval_examples:
+            (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
+        plot_metrics(output_dir / "metrics.jsonl", output_dir / "training.png")
+    _export(engine, config, tokenizer, output_dir, log)
     return results
+
+
+def _load_policy(config: TrainConfig, log) -> torch.nn.Module:
+    policy = load_model(config.model_name_or_path, torch.bfloat16 if config.bf16 else torch.float32)
+    if config.liger_kernels and apply_liger_kernels(policy):
+        log("model: Liger-Kernel RMSNorm, RoPE and SwiGLU applied")
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(policy)
+    if config.finetuning_type == "lora":
+        policy = apply_lora(policy, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_target)
+        if config.gradient_checkpointing:  # the frozen embeddings would otherwise cut the graph at the input
+            policy.enable_input_require_grads()
+    return policy
+
+
+def _references(config, policy, score, ds_config, device, train_examples, eval_examples, log):
+    """The reference scores of the training and the held-out examples (None when reference-free)."""
+    if config.reference == "none":
+        return None, None
+    lora = config.finetuning_type == "lora"
+    if lora or config.reference == "precomputed":
+        # The initial policy is the reference: with LoRA its base model (adapters disabled), and
+        # before the first step (precomputed) the policy itself.
+        live = LiveReference(policy, score, disable_adapter=lora)
+    else:
+        model = load_model(config.model_name_or_path, torch.bfloat16 if config.bf16 else torch.float32)
+        if config.liger_kernels:
+            apply_liger_kernels(model)
+        if ds_config["zero_optimization"].get("stage", 0) == 3:
+            model = reference_engine(model, ds_config)
+        else:
+            model = model.to(device)
+        live = LiveReference(model.eval().requires_grad_(False), score)
+    if config.reference == "live":
+        return live, live
+    model_path = resolve_model_path(config.model_name_or_path)
+    tables = []
+    policy.eval()
+    for examples in (train_examples, eval_examples):
+        if not examples:
+            tables.append(None)
+            continue
+        cache_file = cache_path(config.output_dir, model_path, examples)
+        tables.append(precompute(live, examples, cache_file, config.per_device_eval_batch_size, device))
+        log(f"reference log-probs of {len(examples)} examples: {cache_file}")
+    policy.train()
+    return tables[0], tables[1]
+
+
+@dataclass
+class StepOutcome:
+    totals: dict[str, float] = field(default_factory=dict)  # per-example metrics summed over all ranks
+    stream_tokens: int = 0  # packed tokens this rank processed
+    finite: bool = True
+
+
+def accumulate_gradients(engine, scorer: Scorer, examples: list[Example], indices: list[int],
+                         plan: list[list[int]], examples_per_step: int) -> StepOutcome:
+    """Accumulate in `engine` the gradient of the mean loss over the step's examples of all ranks.
+
+    Each micro-batch's summed loss is scaled by world_size / examples_per_step: DeepSpeed averages
+    the gradients over ranks, so the result is the gradient of (sum of all losses) / examples_per_step
+    whatever the split into micro-batches and ranks. Ranks run the same number of micro-batches
+    (collectives must match); a rank with fewer pads with an empty group, run as example 0 weighted
+    0. A non-finite loss on any rank ends the step early with a backward of NaN, which every rank
+    joins (their collectives stay matched) and `skip_step` then discards whole.
+    """
+    count = int(all_reduce(torch.tensor(len(plan)), "max"))
+    plan = plan + [[]] * (count - len(plan))
+    outcome = StepOutcome()
+    scale = world_size() / examples_per_step
+    for position, group in enumerate(plan):
+        engine.set_gradient_accumulation_boundary(position == count - 1)
+        weight = scale if group else 0.0
+        group = group or [0]
+        losses, metrics, stream_tokens = scorer.score([examples[i] for i in group], [indices[i] for i in group])
+        if all_reduce(torch.tensor(int(not torch.isfinite(losses).all())), "max"):
+            engine.set_gradient_accumulation_boundary(True)
+            engine.backward(losses.sum() * float("nan"))
+            outcome.finite = False
+            return outcome
+        engine.backward(losses.sum() * weight)
+        if weight:
+            _accumulate(outcome.totals, {"loss": losses.detach(), **metrics})
+            outcome.stream_tokens += stream_tokens
+    names = sorted(outcome.totals)
+    summed = all_reduce(torch.tensor([outcome.totals[name] for name in names], dtype=torch.float64))
+    outcome.totals = dict(zip(names, summed.tolist()))
+    return outcome
+
+
+class Scorer:
+    """Scores groups of examples: policy and reference log-probs, then the per-example loss.
+
+    `engine` is the DeepSpeed engine of the policy (or the policy itself), called on each batch
+    inside `scoring_forward`.
+    """
+
+    def __init__(self, engine, reference, objective, device: torch.device, scoring=scoring_forward):
+        self.engine, self.reference, self.objective, self.device, self.scoring = engine, reference, objective, device, scoring
+        self.policy = getattr(engine, "module", engine)
+
+    def score(self, examples: list[Example], indices: list[int]):
+        """Per-example losses (differentiable), per-example metrics and the packed stream's length.
+
+        `indices` are the examples' positions in their data set (where a precomputed reference looks).
+        """
+        batch = pack_examples(examples).to(self.device)
+        with self.scoring(self.policy):
+            policy_logps = self.engine(batch)
+        reference_logps = None if self.reference is None else self.reference(batch, indices)
+        losses, metrics = self.objective(policy_logps, reference_logps, response_lengths=batch.response_lengths)
+        return losses, metrics, batch.num_tokens
+
+    @torch.no_grad()
+    def evaluate(self, examples: list[Example], batch_size: int) -> dict[str, float]:
+        """Mean metrics over `examples`, each rank scoring its shard."""
+        was_training = self.policy.training
+        self.policy.eval()
+        totals = {}
+        shard, own = rank_shard(len(examples))
+        for start in range(0, len(shard), batch_size):
+            indices = shard[start : start + batch_size]
+            losses, metrics, _ = self.score([examples[i] for i in indices], indices)
+            mine = min(len(indices), max(own - start, 0))
+            _accumulate(totals, {name: values[:mine] for name, values in {"loss": losses, **metrics}.items()})
+        self.policy.train(was_training)
+        names = sorted(totals)
+        summed = all_reduce(torch.tensor([totals[name] for name in names], dtype=torch.float64))
+        return _means(dict(zip(names, summed.tolist())), len(examples))
+
+
+class ExampleOrder:
+    """Example indices epoch after epoch, each epoch a permutation seeded by (seed, epoch).
+
+    Stateless: the examples of a step follow from the step number alone, which is the data-loader
+    position a checkpoint needs.
+    """
+
+    def __init__(self, num_examples: int, seed: int):
+        self.num_examples, self.seed = num_examples, seed
+
+    def step_indices(self, step: int, examples_per_step: int) -> list[int]:
+        start = (step - 1) * examples_per_step
+        return [self._at(position) for position in range(start, start + examples_per_step)]
+
+    @functools.lru_cache(maxsize=4)
+    def _permutation(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.num_examples, generator=generator).tolist()
+
+    def _at(self, position: int) -> int:
+        epoch, offset = divmod(position, self.num_examples)
+        return self._permutation(epoch)[offset]
 
 
 def _micro_batches(examples: list[Example], config: TrainConfig) -> list[list[int]]:
@@ -119,55 +343,59 @@ def _micro_batches(examples: list[Example], config: TrainConfig) -> list[list[in
     return [list(range(start, min(start + size, len(examples)))) for start in range(0, len(examples), size)]
 
 
-class Scorer:
-    """Scores micro-batches of examples: policy and reference log-probs, then the loss."""
-
-    def __init__(self, policy, reference, objective, device: torch.device, logprob_impl: str, attention_backend: str):
-        self.policy, self.reference, self.objective, self.device = policy, reference, objective, device
-        self.logps = functools.partial(sequence_logps, impl=logprob_impl, attention_backend=attention_backend)
-
-    def score(self, examples: list[Example]) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
-        """Per-example losses (differentiable), per-example metrics and the packed stream's length."""
-        batch = pack_examples(examples).to(self.device)
-        policy_logps = self.logps(self.policy, batch)
-        reference_logps = None
-        if self.reference is not None:
-            with torch.no_grad():
-                reference_logps = self.logps(self.reference, batch)
-        losses, metrics = self.objective(policy_logps, reference_logps, response_lengths=batch.response_lengths)
-        return losses, metrics, batch.num_tokens
-
-    def backward(self, examples: list[Example], plan: list[list[int]]) -> tuple[dict[str, float], int]:
-        """Accumulate the gradient of the mean loss over `examples`, one micro-batch per group of `plan`.
-
-        Returns the summed per-example metrics and the packed tokens processed.
-        """
-        totals, stream_tokens = {}, 0
-        for indices in plan:
-            losses, metrics, batch_tokens = self.score([examples[i] for i in indices])
-            # Divided by the step's example count, whatever the micro-batch split.
-            (losses.sum() / len(examples)).backward()
-            _accumulate(totals, {"loss": losses.detach(), **metrics})
-            stream_tokens += batch_tokens
-        return totals, stream_tokens
-
-    @torch.no_grad()
-    def evaluate(self, examples: list[Example], batch_size: int) -> dict[str, float]:
-        was_training = self.policy.training
-        self.policy.eval()
-        totals = {}
-        for start in range(0, len(examples), batch_size):
-            losses, metrics, _ = self.score(examples[start : start + batch_size])
-            _accumulate(totals, {"loss": losses, **metrics})
-        self.policy.train(was_training)
-        return _means(totals, len(examples))
+def _grad_norm_before_step(engine) -> float | None:
+    """Without ZeRO, DeepSpeed does not record the norm: take it from the gradients before the step."""
+    if engine.zero_optimization_stage() > 0:
+        return None
+    grads = [p.grad.float().norm() for p in engine.module.parameters() if p.grad is not None]
+    return float(torch.stack(grads).norm()) if grads else 0.0
 
 
-def _example_order(num_examples: int, seed: int):
-    """Example indices, epoch after epoch, each epoch in a fresh seeded permutation."""
-    generator = torch.Generator().manual_seed(seed)
-    while True:
-        yield from torch.randperm(num_examples, generator=generator).tolist()
+def skip_step(engine) -> None:
+    """End a step whose gradient is poisoned (see `accumulate_gradients`) without updating anything.
+
+    ZeRO 1-3 check the gradient norm and, finding it non-finite, skip the update and clear every
+    gradient buffer themselves (the learning-rate schedule is not advanced). Without ZeRO the
+    gradients live in the parameters only and are dropped here.
+    """
+    if engine.zero_optimization_stage() > 0:
+        engine.step()
+    else:
+        engine.optimizer.zero_grad(set_to_none=True)
+        engine.zero_grad()
+
+
+def _gather_indices(indices: list[int], per_rank: int) -> list[int]:
+    gathered = torch.zeros(world_size(), per_rank, dtype=torch.long)
+    gathered[rank()] = torch.tensor(indices)
+    return all_reduce(gathered).flatten().tolist()
+
+
+def _export(engine, config: TrainConfig, tokenizer, output_dir: Path, log) -> None:
+    """The final model in `output_dir/model`, loadable by transformers (LoRA: the adapters, or merged)."""
+    state_dict = full_state_dict(engine)  # a collective under ZeRO-3
+    if is_main():
+        lora = config.finetuning_type == "lora"
+        target = output_dir / ("adapter" if lora and config.lora_merge_on_export else "model")
+        engine.module.save_pretrained(target, state_dict=state_dict)
+        tokenizer.save_pretrained(target)
+        if lora and config.lora_merge_on_export:
+            from peft import PeftModel
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()  # the base model is loaded whole, not into ZeRO-3 partitions
+            base = load_model(config.model_name_or_path, torch.bfloat16 if config.bf16 else torch.float32)
+            merged = PeftModel.from_pretrained(base, target).merge_and_unload()
+            merged.save_pretrained(output_dir / "model")
+            tokenizer.save_pretrained(output_dir / "model")
+        log(f"model saved to {output_dir / 'model'}")
+    barrier()
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def _accumulate(totals: dict[str, float], per_example: dict[str, torch.Tensor]) -> None:
@@ -177,12 +405,6 @@ def _accumulate(totals: dict[str, float], per_example: dict[str, torch.Tensor]) 
 
 def _means(totals: dict[str, float], count: int) -> dict[str, float]:
     return {name: total / count for name, total in totals.items()}
-
-
-def _clip(model: torch.nn.Module, max_norm: float) -> float:
-    if max_norm > 0:
-        return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-    return float(torch.norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])))
 
 
 def _accuracy_key(config: TrainConfig) -> str:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +19,8 @@ from transformers import (
 from iopo_fast import DPOExample, IOPOExample
 
 torch.set_num_threads(2)
+
+DEMO_DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
 
 # Triton kernels run on CUDA, or on CPU tensors when TRITON_INTERPRET=1 was set before triton was
 # imported. Triton 3.9 decorates its own helpers (`tl.zeros`, ...) at `import triton`, and this file
@@ -32,6 +36,14 @@ def rerun_under_triton_interpreter(test_file: str, selection: str) -> None:
     assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-5000:]
     summary = result.stdout.strip().splitlines()[-1]
     assert "passed" in summary and "skipped" not in summary, summary
+
+
+def fresh_process_env() -> dict[str, str]:
+    """This process's environment without the process-group variables that an in-process training run
+    sets (`iopo_fast.distributed.init_distributed`): a child started with them would join this
+    process's group, or take its port."""
+    launcher_keys = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+    return {key: value for key, value in os.environ.items() if key not in launcher_keys}
 
 
 def tiny_llama(vocab_size: int = 96) -> LlamaForCausalLM:
@@ -104,3 +116,31 @@ def smollm2_tokenizer():
     from iopo_fast.model import DEFAULT_MODEL, load_tokenizer
 
     return load_tokenizer(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm2_tokenizer):
+    """A saved tiny random Llama with the real SmolLM2 tokenizer, for end-to-end training runs."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    tiny_llama(vocab_size=len(smollm2_tokenizer)).save_pretrained(path)
+    smollm2_tokenizer.save_pretrained(path)
+    return path
+
+
+def training_config(model_dir, output_dir, **overrides):
+    """A short run on the bundled held-out data (40 examples): constant learning rate, no resume."""
+    from iopo_fast.config import TrainConfig
+
+    settings = dict(
+        model_name_or_path=str(model_dir), dataset=str(DEMO_DATA / "eval.jsonl"), output_dir=str(output_dir),
+        per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=3, learning_rate=1e-3,
+        lr_scheduler_type="constant", cutoff_len=256, resume="never",
+    )
+    return TrainConfig(**{**settings, **overrides})
+
+
+def logged(output_dir, key: str = "loss") -> list:
+    """`key` of every record of a run's metrics.jsonl."""
+    lines = (Path(output_dir) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)[key] for line in lines]

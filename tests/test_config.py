@@ -66,3 +66,12 @@ def test_options_table_lists_every_field():
 def test_readme_option_table_is_current():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     assert options_markdown() in readme, "regenerate the README's table with `iopo-fast options --markdown`"
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml")),
+                         ids=lambda path: path.stem)
+def test_example_configs_are_valid(path, monkeypatch):
+    monkeypatch.chdir(path.parents[1])  # their data paths are relative to the repository root
+    config = load_config(path)
+    assert Path(config.dataset).is_file() and Path(config.eval_dataset).is_file()
+    assert config.loss == "iopo" and config.pref_beta > 0

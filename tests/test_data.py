@@ -93,7 +93,7 @@ def test_bad_record_is_reported_and_good_records_are_kept(tmp_path, smollm2_toke
     assert rejected["source"] == f"{path}:3"
     assert rejected["reason"].startswith(reason)
     assert sum(stats.rejected.values()) == 1
-    assert f"1 rejected" in stats.summary(log) and str(log.path) in stats.summary(log)
+    assert "1 rejected" in stats.summary(log) and str(log.path) in stats.summary(log)
 
     with pytest.raises(DataError) as error:
         load_examples(path, smollm2_tokenizer, cutoff_len=64, rejection_log=RejectionLog(strict=True))

@@ -28,20 +28,34 @@ def test_default_model_is_smollm2_converted_to_safetensors(smollm2):
     assert path.endswith("SmolLM2-135M-Instruct")
 
 
-def test_sequence_logps_matches_reference_on_smollm2(smollm2, smollm2_tokenizer):
+def test_sequence_logps_matches_reference_on_smollm2(smollm2, smollm2_tokenizer, generator):
+    """Packed scores and the gradients of every parameter against the four-sequence reference, in fp32."""
     model, _ = smollm2
     encode = lambda text: smollm2_tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     examples = [IOPOExample(encode("Say hi in lowercase:"), encode("Say hi in UPPERCASE:"), encode(" hi there"),
                             encode(" HI THERE")),
                 IOPOExample(encode("Name a color."), encode("Name a color in French."), encode(" Blue."),
                             encode(" Bleu."))]
-    with torch.no_grad():
-        scores = sequence_logps(model, pack_examples(examples))
-        expected = reference.sequence_logps(model, examples)
+    weights = torch.randn(len(examples), 4, generator=generator)
+    scores, grads = scores_and_grads(model, lambda: sequence_logps(model, pack_examples(examples)), weights)
+    expected, expected_grads = scores_and_grads(model, lambda: reference.sequence_logps(model, examples), weights)
+
     torch.testing.assert_close(scores, expected, rtol=0, atol=1e-4)
+    # Relative error of each parameter's gradient (DESIGN.md, "Tolerances"), as a norm: SmolLM2's
+    # outlier channels make single entries large, and fp32 sums in another order differ there.
+    for name, grad in grads.items():
+        error = (grad - expected_grads[name]).norm() / expected_grads[name].norm()
+        assert error <= 1e-4, f"{name}: relative gradient error {error:.2e}"
     # Pretrained weights, not random ones: a random model scores about -log(49152) = -10.8 per token.
     per_token = scores / pack_examples(examples).response_lengths
     assert per_token.max() > -6
+
+
+def scores_and_grads(model, score, weights):
+    model.zero_grad(set_to_none=True)
+    scores = score()
+    (scores * weights).sum().backward()
+    return scores.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
 def test_missing_local_model_is_a_one_line_error(tmp_path):

@@ -1,20 +1,27 @@
-"""The training loop end to end on a tiny random model with the real SmolLM2 tokenizer."""
+"""The training loop: a whole run, and the gradient of a step under DeepSpeed whatever the micro-batches."""
 
 from __future__ import annotations
 
 import copy
 import functools
 import json
+import math
 
+import pytest
 import torch
-from conftest import random_iopo_examples, tiny_llama
+from conftest import random_iopo_examples, tiny_llama, training_config
+from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_grad
 from transformers import AutoModelForCausalLM
 
 from iopo_fast import iopo_loss, reference
 from iopo_fast.batching import plan_micro_batches
 from iopo_fast.config import TrainConfig
+from iopo_fast.distributed import init_distributed
+from iopo_fast.engine import build_engine, deepspeed_config
+from iopo_fast.logprobs import sequence_logps
 from iopo_fast.packing import packed_length
-from iopo_fast.trainer import Scorer, train
+from iopo_fast.reference_logps import LiveReference
+from iopo_fast.trainer import NonFiniteLossError, Scorer, accumulate_gradients, skip_step, train
 
 RECORDS = [
     {"x1": f"Name fruit {i} in lowercase.", "x2": f"Name fruit {i} in UPPERCASE.", "y1": f"fruit {i}", "y2": f"FRUIT {i}"}
@@ -27,15 +34,12 @@ def write_jsonl(path, lines):
     return str(path)
 
 
-def test_train_writes_metrics_rejections_evaluation_and_a_loadable_model(tmp_path, smollm2_tokenizer, capsys):
-    model_dir = tmp_path / "tiny"
-    tiny_llama(vocab_size=len(smollm2_tokenizer)).save_pretrained(model_dir)
-    smollm2_tokenizer.save_pretrained(model_dir)
+def test_train_writes_metrics_rejections_evaluation_plot_and_a_loadable_model(tmp_path, tiny_model_dir, capsys):
     lines = [json.dumps(r) for r in RECORDS]
     train_path = write_jsonl(tmp_path / "train.jsonl", lines[:2] + ["{broken"] + lines[2:])
     eval_path = write_jsonl(tmp_path / "eval.jsonl", lines[:2])
     output_dir = tmp_path / "out"
-    config = TrainConfig(model_name_or_path=str(model_dir), dataset=train_path, eval_dataset=eval_path,
+    config = TrainConfig(model_name_or_path=str(tiny_model_dir), dataset=train_path, eval_dataset=eval_path,
                          output_dir=str(output_dir), per_device_train_batch_size=1, gradient_accumulation_steps=2,
                          learning_rate=1e-3, lr_scheduler_type="constant")
 
@@ -44,21 +48,27 @@ def test_train_writes_metrics_rejections_evaluation_and_a_loadable_model(tmp_pat
     metrics = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2]  # the 4 good records, 2 per step, one epoch
     for m in metrics:
-        assert {"loss", "tokens", "tokens_per_sec", "accuracies/group", "grad_norm"} <= m.keys()
-        assert m["tokens"] > 0 and m["tokens_per_sec"] > 0
+        assert {"loss", "tokens", "tokens_per_sec", "accuracies/group", "grad_norm", "peak_memory_gib"} <= m.keys()
+        assert m["tokens"] > 0 and m["tokens_per_sec"] > 0 and m["grad_norm"] > 0
+    assert sorted(metrics[0]["examples"] + metrics[1]["examples"]) == [0, 1, 2, 3]
     rejected = [json.loads(line) for line in (output_dir / "rejected_records.jsonl").read_text().splitlines()]
     assert [r["source"] for r in rejected] == [f"{train_path}:3"]
     assert abs(results["before"]["loss"] - 0.693147) < 1e-4  # policy == reference before training
     assert results["after"]["loss"] != results["before"]["loss"]
     assert json.loads((output_dir / "eval_results.json").read_text()) == results
+    assert (output_dir / "training.png").read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert "1 rejected (1 invalid JSON" in out and "eval after training" in out
     reloaded = AutoModelForCausalLM.from_pretrained(output_dir / "model")
-    assert reloaded.config.vocab_size == len(smollm2_tokenizer)
+    assert reloaded.config.vocab_size == tiny_llama(len(AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+                                                          .get_input_embeddings().weight)).config.vocab_size
 
 
-def test_step_gradient_is_the_mean_loss_gradient_whatever_the_micro_batches(generator):
-    """Token-budget micro-batches accumulate exactly the gradient of the mean loss over the step."""
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_step_gradient_is_the_mean_loss_gradient_whatever_the_micro_batches(generator, stage):
+    """Token-budget micro-batches accumulate in the engine exactly the gradient of the mean loss over the
+    step, and a step abandoned on a non-finite loss leaves no gradient behind."""
+    init_distributed()
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
     policy, examples = tiny_llama(), random_iopo_examples(7, 96, generator)
     reference_model = copy.deepcopy(policy).requires_grad_(False)
@@ -66,13 +76,81 @@ def test_step_gradient_is_the_mean_loss_gradient_whatever_the_micro_batches(gene
         for p in policy.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=generator))
     objective = functools.partial(iopo_loss, beta=0.5)
-    scorer = Scorer(policy, reference_model, objective, torch.device("cpu"), "auto", "auto")
-
     losses, _ = objective(reference.sequence_logps(policy, examples), reference.sequence_logps(reference_model, examples))
+    names = [name for name, _ in policy.named_parameters()]
     expected = torch.autograd.grad(losses.mean(), list(policy.parameters()))
+
+    live = LiveReference(reference_model, sequence_logps)
+    indices = list(range(len(examples)))
     budget = max(packed_length(e) for e in examples)
-    for plan in (plan_micro_batches(examples, budget), [list(range(len(examples)))]):
-        policy.zero_grad(set_to_none=True)
-        scorer.backward(examples, plan)
-        for (name, p), grad in zip(policy.named_parameters(), expected):
-            torch.testing.assert_close(p.grad, grad, rtol=1e-4, atol=1e-6, msg=name)
+    config = TrainConfig(zero_stage=stage, max_grad_norm=0.0)
+    for plan in (plan_micro_batches(examples, budget), [indices[:3], indices[3:]], [indices]):
+        engine, _ = build_engine(copy.deepcopy(policy), config, deepspeed_config(config, world_size=1), total_steps=1)
+        calls = []
+
+        def fails_on_second_micro_batch(*args, **kwargs):
+            calls.append(1)
+            losses, metrics = objective(*args, **kwargs)
+            return (losses * float("nan") if len(calls) == 2 else losses), metrics
+
+        failing = Scorer(engine, live, fails_on_second_micro_batch, torch.device("cpu"))
+        before = [full_parameter(p).clone() for p in engine.module.parameters()]
+        assert not accumulate_gradients(engine, failing, examples, indices, [indices[:3], indices[3:]], 7).finite
+        skip_step(engine)
+        for name, param, value in zip(names, engine.module.parameters(), before):
+            assert torch.equal(full_parameter(param), value), name
+
+        outcome = accumulate_gradients(engine, Scorer(engine, live, objective, torch.device("cpu")), examples, indices,
+                                       plan, len(examples))
+        assert outcome.finite and abs(outcome.totals["loss"] / len(examples) - float(losses.detach().mean())) < 1e-5
+        for name, param, grad in zip(names, engine.module.parameters(), expected):
+            torch.testing.assert_close(safe_get_full_grad(param), grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def full_parameter(param: torch.Tensor) -> torch.Tensor:
+    """The whole fp32 value of a parameter, gathered from its ZeRO partitions if it has any."""
+    value = safe_get_full_fp32_param(param)
+    return param.detach() if value is None else value
+
+
+def test_nonfinite_steps_are_skipped_logged_and_stop_the_run(tmp_path, tiny_model_dir, monkeypatch):
+    import iopo_fast.trainer as trainer
+
+    steps = []
+
+    def counting_steps(*args, **kwargs):
+        steps.append(1)
+        return accumulate_gradients(*args, **kwargs)
+
+    def nonfinite_on_steps_two_and_three(*args, **kwargs):
+        losses, metrics = iopo_loss(*args, **kwargs)
+        return (losses * float("nan") if torch.is_grad_enabled() and len(steps) in (2, 3) else losses), metrics
+
+    monkeypatch.setattr(trainer, "accumulate_gradients", counting_steps)
+    monkeypatch.setattr(trainer, "iopo_loss", nonfinite_on_steps_two_and_three)
+    train(training_config(tiny_model_dir, tmp_path / "a", max_steps=4, max_nonfinite_steps=3, zero_stage=2))
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("skipped") for r in records] == [None, "non-finite loss", "non-finite loss", None]
+    assert all(math.isfinite(r["loss"]) for r in (records[0], records[3]))
+
+    steps.clear()
+    with pytest.raises(NonFiniteLossError, match="2 steps in a row had a non-finite loss; stopped at step 3"):
+        train(training_config(tiny_model_dir, tmp_path / "b", max_steps=4, max_nonfinite_steps=2))
+
+
+@pytest.mark.parametrize("stage, reference_mode", [(2, "precomputed"), (3, "live")])
+def test_lora_run_trains_only_the_adapters_and_exports_them_merged(tmp_path, tiny_model_dir, stage, reference_mode):
+    """LoRA with gradient checkpointing; its reference is the base model, precomputed or live."""
+    train(training_config(tiny_model_dir, tmp_path, finetuning_type="lora", lora_rank=4, lora_merge_on_export=True,
+                          zero_stage=stage, gradient_checkpointing=True, reference=reference_mode, max_steps=2))
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert abs(losses[0] - math.log(2)) < 1e-5  # the adapted policy starts as its reference, the base model
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    merged_weights, base_weights = merged.state_dict(), base.state_dict()
+    assert merged_weights.keys() == base_weights.keys()
+    for name, weight in base_weights.items():
+        adapted = name.endswith("proj.weight")  # lora_target "all": every linear layer but the LM head
+        assert torch.equal(merged_weights[name], weight) != adapted, name

@@ -1,0 +1,141 @@
+"""Checkpoints that a crash or a kill never leaves unresumable.
+
+Layout under `<output_dir>/checkpoints/`:
+
+    step-000040/   DeepSpeed's model, optimizer and scheduler states, `trainer_state.json` (the step,
+                   which fixes the data position, and the run's counters) and one `rng-rank<r>.pt` per rank
+    latest         the name of the newest complete checkpoint
+
+A checkpoint is written under a temporary name, renamed into place once every rank has finished,
+and only then named in `latest` (itself replaced atomically). A kill at any moment leaves `latest`
+naming a complete checkpoint, or absent; stray temporary folders are removed on the next save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .distributed import barrier, is_main, rank
+
+_PREFIX = "step-"
+_STAGING = ".incomplete-"
+
+
+class Checkpoints:
+    def __init__(self, output_dir: str | Path, keep: int):
+        self.root = Path(output_dir) / "checkpoints"
+        self.keep = keep
+
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint, or None."""
+        pointer = self.root / "latest"
+        if not pointer.is_file():
+            return None
+        path = self.root / pointer.read_text(encoding="utf-8").strip()
+        if not (path / "trainer_state.json").is_file():
+            raise RuntimeError(f"{pointer}: names {path.name}, which is not a complete checkpoint")
+        return path
+
+    def save(self, engine, trainer_state: dict) -> Path:
+        """Write a checkpoint of `engine` and `trainer_state` on every rank, then publish it."""
+        name = f"{_PREFIX}{trainer_state['step']:06d}"
+        staging = self.root / f"{_STAGING}{name}"
+        if is_main():
+            self._remove_incomplete()
+        barrier()
+        engine.save_checkpoint(str(self.root), tag=staging.name, save_latest=False)
+        torch.save(_rng_state(), staging / f"rng-rank{rank()}.pt")
+        barrier()
+        final = self.root / name
+        if is_main():
+            _write_atomically(staging / "trainer_state.json", json.dumps(trainer_state, indent=2) + "\n")
+            _fsync_tree(staging)
+            if final.exists():  # a checkpoint of this step from an earlier, interrupted attempt
+                shutil.rmtree(final)
+            staging.rename(final)
+            _fsync(self.root)
+            _write_atomically(self.root / "latest", name + "\n")
+            self._remove_old()
+        barrier()
+        return final
+
+    def load(self, engine, path: Path) -> dict:
+        """Restore `engine` and this rank's RNG from checkpoint `path`; returns its trainer state."""
+        engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=False)
+        rng_file = path / f"rng-rank{rank()}.pt"
+        if rng_file.is_file():  # absent when resumed on more ranks than were saved
+            _set_rng_state(torch.load(rng_file, weights_only=False))
+        return json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+
+    def _remove_incomplete(self) -> None:
+        for path in self.root.glob(f"{_STAGING}*"):
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _remove_old(self) -> None:
+        complete = sorted(p for p in self.root.glob(f"{_PREFIX}*") if (p / "trainer_state.json").is_file())
+        for path in complete[: -self.keep]:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+class StopRequest:
+    """Turns SIGTERM (and SIGINT) into a flag the loop checks after each step, to checkpoint and stop."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("w", encoding="utf-8") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+    _fsync(path.parent)
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as file:
+                os.fsync(file.fileno())
+    _fsync(root)
+
+
+def _fsync(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

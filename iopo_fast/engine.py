@@ -1,0 +1,106 @@
+"""The DeepSpeed engine: its config, the optimizer and schedule, and the final export.
+
+The loop owns gradient accumulation (micro-batches hold a variable number of examples, see
+`trainer.py`), so DeepSpeed sees one micro-batch per step boundary decision that the loop makes with
+`set_gradient_accumulation_boundary`, and `gradient_accumulation_steps` is 1 in its config.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import deepspeed
+import torch
+from transformers import get_scheduler
+
+from .config import ConfigError, TrainConfig
+
+
+def deepspeed_config(config: TrainConfig, world_size: int) -> dict:
+    """The DeepSpeed config: the user's JSON with its "auto" values filled, or one built from `config`."""
+    if config.deepspeed:
+        try:
+            ds_config = json.loads(Path(config.deepspeed).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{config.deepspeed}: invalid JSON: {error}") from None
+    else:
+        zero = {"stage": config.zero_stage}
+        if config.offload_optimizer:
+            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+        if config.offload_param:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+        if config.zero_stage == 3:
+            zero["stage3_gather_16bit_weights_on_model_save"] = True
+        ds_config = {"zero_optimization": zero, "bf16": {"enabled": config.bf16}}
+        if config.offload_optimizer:
+            # Offloaded states need DeepSpeed's own CPU Adam, which it builds from this section.
+            ds_config["optimizer"] = {"type": "AdamW", "params": {"lr": config.learning_rate,
+                                                                  "weight_decay": config.weight_decay}}
+    ds_config = _fill_auto(ds_config, {
+        "optimizer.params.lr": config.learning_rate,
+        "optimizer.params.weight_decay": config.weight_decay,
+        "bf16.enabled": config.bf16,
+        "gradient_clipping": config.max_grad_norm,
+    })
+    ds_config.update(
+        train_micro_batch_size_per_gpu=config.per_device_train_batch_size,
+        gradient_accumulation_steps=1,  # the loop accumulates; see the module docstring
+        train_batch_size=config.per_device_train_batch_size * world_size,
+        gradient_clipping=config.max_grad_norm,
+        zero_allow_untested_optimizer=True,
+        steps_per_print=2**62,
+    )
+    # A non-finite gradient skips the step (see trainer.skip_step); fp32 and fp16 always check.
+    ds_config.setdefault("bf16", {}).setdefault("check_grad_overflow", True)
+    ds_config.pop("scheduler", None)  # the schedule is lr_scheduler_type's, stepped by the engine
+    return ds_config
+
+
+def build_engine(model: torch.nn.Module, config: TrainConfig, ds_config: dict, total_steps: int):
+    """The DeepSpeed engine around `model`, with AdamW and the learning-rate schedule."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = None
+    if "optimizer" not in ds_config:
+        optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay,
+                                      fused=torch.cuda.is_available())
+
+    def schedule(optimizer):
+        return get_scheduler(config.lr_scheduler_type, optimizer, int(config.warmup_ratio * total_steps), total_steps)
+
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, model_parameters=trainable, optimizer=optimizer, lr_scheduler=schedule, config=ds_config
+    )
+    return engine, scheduler
+
+
+def reference_engine(model: torch.nn.Module, ds_config: dict):
+    """A frozen reference model partitioned like the policy under ZeRO-3 (forward only)."""
+    inference_config = {key: ds_config[key] for key in ("train_micro_batch_size_per_gpu", "bf16") if key in ds_config}
+    inference_config["zero_optimization"] = {"stage": 3, **{
+        key: value for key, value in ds_config["zero_optimization"].items() if key == "offload_param"}}
+    engine, *_ = deepspeed.initialize(model=model, config=inference_config)
+    engine.eval()
+    return engine.module
+
+
+def full_state_dict(engine) -> dict[str, torch.Tensor] | None:
+    """The model's whole state dict on rank 0 (gathered from the partitions under ZeRO-3), None elsewhere.
+
+    A collective under ZeRO-3: every rank calls it.
+    """
+    if engine.zero_optimization_partition_weights():
+        return engine._zero3_consolidated_16bit_state_dict()
+    return engine.module.state_dict() if engine.global_rank == 0 else None
+
+
+def _fill_auto(ds_config: dict, values: dict[str, object]) -> dict:
+    """Replace the "auto" entries at the dotted paths of `values` (Hugging Face's convention)."""
+    for dotted, value in values.items():
+        *parents, leaf = dotted.split(".")
+        node = ds_config
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(leaf) == "auto":
+            node[leaf] = value
+    return ds_config

@@ -1,0 +1,80 @@
+"""Where the reference scores come from: a live model, a table computed before training, or nowhere.
+
+`reference: precomputed` scores every example once with the initial policy (the reference model by
+definition; with LoRA, the policy with its adapters disabled) before training starts, and caches the
+`[num_examples, num_roles]` table in `<output_dir>/reference_logps/`, keyed by the model and the
+tokenized data: training then holds no second model and runs no reference forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .distributed import all_reduce, is_main, rank_shard
+from .packing import Batch, Example, pack_examples
+
+ScoreFunction = Callable[[torch.nn.Module, Batch], torch.Tensor]
+
+
+class LiveReference:
+    """Scores a batch with a frozen model, or with the policy's base model (its adapters disabled)."""
+
+    def __init__(self, model: torch.nn.Module, score: ScoreFunction, disable_adapter: bool = False):
+        self.model, self.score, self.disable_adapter = model, score, disable_adapter
+
+    @torch.no_grad()
+    def __call__(self, batch: Batch, indices: list[int]) -> torch.Tensor:
+        with self.model.disable_adapter() if self.disable_adapter else contextlib.nullcontext():
+            return self.score(self.model, batch)
+
+
+class PrecomputedReference:
+    """Looks up the scores of a table computed before training."""
+
+    def __init__(self, table: torch.Tensor):
+        self.table = table
+
+    def __call__(self, batch: Batch, indices: list[int]) -> torch.Tensor:
+        return self.table[indices].to(batch.targets.device)
+
+
+def precompute(reference: LiveReference, examples: list[Example], cache_file: Path, batch_size: int,
+               device: torch.device) -> PrecomputedReference:
+    """The reference table of `examples`, read from `cache_file` or computed (ranks share the work) and saved."""
+    if cache_file.is_file():
+        return PrecomputedReference(torch.load(cache_file))
+    num_roles = pack_examples(examples[:1]).num_roles
+    table = torch.zeros(len(examples), num_roles, dtype=torch.float32)
+    shard, own = rank_shard(len(examples))
+    for start in range(0, len(shard), batch_size):
+        indices = shard[start : start + batch_size]
+        scores = reference(pack_examples([examples[i] for i in indices]).to(device), indices).float().cpu()
+        mine = min(len(indices), max(own - start, 0))
+        table[indices[:mine]] = scores[:mine]
+    table = all_reduce(table)
+    if is_main():
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
+        torch.save(table, temporary)
+        os.replace(temporary, cache_file)
+    return PrecomputedReference(table)
+
+
+def cache_path(output_dir: str | Path, model_path: str, examples: list[Example]) -> Path:
+    """`<output_dir>/reference_logps/<key>.pt`, the key a digest of the model's files and the token ids."""
+    digest = hashlib.sha256(model_path.encode())
+    model_dir = Path(model_path)
+    if model_dir.is_dir():
+        for file in sorted(model_dir.rglob("*")):
+            if file.is_file():
+                stat = file.stat()
+                digest.update(f"{file.relative_to(model_dir)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    for example in examples:
+        digest.update(repr(example).encode())
+    return Path(output_dir) / "reference_logps" / f"{digest.hexdigest()[:20]}.pt"

@@ -1,0 +1,102 @@
+"""The DeepSpeed engine: ZeRO stages, two ranks, CPU offload and a user's DeepSpeed JSON."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import fresh_process_env, logged, training_config
+
+from iopo_fast.config import TrainConfig
+from iopo_fast.engine import deepspeed_config
+from iopo_fast.trainer import train
+
+
+@pytest.fixture(scope="module")
+def zero0_losses(tiny_model_dir, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("zero0")
+    train(training_config(tiny_model_dir, output_dir, max_tokens_per_micro_batch=400))
+    return logged(output_dir)
+
+
+@pytest.mark.parametrize("settings", [
+    {"zero_stage": 1}, {"zero_stage": 2}, {"zero_stage": 3}, {"zero_stage": 3, "reference": "precomputed"},
+])
+def test_zero_stages_train_the_same(tiny_model_dir, tmp_path, zero0_losses, settings):
+    train(training_config(tiny_model_dir, tmp_path, max_tokens_per_micro_batch=400, **settings))
+    assert logged(tmp_path) == pytest.approx(zero0_losses, abs=2e-6)
+
+
+def test_zero3_with_optimizer_and_parameter_offload(tiny_model_dir, tmp_path, zero0_losses):
+    train(training_config(tiny_model_dir, tmp_path, max_tokens_per_micro_batch=400, zero_stage=3,
+                          offload_optimizer=True, offload_param=True))
+    assert logged(tmp_path) == pytest.approx(zero0_losses, abs=2e-6)
+
+
+def run_cli(launcher: list[str], settings: dict, path) -> None:
+    """`iopo-fast train` on `settings` (written to `path`), `launcher` running the module; fails with the
+    run's output."""
+    path.write_text(yaml.safe_dump(settings))
+    result = subprocess.run([*launcher, "iopo_fast.cli", "train", str(path)], capture_output=True, text=True,
+                            timeout=300, env=fresh_process_env())
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+
+
+def two_rank_settings(tiny_model_dir, output_dir, **overrides) -> dict:
+    """ZeRO-3 steps of 4 examples in token-budget micro-batches, as 2 ranks of 2 examples by default."""
+    settings = dict(max_tokens_per_micro_batch=400, zero_stage=3, gradient_accumulation_steps=1,
+                    per_device_train_batch_size=2, max_steps=4)
+    return training_config(tiny_model_dir, output_dir, **{**settings, **overrides}).__dict__
+
+
+@pytest.fixture(scope="module")
+def one_rank_run(tiny_model_dir, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("one-rank")
+    run_cli([sys.executable, "-m"], two_rank_settings(tiny_model_dir, output_dir, per_device_train_batch_size=4),
+            output_dir.parent / "one-rank.yaml")
+    return output_dir
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
+def test_two_ranks_with_zero3_match_one_rank_with_the_same_global_batch(tiny_model_dir, tmp_path, one_rank_run,
+                                                                         launcher):
+    """Two gloo ranks of 2 examples per micro-batch against one rank of 4, under either launcher."""
+    command = {
+        "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"],
+        # The deepspeed launcher passes --local_rank to the CLI, before its command.
+        "deepspeed": [str(Path(sys.executable).with_name("deepspeed")), "--num_accelerators=2",
+                      f"--master_port={free_port()}", "--module"],
+    }[launcher]
+    run_cli(command, two_rank_settings(tiny_model_dir, tmp_path / "two"), tmp_path / "two.yaml")
+
+    assert logged(tmp_path / "two") == pytest.approx(logged(one_rank_run), abs=1e-5)
+    for two, one in zip(logged(tmp_path / "two", "examples"), logged(one_rank_run, "examples")):
+        assert sorted(two) == sorted(one)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_deepspeed_json_gets_its_auto_values_and_the_loop_owns_the_batch_keys(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({
+        "zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}},
+        "optimizer": {"type": "AdamW", "params": {"lr": "auto", "weight_decay": "auto", "betas": [0.9, 0.95]}},
+        "bf16": {"enabled": "auto"}, "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
+        "scheduler": {"type": "WarmupLR"},
+    }))
+    config = TrainConfig(deepspeed=str(path), learning_rate=3e-5, weight_decay=0.1, bf16=True,
+                         per_device_train_batch_size=2, gradient_accumulation_steps=8)
+    ds_config = deepspeed_config(config, world_size=4)
+    assert ds_config["optimizer"]["params"] == {"lr": 3e-5, "weight_decay": 0.1, "betas": [0.9, 0.95]}
+    assert ds_config["bf16"] == {"enabled": True, "check_grad_overflow": True}
+    assert ds_config["gradient_accumulation_steps"] == 1 and ds_config["train_batch_size"] == 8
+    assert "scheduler" not in ds_config and ds_config["zero_optimization"]["stage"] == 3
