@@ -31,12 +31,14 @@ setup(
         "pyyaml>=6.0",
         "tqdm>=4.66",
         "matplotlib>=3.8",
+        "psutil>=5.9",
     ],
     extras_require={
         "flash-attn": ["flash-attn>=2.6"],
-        "trl": ["trl>=0.19"],
+        # The benchmarks compare with TRL 1.x's DPOTrainer; the tests run them on CPU.
+        "trl": ["trl>=1.16,<2"],
         "tensorboard": ["tensorboard>=2.15"],
-        "dev": ["pytest>=8.0", "tensorboard>=2.15"],
+        "dev": ["pytest>=8.0", "tensorboard>=2.15", "trl>=1.16,<2"],
     },
     entry_points={"console_scripts": ["iopo-fast=iopo_fast.cli:main"]},
 )

@@ -21,12 +21,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .attention import resolve_backend
 from .batching import fill_ratio, plan_micro_batches
 from .checkpoint import Checkpoints, StopRequest
 from .config import ConfigError, TrainConfig
 from .data import RejectionLog, load_examples
 from .distributed import all_reduce, barrier, init_distributed, is_main, rank, rank_shard, world_size
 from .engine import build_engine, deepspeed_config, full_state_dict, reference_engine
+from .kernels import resolve_impl
 from .logprobs import scoring_forward, sequence_logps
 from .loss import dpo_loss, iopo_loss
 from .model import (apply_liger_kernels, apply_lora, enable_gradient_checkpointing, load_model, load_tokenizer,
@@ -47,6 +49,7 @@ def train(config: TrainConfig) -> dict[str, dict[str, float]]:
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     log = functools.partial(print, flush=True) if is_main() else (lambda *args: None)
+    log(f"fast paths: {_fast_paths(config, device)}")
 
     tokenizer = load_tokenizer(config.model_name_or_path)
     rejection_log = RejectionLog(output_dir / "rejected_records.jsonl" if is_main() else None, strict=config.strict)
@@ -181,8 +184,22 @@ def train(config: TrainConfig) -> dict[str, dict[str, float]]:
     return results
 
 
+def _model_dtype(config: TrainConfig) -> torch.dtype:
+    return torch.bfloat16 if config.bf16 else torch.float32
+
+
+def _fast_paths(config: TrainConfig, device: torch.device) -> str:
+    """Which attention backend and log-prob implementation run; a forced one that cannot is a ConfigError."""
+    try:
+        attention = resolve_backend(device, _model_dtype(config), config.attention_backend)
+        logprobs = resolve_impl(torch.empty(0, device=device), config.logprob_impl)
+    except (ValueError, RuntimeError) as error:
+        raise ConfigError(str(error)) from None
+    return f"packed attention {attention}, log-probs {logprobs}"
+
+
 def _load_policy(config: TrainConfig, log) -> torch.nn.Module:
-    policy = load_model(config.model_name_or_path, torch.bfloat16 if config.bf16 else torch.float32)
+    policy = load_model(config.model_name_or_path, _model_dtype(config))
     if config.liger_kernels and apply_liger_kernels(policy):
         log("model: Liger-Kernel RMSNorm, RoPE and SwiGLU applied")
     if config.gradient_checkpointing:
@@ -204,7 +221,7 @@ def _references(config, policy, score, ds_config, device, train_examples, eval_e
         # before the first step (precomputed) the policy itself.
         live = LiveReference(policy, score, disable_adapter=lora)
     else:
-        model = load_model(config.model_name_or_path, torch.bfloat16 if config.bf16 else torch.float32)
+        model = load_model(config.model_name_or_path, _model_dtype(config))
         if config.liger_kernels:
             apply_liger_kernels(model)
         if ds_config["zero_optimization"].get("stage", 0) == 3:
@@ -384,7 +401,7 @@ def _export(engine, config: TrainConfig, tokenizer, output_dir: Path, log) -> No
             from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
             unset_hf_deepspeed_config()  # the base model is loaded whole, not into ZeRO-3 partitions
-            base = load_model(config.model_name_or_path, torch.bfloat16 if config.bf16 else torch.float32)
+            base = load_model(config.model_name_or_path, _model_dtype(config))
             merged = PeftModel.from_pretrained(base, target).merge_and_unload()
             merged.save_pretrained(output_dir / "model")
             tokenizer.save_pretrained(output_dir / "model")

@@ -47,6 +47,7 @@ def test_unknown_override_names_the_nearest_key():
     ("dataset: {tmp}/absent.jsonl\n", [], "absent.jsonl: no such data file"),
     ("model_name_or_path: {tmp}/no-model\n", [], "no-model: no such model directory"),
     ("max_steps: 1\n", ["--warmup_ratio=2"], "warmup_ratio: must be in [0, 1], got 2.0"),
+    ("attention_backend: flash_attn\n", [], "attention backend 'flash_attn' cannot run: it needs a CUDA device"),
 ])
 def test_cli_errors_are_one_line_without_a_traceback(tmp_path, capsys, config_text, extra, message):
     path = tmp_path / "c.yaml"
