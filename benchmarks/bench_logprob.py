@@ -20,9 +20,7 @@ benchmarks/results/logprob-<device>.md; without CUDA it runs a tiny smoke config
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import math
-import re
 import shlex
 import statistics
 import sys
@@ -30,14 +28,13 @@ import time
 import traceback
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Callable
 
 import torch
+from _results import RESULTS_DIR, device_slug, versions
 
 from iopo_fast.kernels import fused_logprobs, resolve_impl
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # Timed runs per method and shape: up to --repeats, but only MIN_REPEATS once TIME_BUDGET_MS is spent
 # (the chunked twin takes seconds per run at the largest shapes).
 MIN_REPEATS = 3
@@ -205,16 +202,6 @@ HEADER = [
 ]
 
 
-def versions() -> str:
-    found = []
-    for package in ("torch", "triton", "liger-kernel", "cut-cross-entropy"):
-        try:
-            found.append(f"{package} {importlib.metadata.version(package)}")
-        except importlib.metadata.PackageNotFoundError:
-            found.append(f"{package} not installed")
-    return ", ".join(found)
-
-
 def main() -> None:
     on_cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -236,8 +223,7 @@ def main() -> None:
     print("\n".join(HEADER), flush=True)
     table = HEADER + run(args, device)
     if on_cuda:
-        slug = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")
-        path = RESULTS_DIR / f"logprob-{slug}.md"
+        path = RESULTS_DIR / f"logprob-{device_slug(device_name)}.md"
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join([
             "# Per-token log-probs through the LM head: forward + backward",

@@ -97,9 +97,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFa
 from transformers.integrations import HfDeepSpeedConfig, is_deepspeed_zero3_enabled
 from transformers.utils import is_flash_attn_2_available
 from trl import DPOConfig, DPOTrainer
+from _results import RESULTS_DIR, device_slug, versions
 
 from iopo_fast import DPOExample, IOPOExample, dpo_loss, iopo_loss, pad_examples
-from iopo_fast.batching import plan_micro_batches
+from iopo_fast.batching import micro_batches
 from iopo_fast.config import TrainConfig
 from iopo_fast.distributed import init_distributed, world_size
 from iopo_fast.engine import build_engine, deepspeed_config
@@ -110,8 +111,6 @@ from iopo_fast.packing import packed_length, unpacked_length
 from iopo_fast.reference import token_logprobs
 from iopo_fast.reference_logps import LiveReference, precompute
 from iopo_fast.trainer import Scorer, accumulate_gradients
-
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 SYSTEMS = {
     1: "TRL DPOTrainer, defaults",
@@ -461,11 +460,7 @@ def run_iopo_fast(job: Job, examples, device: torch.device) -> Run:
     for step in range(total_steps):
         indices = list(range(step * per_step, (step + 1) * per_step))
         batch = [train_examples[i] for i in indices]
-        if original:
-            size = config.per_device_train_batch_size
-            plan = [list(range(start, min(start + size, per_step))) for start in range(0, per_step, size)]
-        else:
-            plan = plan_micro_batches(batch, config.max_tokens_per_micro_batch)
+        plan = micro_batches(batch, config.max_tokens_per_micro_batch, config.per_device_train_batch_size)
         start = synchronized_clock(device)
         accumulate_gradients(engine, scorer, batch, indices, plan, per_step)
         engine.step()
@@ -703,22 +698,6 @@ def plot_sweep(points: list[dict], path: Path, title: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
-
-
-def device_slug(device_name: str) -> str:
-    """The device's name as a file-name part: "NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3"."""
-    return re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")
-
-
-def versions() -> str:
-    found = []
-    for package in ("iopo-fast", "torch", "transformers", "trl", "deepspeed", "accelerate", "datasets", "triton",
-                    "liger-kernel", "flash-attn"):
-        try:
-            found.append(f"{package} {importlib.metadata.version(package)}")
-        except importlib.metadata.PackageNotFoundError:
-            found.append(f"{package} not installed")
-    return ", ".join(found)
 
 
 def write_results(directory: Path, stem: str, header: list[str], table: list[str], record: dict,

@@ -5,6 +5,14 @@ from __future__ import annotations
 from .packing import Example, packed_length
 
 
+def micro_batches(examples: list[Example], max_tokens: int, batch_size: int) -> list[list[int]]:
+    """Index groups of a step's examples: bin-packed to `max_tokens` packed tokens when it is set (> 0),
+    else consecutive groups of `batch_size` examples."""
+    if max_tokens:
+        return plan_micro_batches(examples, max_tokens)
+    return [list(range(start, min(start + batch_size, len(examples)))) for start in range(0, len(examples), batch_size)]
+
+
 def plan_micro_batches(examples: list[Example], max_tokens: int) -> list[list[int]]:
     """Indices of `examples` grouped into micro-batches of at most `max_tokens` packed tokens.
 

@@ -28,14 +28,16 @@ def token_logprobs(
 
 
 def sequence_logps(model: nn.Module, examples: list[Example]) -> torch.Tensor:
-    """Summed response log-probs, `[len(examples), num_roles]` in role order, one sequence at a time."""
+    """Summed response log-probs, `[len(examples), num_roles]` in role order, one sequence at a time
+    (fp32, or float64 for a float64 model)."""
     rows = []
     for example in examples:
         scores = []
         for prompt, response in example.sequences():
             input_ids = torch.tensor([prompt + response], device=model.device)
-            logits = model(input_ids=input_ids).logits[0].float()
+            logits = model(input_ids=input_ids).logits[0]
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float64 models stay exact
             logps = logits[len(prompt) - 1 : -1].log_softmax(-1)
             scores.append(logps.gather(-1, input_ids[0, len(prompt) :, None]).sum(dtype=torch.float64))
         rows.append(torch.stack(scores))
-    return torch.stack(rows).float()
+    return torch.stack(rows).to(torch.promote_types(logits.dtype, torch.float32))

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from .attention import resolve_backend
-from .batching import fill_ratio, plan_micro_batches
+from .batching import fill_ratio, micro_batches
 from .checkpoint import Checkpoints, StopRequest
 from .config import ConfigError, TrainConfig
 from .data import RejectionLog, load_examples
@@ -117,7 +117,7 @@ def train(config: TrainConfig) -> dict[str, dict[str, float]]:
             started = time.perf_counter()
             indices = order.step_indices(step, examples_per_step)[rank() :: world_size()]
             examples = [train_examples[i] for i in indices]
-            plan = _micro_batches(examples, config)
+            plan = micro_batches(examples, config.max_tokens_per_micro_batch, config.per_device_train_batch_size)
             outcome = accumulate_gradients(engine, scorer, examples, indices, plan, examples_per_step)
             if outcome.finite:
                 grad_norm = _grad_norm_before_step(engine)
@@ -350,14 +350,6 @@ class ExampleOrder:
     def _at(self, position: int) -> int:
         epoch, offset = divmod(position, self.num_examples)
         return self._permutation(epoch)[offset]
-
-
-def _micro_batches(examples: list[Example], config: TrainConfig) -> list[list[int]]:
-    """Index groups of a step's examples: bin-packed to the token budget, or fixed-size groups."""
-    if config.max_tokens_per_micro_batch:
-        return plan_micro_batches(examples, config.max_tokens_per_micro_batch)
-    size = config.per_device_train_batch_size
-    return [list(range(start, min(start + size, len(examples)))) for start in range(0, len(examples), size)]
 
 
 def _grad_norm_before_step(engine) -> float | None:

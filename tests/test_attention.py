@@ -137,6 +137,51 @@ def test_shared_prefix_layout_equals_two_unpacked_sequences(generator, heads, le
         assert_close(actual, expected, f"grad of physical {name}")
 
 
+def backend_unavailable(backend: str) -> str | None:
+    """Why `backend` cannot run bf16 on this machine's GPU, or None."""
+    if not torch.cuda.is_available():
+        return "needs CUDA"
+    try:
+        resolve_backend(torch.device("cuda"), torch.bfloat16, backend)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+@pytest.mark.parametrize("backend", ["flash_attn", "torch_varlen"])
+@pytest.mark.parametrize("heads", [(8, 2), (4, 4)], ids=HEAD_IDS)
+def test_cuda_backends_are_as_accurate_as_pytorch_attention_in_bf16(generator, heads, backend):
+    """A fast backend on the shared-prefix segments, in bf16, against float64 on the same inputs: its
+    error must stay within twice that of the per-segment PyTorch reference run in bf16 (flash-attn's
+    own criterion), for the output and the gradients of q, k and v."""
+    reason = backend_unavailable(backend)
+    if reason is not None:
+        pytest.skip(reason)
+    shapes = sequence_shapes("suffix", generator) + [(512, 200), (300, 300)]
+    query_lengths, key_lengths = [m for _, m in shapes], [length for length, _ in shapes]
+    num_heads, num_kv_heads = heads
+    query = torch.randn(sum(query_lengths), num_heads, 64, generator=generator).to(torch.bfloat16)
+    key, value = (torch.randn(sum(key_lengths), num_kv_heads, 64, generator=generator).to(torch.bfloat16)
+                  for _ in range(2))
+    upstream = torch.randn(query.shape, generator=generator).to(torch.bfloat16)
+    segments = (cu_seqlens(query_lengths), cu_seqlens(key_lengths), max(query_lengths), max(key_lengths))
+
+    def run(name: str, dtype: torch.dtype, device: str):
+        leaves = [t.to(device, dtype).requires_grad_() for t in (query, key, value)]
+        output = varlen_attention(*leaves, *(s.to(device) if torch.is_tensor(s) else s for s in segments),
+                                  backend=name)
+        return [output, *torch.autograd.grad(output, leaves, upstream.to(device, dtype))]
+
+    exact = run("reference", torch.float64, "cpu")
+    pytorch_bf16 = run("reference", torch.bfloat16, "cuda")
+    fast = run(backend, torch.bfloat16, "cuda")
+    for name, expected, baseline, actual in zip(["output", "dq", "dk", "dv"], exact, pytorch_bf16, fast):
+        baseline_error = (baseline.double().cpu() - expected).abs().max().item()
+        error = (actual.double().cpu() - expected).abs().max().item()
+        print(f"{backend} {name}: max abs error {error:.2e} (PyTorch bf16: {baseline_error:.2e})")
+        assert error <= 2 * baseline_error + 1e-5, name
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 def test_cpu_resolves_to_the_reference(dtype):
     assert resolve_backend(torch.device("cpu"), dtype) == "reference"

@@ -1,4 +1,4 @@
-"""The token-budget packer: every example exactly once, no micro-batch over budget, few micro-batches."""
+"""Micro-batches: the token-budget packer places every example once, none over budget, in few micro-batches."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 from conftest import random_iopo_examples
 
-from iopo_fast.batching import fill_ratio, plan_micro_batches
+from iopo_fast.batching import fill_ratio, micro_batches, plan_micro_batches
 from iopo_fast.packing import packed_length
 
 
@@ -28,3 +28,10 @@ def test_an_example_over_budget_is_an_error(generator):
     longest = max(packed_length(e) for e in examples)
     with pytest.raises(ValueError, match=f"takes {longest} tokens, over max_tokens_per_micro_batch={longest - 1}"):
         plan_micro_batches(examples, longest - 1)
+
+
+def test_without_a_budget_micro_batches_are_consecutive_groups(generator):
+    examples = random_iopo_examples(7, 50, generator)
+    assert micro_batches(examples, 0, 3) == [[0, 1, 2], [3, 4, 5], [6]]
+    budget = max(packed_length(example) for example in examples)
+    assert micro_batches(examples, budget, 3) == plan_micro_batches(examples, budget)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from conftest import fresh_process_env
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -66,3 +68,26 @@ def test_fit_8b_smoke_searches_both_systems():
     for row in rows:
         assert_finite_and_positive([row[1], row[3], row[4], row[6]])
     assert "largest that fit: 224" in run.stdout
+
+
+def test_packed_equivalence_check_passes_the_packed_path_and_would_fail_a_wrong_one(monkeypatch, generator):
+    sys.path.insert(0, str(BENCHMARKS))
+    import check_packed_equivalence as check
+
+    monkeypatch.setattr(check, "SHAPE", dict(check.SHAPE, vocab_size=96, hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    examples = check.random_examples(4, 12, 96, generator)
+    weights = torch.randn(4, 4, generator=generator)
+    for name in check.MODELS:
+        rows, passed = check.check_model(name, examples, weights, torch.float32, torch.device("cpu"), seed=0)
+        assert passed and [row[-1] for row in rows] == ["baseline", "not run: attention backend 'flash_attn' "
+                                                        "cannot run: it needs a CUDA device, got cpu",
+                                                        rows[2][-1], "pass"]
+
+    # A packed path that drops the last response token of every sequence must fail.
+    real_pack = check.pack_examples
+    monkeypatch.setattr(check, "pack_examples", lambda examples: real_pack(
+        [type(e)(e.prompt1, e.prompt2, e.response1[:-1] or e.response1, e.response2[:-1] or e.response2)
+         for e in examples]))
+    rows, passed = check.check_model("llama (GQA, untied)", examples, weights, torch.float32, torch.device("cpu"), 0)
+    assert not passed and rows[-1][-1] == "FAIL"

@@ -29,7 +29,8 @@ def test_sequence_logps_matches_reference(generator, family, make_examples, layo
 @triton_only
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_sequence_logps_through_triton_kernel_matches_reference(generator, family):
-    check_against_reference(generator, family, random_iopo_examples, pack_examples, impl="triton")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # CPU under the interpreter
+    check_against_reference(generator, family, random_iopo_examples, pack_examples, impl="triton", device=device)
 
 
 @pytest.mark.skipif(TRITON_RUNS_HERE, reason="the Triton cases run in this process")
@@ -37,14 +38,14 @@ def test_triton_path_under_interpreter():
     rerun_under_triton_interpreter(__file__, "through_triton_kernel")
 
 
-def check_against_reference(generator, family, make_examples, layout, impl):
+def check_against_reference(generator, family, make_examples, layout, impl, device=torch.device("cpu")):
     """Scores and the gradients of every parameter, against `iopo_fast.reference`, in fp32."""
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
-    model = TINY_MODELS[family]()
+    model = TINY_MODELS[family]().to(device)
     examples = make_examples(5, model.config.vocab_size, generator)
-    weights = torch.randn(len(examples), len(examples[0].roles), generator=generator)
+    weights = torch.randn(len(examples), len(examples[0].roles), generator=generator).to(device)
 
-    batch = layout(examples)
+    batch = layout(examples).to(device)
     scores = sequence_logps(model, batch, impl=impl)
     expected = reference.sequence_logps(model, examples)
     torch.testing.assert_close(scores, expected, rtol=0, atol=1e-5)

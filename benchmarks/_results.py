@@ -1,0 +1,27 @@
+"""What every benchmark's results file names: where it goes, the device and the library versions."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PACKAGES = ("iopo-fast", "torch", "triton", "transformers", "flash-attn", "liger-kernel", "cut-cross-entropy",
+            "deepspeed", "accelerate", "datasets", "trl")
+
+
+def device_slug(device_name: str) -> str:
+    """The device's name as a file-name part: "NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3"."""
+    return re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")
+
+
+def versions() -> str:
+    """The installed version of every package a benchmark may run, or "not installed"."""
+    found = []
+    for package in PACKAGES:
+        try:
+            found.append(f"{package} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{package} not installed")
+    return ", ".join(found)
