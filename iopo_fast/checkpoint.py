@@ -29,6 +29,10 @@ _PREFIX = "step-"
 _STAGING = ".incomplete-"
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from; the message is one line naming it and the reason."""
+
+
 class Checkpoints:
     def __init__(self, output_dir: str | Path, keep: int):
         self.root = Path(output_dir) / "checkpoints"
@@ -41,7 +45,7 @@ class Checkpoints:
             return None
         path = self.root / pointer.read_text(encoding="utf-8").strip()
         if not (path / "trainer_state.json").is_file():
-            raise RuntimeError(f"{pointer}: names {path.name}, which is not a complete checkpoint")
+            raise CheckpointError(f"{pointer}: names {path.name}, which is not a complete checkpoint")
         return path
 
     def save(self, engine, trainer_state: dict) -> Path:
@@ -80,9 +84,12 @@ class Checkpoints:
             shutil.rmtree(path, ignore_errors=True)
 
     def _remove_old(self) -> None:
+        """Keep the newest `keep` complete checkpoints, and whichever `latest` names."""
+        latest = self.latest()
         complete = sorted(p for p in self.root.glob(f"{_PREFIX}*") if (p / "trainer_state.json").is_file())
         for path in complete[: -self.keep]:
-            shutil.rmtree(path, ignore_errors=True)
+            if path != latest:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 class StopRequest:

@@ -27,11 +27,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(overrides)}")
         print(options_markdown() if args.markdown else "\n".join(_option_lines()))
         return 0
+    from .checkpoint import CheckpointError
     from .trainer import NonFiniteLossError, train  # imported here: it pulls in torch and DeepSpeed
 
     try:
         train(load_config(args.config, overrides))
-    except (ConfigError, DataError, ModelError, NonFiniteLossError) as error:
+    except (CheckpointError, ConfigError, DataError, ModelError, NonFiniteLossError) as error:
         print(f"iopo-fast: error: {error}", file=sys.stderr)
         return 2
     return 0

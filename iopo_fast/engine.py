@@ -47,10 +47,18 @@ def deepspeed_config(config: TrainConfig, world_size: int) -> dict:
         train_micro_batch_size_per_gpu=config.per_device_train_batch_size,
         gradient_accumulation_steps=1,  # the loop accumulates; see the module docstring
         train_batch_size=config.per_device_train_batch_size * world_size,
-        gradient_clipping=config.max_grad_norm,
         zero_allow_untested_optimizer=True,
         steps_per_print=2**62,
     )
+    ds_config.setdefault("gradient_clipping", config.max_grad_norm)
+    ds_config.setdefault("zero_optimization", {"stage": 0})
+    # The models are loaded in the config's dtype, and the policy's optimizer runs in the JSON's.
+    json_bf16 = ds_config.get("bf16", {}).get("enabled", False)
+    if json_bf16 != config.bf16:
+        raise ConfigError(f"deepspeed: {config.deepspeed}: bf16.enabled is {json_bf16}, but bf16 is {config.bf16}: "
+                          "set them alike, or bf16.enabled to \"auto\"")
+    if ds_config.get("fp16", {}).get("enabled", False):
+        raise ConfigError(f"deepspeed: {config.deepspeed}: fp16 is not supported; use bf16")
     # A non-finite gradient skips the step (see trainer.skip_step); fp32 and fp16 always check.
     ds_config.setdefault("bf16", {}).setdefault("check_grad_overflow", True)
     ds_config.pop("scheduler", None)  # the schedule is lr_scheduler_type's, stepped by the engine

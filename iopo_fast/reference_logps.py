@@ -46,8 +46,11 @@ class PrecomputedReference:
 
 def precompute(reference: LiveReference, examples: list[Example], cache_file: Path, batch_size: int,
                device: torch.device) -> PrecomputedReference:
-    """The reference table of `examples`, read from `cache_file` or computed (ranks share the work) and saved."""
-    if cache_file.is_file():
+    """The reference table of `examples`, read from `cache_file` or computed (ranks share the work) and saved.
+
+    Every rank takes the same branch (computing runs collectives): the cache is read only if all see it.
+    """
+    if not all_reduce(torch.tensor(int(not cache_file.is_file())), "max"):
         return PrecomputedReference(torch.load(cache_file))
     num_roles = pack_examples(examples[:1]).num_roles
     table = torch.zeros(len(examples), num_roles, dtype=torch.float32)

@@ -67,6 +67,10 @@ def train(config: TrainConfig) -> dict[str, dict[str, float]]:
     if 0 < config.max_tokens_per_micro_batch < longest:
         raise ConfigError(f"max_tokens_per_micro_batch: {config.max_tokens_per_micro_batch} is below the longest "
                           f"example ({longest} packed tokens); raise it or lower cutoff_len")
+    examples_per_rank = config.per_device_train_batch_size * config.gradient_accumulation_steps
+    examples_per_step = examples_per_rank * world_size()
+    checkpoints = Checkpoints(output_dir, config.save_total_limit)
+    latest = _checkpoint_to_resume(checkpoints, config, examples_per_step)
     ds_config = deepspeed_config(config, world_size())
     zero3 = ds_config["zero_optimization"].get("stage", 0) == 3
     if zero3:  # from_pretrained then loads each parameter straight into its partitions
@@ -75,8 +79,6 @@ def train(config: TrainConfig) -> dict[str, dict[str, float]]:
         hf_deepspeed_config = HfDeepSpeedConfig(ds_config)  # noqa: F841 (active while referenced)
     policy = _load_policy(config, log)
 
-    examples_per_rank = config.per_device_train_batch_size * config.gradient_accumulation_steps
-    examples_per_step = examples_per_rank * world_size()
     steps_per_epoch = math.ceil(len(train_examples) / examples_per_step)
     total_steps = config.max_steps if config.max_steps > 0 else math.ceil(config.num_train_epochs * steps_per_epoch)
     engine, scheduler = build_engine(policy, config, ds_config, total_steps)
@@ -92,9 +94,7 @@ def train(config: TrainConfig) -> dict[str, dict[str, float]]:
     scorer = Scorer(engine, train_reference, objective, device, forward)
     eval_scorer = Scorer(engine, eval_reference, objective, device, forward)
 
-    checkpoints = Checkpoints(output_dir, config.save_total_limit)
-    state = {"step": 0, "nonfinite_in_a_row": 0, "results": {}}
-    latest = checkpoints.latest() if config.resume == "auto" else None
+    state = {"step": 0, "examples_per_step": examples_per_step, "nonfinite_in_a_row": 0, "results": {}}
     if latest is not None:
         state = checkpoints.load(engine, latest)
         log(f"resumed from {latest} (step {state['step']} of {total_steps})")
@@ -182,6 +182,26 @@ def train(config: TrainConfig) -> dict[str, dict[str, float]]:
         plot_metrics(output_dir / "metrics.jsonl", output_dir / "training.png")
     _export(engine, config, tokenizer, output_dir, log)
     return results
+
+
+def _checkpoint_to_resume(checkpoints: Checkpoints, config: TrainConfig, examples_per_step: int) -> Path | None:
+    """The checkpoint a run continues from, or None; a run that cannot continue it exactly is refused.
+
+    The data position is the step times the examples per step, so those must not change; and a fresh
+    start (`resume: never`) must not mix its checkpoints with an earlier run's.
+    """
+    latest = checkpoints.latest()
+    if latest is None:
+        return None
+    if config.resume == "never":
+        raise ConfigError(f"resume: never, but {checkpoints.root} holds an earlier run's checkpoints ({latest.name}); "
+                          "set resume: auto to continue it, or choose another output_dir")
+    saved = json.loads((latest / "trainer_state.json").read_text(encoding="utf-8"))["examples_per_step"]
+    if saved != examples_per_step:
+        raise ConfigError(f"resume: {latest} took {saved} examples per step, this run takes {examples_per_step} "
+                          "(ranks x per_device_train_batch_size x gradient_accumulation_steps): resume with the "
+                          "same, or choose another output_dir")
+    return latest
 
 
 def _model_dtype(config: TrainConfig) -> torch.dtype:
@@ -352,9 +372,16 @@ class ExampleOrder:
         return self._permutation(epoch)[offset]
 
 
+def _optimizer_checks_gradients(engine) -> bool:
+    """Whether DeepSpeed's optimizer wrapper takes the gradient norm itself and skips a non-finite step:
+    the ZeRO 1-3 optimizers and, without ZeRO, the bf16 one (which also keeps the accumulated gradient
+    in its own fp32 buffers, not in the parameters)."""
+    return hasattr(engine.optimizer, "overflow")
+
+
 def _grad_norm_before_step(engine) -> float | None:
-    """Without ZeRO, DeepSpeed does not record the norm: take it from the gradients before the step."""
-    if engine.zero_optimization_stage() > 0:
+    """The norm of the step's gradient where DeepSpeed does not record it (None where it does)."""
+    if _optimizer_checks_gradients(engine):
         return None
     grads = [p.grad.float().norm() for p in engine.module.parameters() if p.grad is not None]
     return float(torch.stack(grads).norm()) if grads else 0.0
@@ -363,11 +390,11 @@ def _grad_norm_before_step(engine) -> float | None:
 def skip_step(engine) -> None:
     """End a step whose gradient is poisoned (see `accumulate_gradients`) without updating anything.
 
-    ZeRO 1-3 check the gradient norm and, finding it non-finite, skip the update and clear every
-    gradient buffer themselves (the learning-rate schedule is not advanced). Without ZeRO the
-    gradients live in the parameters only and are dropped here.
+    An optimizer that checks the gradients (see `_optimizer_checks_gradients`) finds the norm
+    non-finite, skips the update and clears every gradient buffer itself (the learning-rate schedule
+    is not advanced). Otherwise the gradients live in the parameters only and are dropped here.
     """
-    if engine.zero_optimization_stage() > 0:
+    if _optimizer_checks_gradients(engine):
         engine.step()
     else:
         engine.optimizer.zero_grad(set_to_none=True)

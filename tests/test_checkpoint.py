@@ -10,9 +10,11 @@ import time
 
 import pytest
 import yaml
-from conftest import DEMO_DATA, fresh_process_env
+from conftest import DEMO_DATA, fresh_process_env, training_config
 
 from iopo_fast.checkpoint import Checkpoints
+from iopo_fast.config import ConfigError
+from iopo_fast.trainer import train
 
 
 def start_run(model_dir, output_dir, **overrides):
@@ -123,3 +125,22 @@ def test_latest_never_names_an_incomplete_checkpoint(tmp_path):
     names = sorted(p.name for p in checkpoints.root.iterdir())
     assert names == ["latest", "step-000015", "step-000020"]  # the stray and the oldest are gone
     assert json.loads((checkpoints.latest() / "trainer_state.json").read_text()) == {"step": 20}
+
+
+def test_the_checkpoint_latest_names_is_never_removed(tmp_path):
+    checkpoints = Checkpoints(tmp_path, keep=2)
+    for step in (10, 15, 5):  # a lower step saved last: the newest by name is not the latest
+        checkpoints.save(WritingEngine(), {"step": step})
+    assert checkpoints.latest().name == "step-000005"
+    assert sorted(p.name for p in checkpoints.root.iterdir()) == ["latest", "step-000005", "step-000010",
+                                                                   "step-000015"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"resume": "never"}, "resume: never, but .* holds an earlier run's checkpoints \\(step-000005\\)"),
+    ({"resume": "auto", "per_device_train_batch_size": 3}, "took 4 examples per step, this run takes 6"),
+])
+def test_a_run_that_cannot_continue_a_checkpoint_exactly_is_refused(tiny_model_dir, tmp_path, overrides, message):
+    Checkpoints(tmp_path, keep=2).save(WritingEngine(), {"step": 5, "examples_per_step": 4})
+    with pytest.raises(ConfigError, match=message):
+        train(training_config(tiny_model_dir, tmp_path, **overrides))

@@ -12,30 +12,35 @@ import pytest
 import yaml
 from conftest import fresh_process_env, logged, training_config
 
-from iopo_fast.config import TrainConfig
+from iopo_fast.config import ConfigError, TrainConfig
 from iopo_fast.engine import deepspeed_config
 from iopo_fast.trainer import train
 
 
 @pytest.fixture(scope="module")
-def zero0_losses(tiny_model_dir, tmp_path_factory):
+def zero0_run(tiny_model_dir, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("zero0")
     train(training_config(tiny_model_dir, output_dir, max_tokens_per_micro_batch=400))
-    return logged(output_dir)
+    return output_dir
 
 
 @pytest.mark.parametrize("settings", [
     {"zero_stage": 1}, {"zero_stage": 2}, {"zero_stage": 3}, {"zero_stage": 3, "reference": "precomputed"},
+    {"zero_stage": 3, "offload_optimizer": True, "offload_param": True},
 ])
-def test_zero_stages_train_the_same(tiny_model_dir, tmp_path, zero0_losses, settings):
+def test_zero_stages_train_the_same(tiny_model_dir, tmp_path, zero0_run, settings):
+    """The same losses and gradient norms (taken by DeepSpeed under ZeRO, by the loop without it)."""
     train(training_config(tiny_model_dir, tmp_path, max_tokens_per_micro_batch=400, **settings))
-    assert logged(tmp_path) == pytest.approx(zero0_losses, abs=2e-6)
+    assert logged(tmp_path) == pytest.approx(logged(zero0_run), abs=2e-6)
+    assert logged(tmp_path, "grad_norm") == pytest.approx(logged(zero0_run, "grad_norm"), rel=1e-5)
 
 
-def test_zero3_with_optimizer_and_parameter_offload(tiny_model_dir, tmp_path, zero0_losses):
-    train(training_config(tiny_model_dir, tmp_path, max_tokens_per_micro_batch=400, zero_stage=3,
-                          offload_optimizer=True, offload_param=True))
-    assert logged(tmp_path) == pytest.approx(zero0_losses, abs=2e-6)
+def test_bf16_without_zero_reports_the_norm_of_the_whole_steps_gradient(tiny_model_dir, tmp_path):
+    """Without ZeRO, DeepSpeed's bf16 optimizer (on GPU) accumulates the micro-batches (2 here) in its own
+    fp32 buffers, not in the parameters' gradients: the norm must be the one it takes."""
+    for stage in (0, 2):
+        train(training_config(tiny_model_dir, tmp_path / str(stage), bf16=True, zero_stage=stage, max_steps=1))
+    assert logged(tmp_path / "0", "grad_norm") == pytest.approx(logged(tmp_path / "2", "grad_norm"), rel=2e-2)
 
 
 def run_cli(launcher: list[str], settings: dict, path) -> None:
@@ -75,6 +80,8 @@ def test_two_ranks_with_zero3_match_one_rank_with_the_same_global_batch(tiny_mod
     run_cli(command, two_rank_settings(tiny_model_dir, tmp_path / "two"), tmp_path / "two.yaml")
 
     assert logged(tmp_path / "two") == pytest.approx(logged(one_rank_run), abs=1e-5)
+    # The gradient's norm before clipping: a wrong scale across ranks shows here (Adam would hide it).
+    assert logged(tmp_path / "two", "grad_norm") == pytest.approx(logged(one_rank_run, "grad_norm"), rel=1e-4)
     for two, one in zip(logged(tmp_path / "two", "examples"), logged(one_rank_run, "examples")):
         assert sorted(two) == sorted(one)
 
@@ -100,3 +107,28 @@ def test_a_deepspeed_json_gets_its_auto_values_and_the_loop_owns_the_batch_keys(
     assert ds_config["bf16"] == {"enabled": True, "check_grad_overflow": True}
     assert ds_config["gradient_accumulation_steps"] == 1 and ds_config["train_batch_size"] == 8
     assert "scheduler" not in ds_config and ds_config["zero_optimization"]["stage"] == 3
+    assert ds_config["gradient_clipping"] == 1.0  # absent from the JSON: max_grad_norm
+
+
+@pytest.mark.parametrize("json_config, expected", [
+    ({"gradient_clipping": 0.3}, {"gradient_clipping": 0.3, "zero_optimization": {"stage": 0}}),
+    ({"gradient_clipping": "auto", "zero_optimization": {"stage": 2}},
+     {"gradient_clipping": 1.0, "zero_optimization": {"stage": 2}}),
+])
+def test_a_deepspeed_json_keeps_its_own_values(tmp_path, json_config, expected):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(json_config))
+    ds_config = deepspeed_config(TrainConfig(deepspeed=str(path)), world_size=1)
+    assert {key: ds_config[key] for key in expected} == expected
+
+
+@pytest.mark.parametrize("json_config, message", [
+    ({"bf16": {"enabled": True}}, "bf16.enabled is True, but bf16 is False"),
+    ({"fp16": {"enabled": True}}, "fp16 is not supported"),
+    ("{not json", "invalid JSON"),
+])
+def test_a_deepspeed_json_that_disagrees_is_a_config_error(tmp_path, json_config, message):
+    path = tmp_path / "ds.json"
+    path.write_text(json_config if isinstance(json_config, str) else json.dumps(json_config))
+    with pytest.raises(ConfigError, match=message):
+        deepspeed_config(TrainConfig(deepspeed=str(path)), world_size=1)

@@ -146,6 +146,7 @@ def test_lora_run_trains_only_the_adapters_and_exports_them_merged(tmp_path, tin
                           zero_stage=stage, gradient_checkpointing=True, reference=reference_mode, max_steps=2))
     losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert abs(losses[0] - math.log(2)) < 1e-5  # the adapted policy starts as its reference, the base model
+    assert abs(losses[1] - math.log(2)) > 1e-6  # and then leaves it: the reference is not the adapted policy
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
