@@ -94,7 +94,7 @@ import torch
 from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast, TrainerCallback
-from transformers.integrations import HfDeepSpeedConfig, is_deepspeed_zero3_enabled
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import is_flash_attn_2_available
 from trl import DPOConfig, DPOTrainer
 from _results import RESULTS_DIR, device_slug, versions
@@ -103,8 +103,8 @@ from iopo_fast import DPOExample, IOPOExample, dpo_loss, iopo_loss, pad_examples
 from iopo_fast.batching import micro_batches
 from iopo_fast.config import TrainConfig
 from iopo_fast.distributed import init_distributed, world_size
-from iopo_fast.engine import build_engine, deepspeed_config
-from iopo_fast.logprobs import scoring_forward, sequence_logps
+from iopo_fast.engine import build_engine, deepspeed_config, partitioned_loading
+from iopo_fast.logprobs import forward_replaced, scoring_forward, sequence_logps
 from iopo_fast.model import apply_liger_kernels, enable_gradient_checkpointing
 from iopo_fast.monitor import device_peak_flops, peak_memory_gib
 from iopo_fast.packing import packed_length, unpacked_length
@@ -443,7 +443,7 @@ def run_iopo_fast(job: Job, examples, device: torch.device) -> Run:
         zero_stage=job.zero_stage, offload_optimizer=job.offload_optimizer,
     )
     ds_config = deepspeed_config(config, world_size())
-    with _zero3_construction(ds_config):
+    with partitioned_loading(ds_config):
         policy = random_model(job.model, training_dtype(device), device, job.seed)
     if config.liger_kernels:
         apply_liger_kernels(policy)
@@ -466,16 +466,6 @@ def run_iopo_fast(job: Job, examples, device: torch.device) -> Run:
         engine.step()
         step_seconds.append(synchronized_clock(device) - start)
     return Run(step_seconds, reference_seconds, {"micro-batches per step": len(plan)})
-
-
-@contextlib.contextmanager
-def _zero3_construction(ds_config: dict):
-    """Under ZeRO-3, models built within are created in their partitions (transformers' HfDeepSpeedConfig)."""
-    if ds_config["zero_optimization"].get("stage", 0) != 3:
-        yield
-        return
-    active = HfDeepSpeedConfig(ds_config)  # noqa: F841 (active while referenced)
-    yield
 
 
 def _fast_scorer(engine, config, train_examples, objective, device):
@@ -528,14 +518,9 @@ def full_logits_scores(model, batch) -> torch.Tensor:
     return scores.view(batch.num_examples, batch.num_roles)
 
 
-@contextlib.contextmanager
 def full_logits_forward(model):
     """Within it, `model(batch)` (and so the DeepSpeed engine's call) returns `full_logits_scores(model, batch)`."""
-    model.forward = functools.partial(full_logits_scores, model)
-    try:
-        yield
-    finally:
-        del model.forward
+    return forward_replaced(model, functools.partial(full_logits_scores, model))
 
 
 # Measuring one system in its own process

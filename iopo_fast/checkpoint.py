@@ -2,8 +2,9 @@
 
 Layout under `<output_dir>/checkpoints/`:
 
-    step-000040/   DeepSpeed's model, optimizer and scheduler states, `trainer_state.json` (the step,
-                   which fixes the data position, and the run's counters) and one `rng-rank<r>.pt` per rank
+    step-000040/   DeepSpeed's model, optimizer and scheduler states, `trainer_state.json` (the step and
+                   the examples per step, which fix the data position, and the run's counters) and one
+                   `rng-rank<r>.pt` per rank
     latest         the name of the newest complete checkpoint
 
 A checkpoint is written under a temporary name, renamed into place once every rank has finished,

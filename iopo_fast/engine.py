@@ -7,6 +7,7 @@ The loop owns gradient accumulation (micro-batches hold a variable number of exa
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -63,6 +64,25 @@ def deepspeed_config(config: TrainConfig, world_size: int) -> dict:
     ds_config.setdefault("bf16", {}).setdefault("check_grad_overflow", True)
     ds_config.pop("scheduler", None)  # the schedule is lr_scheduler_type's, stepped by the engine
     return ds_config
+
+
+def partitions_parameters(ds_config: dict) -> bool:
+    """ZeRO-3: every rank holds only its partition of each parameter."""
+    return ds_config["zero_optimization"].get("stage", 0) == 3
+
+
+@contextlib.contextmanager
+def partitioned_loading(ds_config: dict):
+    """Within it, under ZeRO-3, the models transformers loads or builds are created straight into their
+    partitions (transformers' `HfDeepSpeedConfig`, in force while referenced); elsewhere it does nothing."""
+    if not partitions_parameters(ds_config):
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+
+    in_force = HfDeepSpeedConfig(ds_config)
+    yield
+    del in_force
 
 
 def build_engine(model: torch.nn.Module, config: TrainConfig, ds_config: dict, total_steps: int):

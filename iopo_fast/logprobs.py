@@ -35,7 +35,7 @@ def scoring_forward(model: nn.Module, impl: str = "auto", attention_backend: str
     reads directly, not through `head.forward`) before the forward and again before the backward.
     """
     _check_supported_head(model)
-    with _forward_replaced(model, functools.partial(_sequence_logps, model, impl, attention_backend)):
+    with forward_replaced(model, functools.partial(_sequence_logps, model, impl, attention_backend)):
         yield
 
 
@@ -49,7 +49,7 @@ def _sequence_logps(model: nn.Module, impl: str, attention_backend: str, batch: 
         raise TypeError(f"expected a PackedBatch or a PaddedBatch, got {type(batch).__name__}")
     predictor_hidden = hidden.index_select(0, batch.predictor_rows)
     head = model.get_output_embeddings()
-    with _forward_replaced(head, lambda hidden, targets: fused_logprobs(hidden, head.weight, targets, impl=impl)):
+    with forward_replaced(head, lambda hidden, targets: fused_logprobs(hidden, head.weight, targets, impl=impl)):
         token_logps = head(predictor_hidden, batch.targets)
     # Summed in float64: a sequence score adds hundreds of fp32 terms, and the sum is cheap.
     scores = torch.zeros(batch.num_examples * batch.num_roles, dtype=torch.float64, device=token_logps.device)
@@ -58,7 +58,7 @@ def _sequence_logps(model: nn.Module, impl: str, attention_backend: str, batch: 
 
 
 @contextlib.contextmanager
-def _forward_replaced(module: nn.Module, forward):
+def forward_replaced(module: nn.Module, forward):
     """`module.forward` is `forward` within; `module(...)` still runs the module's hooks around it."""
     own_forward = module.__dict__.get("forward")
     module.forward = forward

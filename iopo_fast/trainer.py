@@ -27,7 +27,8 @@ from .checkpoint import Checkpoints, StopRequest
 from .config import ConfigError, TrainConfig
 from .data import RejectionLog, load_examples
 from .distributed import all_reduce, barrier, init_distributed, is_main, rank, rank_shard, world_size
-from .engine import build_engine, deepspeed_config, full_state_dict, reference_engine
+from .engine import (build_engine, deepspeed_config, full_state_dict, partitioned_loading, partitions_parameters,
+                     reference_engine)
 from .kernels import resolve_impl
 from .logprobs import scoring_forward, sequence_logps
 from .loss import dpo_loss, iopo_loss
@@ -72,25 +73,19 @@ def train(config: TrainConfig) -> dict[str, dict[str, float]]:
     checkpoints = Checkpoints(output_dir, config.save_total_limit)
     latest = _checkpoint_to_resume(checkpoints, config, examples_per_step)
     ds_config = deepspeed_config(config, world_size())
-    zero3 = ds_config["zero_optimization"].get("stage", 0) == 3
-    if zero3:  # from_pretrained then loads each parameter straight into its partitions
-        from transformers.integrations import HfDeepSpeedConfig
-
-        hf_deepspeed_config = HfDeepSpeedConfig(ds_config)  # noqa: F841 (active while referenced)
-    policy = _load_policy(config, log)
-
     steps_per_epoch = math.ceil(len(train_examples) / examples_per_step)
     total_steps = config.max_steps if config.max_steps > 0 else math.ceil(config.num_train_epochs * steps_per_epoch)
-    engine, scheduler = build_engine(policy, config, ds_config, total_steps)
-    policy = engine.module
     score = functools.partial(sequence_logps, impl=config.logprob_impl, attention_backend=config.attention_backend)
     forward = functools.partial(scoring_forward, impl=config.logprob_impl, attention_backend=config.attention_backend)
     objective = functools.partial(
         iopo_loss if config.loss == "iopo" else dpo_loss,
         beta=config.pref_beta, loss_type=config.pref_loss, label_smoothing=config.label_smoothing, ftx=config.pref_ftx,
     )
-    train_reference, eval_reference = _references(config, policy, score, ds_config, device, train_examples,
-                                                  eval_examples, log)
+    with partitioned_loading(ds_config):  # the policy and a live reference model
+        engine, scheduler = build_engine(_load_policy(config, log), config, ds_config, total_steps)
+        policy = engine.module
+        train_reference, eval_reference = _references(config, policy, score, ds_config, device, train_examples,
+                                                      eval_examples, log)
     scorer = Scorer(engine, train_reference, objective, device, forward)
     eval_scorer = Scorer(engine, eval_reference, objective, device, forward)
 
@@ -244,7 +239,7 @@ def _references(config, policy, score, ds_config, device, train_examples, eval_e
         model = load_model(config.model_name_or_path, _model_dtype(config))
         if config.liger_kernels:
             apply_liger_kernels(model)
-        if ds_config["zero_optimization"].get("stage", 0) == 3:
+        if partitions_parameters(ds_config):
             model = reference_engine(model, ds_config)
         else:
             model = model.to(device)
@@ -417,9 +412,7 @@ def _export(engine, config: TrainConfig, tokenizer, output_dir: Path, log) -> No
         tokenizer.save_pretrained(target)
         if lora and config.lora_merge_on_export:
             from peft import PeftModel
-            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-            unset_hf_deepspeed_config()  # the base model is loaded whole, not into ZeRO-3 partitions
             base = load_model(config.model_name_or_path, _model_dtype(config))
             merged = PeftModel.from_pretrained(base, target).merge_and_unload()
             merged.save_pretrained(output_dir / "model")
