@@ -17,6 +17,11 @@ from iopo_fast.config import ConfigError
 from iopo_fast.trainer import train
 
 
+# One thread: a multi-threaded BLAS may split its sums differently from run to run (under load, say),
+# and the runs compared here must agree to the last few bits.
+DETERMINISTIC_ENV = {**fresh_process_env(), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def start_run(model_dir, output_dir, **overrides):
     """`iopo-fast train` in a subprocess on the bundled held-out data (20 steps of 2 examples)."""
     config = dict(model_name_or_path=str(model_dir), dataset=str(DEMO_DATA / "eval.jsonl"), output_dir=str(output_dir),
@@ -26,7 +31,7 @@ def start_run(model_dir, output_dir, **overrides):
     path = output_dir.parent / f"{output_dir.name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return subprocess.Popen([sys.executable, "-m", "iopo_fast.cli", "train", str(path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=fresh_process_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=DETERMINISTIC_ENV)
 
 
 def records(output_dir) -> list[dict]:
