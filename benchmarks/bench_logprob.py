@@ -1,20 +1,27 @@
-"""How fast and how lean is `fused_logprobs` against the other ways to get per-token log-probs?
+"""How fast and how lean is iopo-fast's LM-head path against the other ways to get per-token log-probs?
 
-Forward + backward of logp[t] = log_softmax(h W^T)[t, y_t] with a random upstream gradient g, for
-  - iopo-fast's Triton kernels and their chunked PyTorch twin,
+Forward + backward of the IOPO loss of whole examples from the final hidden states h [T, D]: per-token
+logp[t] = log_softmax(h W^T)[t, y_t], the four sequence sums of every example, the group loss (random
+reference scores, beta 0.1) and its gradient back to h and W. T tokens form examples of four
+sequences of --sequence-tokens each. Methods:
+  - iopo-fast's two-pass Triton kernels (`fused_logprobs`, 8 T D V FLOPs) and their chunked PyTorch twin,
+  - iopo-fast's example chunks (`example_chunked_loss`: the loss fused in, gradients formed in the
+    forward, 6 T D V FLOPs), Triton passes and PyTorch twin,
   - the full-logits path (h @ W.T in bf16 -> float -> log_softmax -> gather),
   - Liger-Kernel's fused linear cross entropy and fused scaled cross entropy (per-token loss = -logp),
   - Apple's cut-cross-entropy, when installed.
+Every per-token method is followed by the same sequence sums and loss (a few FLOPs per sequence).
 Columns: median time (CUDA events, after warmup), peak memory above the inputs
-(torch.cuda.max_memory_allocated), the ideal time of 8 T D V FLOPs at the device's peak bf16 rate, and
-the largest |logp| difference from the first method as a sanity check (cut-cross-entropy filters
-negligible gradient blocks by default, as its users get it).
+(torch.cuda.max_memory_allocated), the ideal time of 8 T D V FLOPs at the device's peak bf16 rate (a
+method that does fewer FLOPs can pass 100%), and the largest relative difference of the sequence scores
+from the first method's as a sanity check (cut-cross-entropy filters negligible gradient blocks by
+default, as its users get it).
 
 On a GPU it runs T in {4096, 16384}, D = 4096, V in {128256, 131072, 152064} in bf16 and writes
 benchmarks/results/logprob-<device>.md; without CUDA it runs a tiny smoke configuration and only prints.
 
     python benchmarks/bench_logprob.py [--tokens 4096 16384] [--hidden 4096] [--vocab 128256 ...]
-                                       [--peak-tflops 989] [--warmup 2] [--repeats 10]
+                                       [--sequence-tokens 512] [--peak-tflops 989] [--warmup 2] [--repeats 10]
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ from typing import Callable
 import torch
 from _results import RESULTS_DIR, device_slug, versions
 
-from iopo_fast.kernels import fused_logprobs, resolve_impl
+from iopo_fast import iopo_loss
+from iopo_fast.kernels import example_chunked_loss, fused_logprobs, resolve_impl
 
 # Timed runs per method and shape: up to --repeats, but only MIN_REPEATS once TIME_BUDGET_MS is spent
 # (the chunked twin takes seconds per run at the largest shapes).
@@ -44,10 +52,48 @@ PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), 
 
 
 @dataclass
+class Examples:
+    """IOPO examples over the T rows: segment_ids [T] (example * 4 + role) and the loss of their scores."""
+
+    segment_ids: torch.Tensor
+    reference_logps: torch.Tensor  # [num_examples, 4]
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.reference_logps)
+
+    def losses(self, scores: torch.Tensor, examples: slice) -> torch.Tensor:
+        return iopo_loss(scores, self.reference_logps[examples], beta=0.1)[0]
+
+
+# method(hidden, weight, targets, examples) -> (summed loss, differentiable; scores [num_examples, 4])
+LossMethod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Examples], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
 class Method:
     name: str
-    logprobs: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None
+    loss: LossMethod | None
     unavailable: str = ""
+
+
+def through_loss(name: str, logprobs: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> Method:
+    """A per-token log-prob method, then the sequence sums and the loss."""
+
+    def loss(hidden, weight, targets, examples: Examples):
+        logp = logprobs(hidden, weight, targets).float()
+        scores = logp.new_zeros(examples.num_examples * 4).index_add(0, examples.segment_ids, logp).view(-1, 4)
+        return examples.losses(scores, slice(None)).sum(), scores.detach()
+
+    return Method(name, loss)
+
+
+def example_chunks(impl: str) -> LossMethod:
+    def loss(hidden, weight, targets, examples: Examples):
+        return example_chunked_loss(hidden, weight, targets, examples.segment_ids, examples.num_examples, 4,
+                                    examples.losses, impl=impl)
+
+    return loss
 
 
 def full_logits_logprobs(hidden, weight, targets):
@@ -61,7 +107,7 @@ def liger_fused_linear_cross_entropy(on_cuda: bool) -> Method:
     from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
 
     loss = LigerFusedLinearCrossEntropyLoss(reduction="none")
-    return Method(name, lambda hidden, weight, targets: -loss(weight, hidden, targets))
+    return through_loss(name, lambda hidden, weight, targets: -loss(weight, hidden, targets))
 
 
 def liger_fused_scaled_cross_entropy() -> Method:
@@ -70,7 +116,7 @@ def liger_fused_scaled_cross_entropy() -> Method:
         from liger_kernel.ops.fused_linear_scaled_cross_entropy import LigerFusedLinearScaledCrossEntropyFunction
     except ImportError as error:
         return Method(name, None, f"not in this liger-kernel ({error})")
-    return Method(name, lambda hidden, weight, targets: -LigerFusedLinearScaledCrossEntropyFunction.apply(
+    return through_loss(name, lambda hidden, weight, targets: -LigerFusedLinearScaledCrossEntropyFunction.apply(
         hidden, weight, targets))
 
 
@@ -82,18 +128,21 @@ def cut_cross_entropy(on_cuda: bool) -> Method:
         return Method(name, None, "not installed")
     if not on_cuda:
         return Method(name, None, "needs CUDA")
-    return Method(name, lambda hidden, weight, targets: -linear_cross_entropy(hidden, weight, targets,
-                                                                              reduction="none"))
+    return through_loss(name, lambda hidden, weight, targets: -linear_cross_entropy(hidden, weight, targets,
+                                                                                    reduction="none"))
 
 
 def all_methods(device: torch.device) -> list[Method]:
     on_cuda = device.type == "cuda"
     triton_runs = resolve_impl(torch.empty(0, device=device)) == "triton"
+    needs_triton = "needs CUDA or TRITON_INTERPRET=1"
     return [
-        Method("iopo-fast fused (triton)", partial(fused_logprobs, impl="triton") if triton_runs else None,
-               "needs CUDA or TRITON_INTERPRET=1"),
-        Method("iopo-fast chunked", partial(fused_logprobs, impl="chunked")),
-        Method("full logits", full_logits_logprobs),
+        through_loss("iopo-fast two-pass (triton)", partial(fused_logprobs, impl="triton")) if triton_runs
+        else Method("iopo-fast two-pass (triton)", None, needs_triton),
+        Method("iopo-fast example chunks (triton)", example_chunks("triton") if triton_runs else None, needs_triton),
+        through_loss("iopo-fast two-pass (chunked)", partial(fused_logprobs, impl="chunked")),
+        Method("iopo-fast example chunks (chunked)", example_chunks("chunked")),
+        through_loss("full logits", full_logits_logprobs),
         liger_fused_linear_cross_entropy(on_cuda),
         liger_fused_scaled_cross_entropy(),
         cut_cross_entropy(on_cuda),
@@ -104,18 +153,18 @@ def all_methods(device: torch.device) -> list[Method]:
 class Measurement:
     median_ms: float
     peak_mib: float | None
-    logp: torch.Tensor
+    scores: torch.Tensor
 
 
-def measure(method: Method, hidden, weight, targets, upstream, warmup: int, repeats: int) -> Measurement:
+def measure(method: Method, hidden, weight, targets, examples: Examples, warmup: int, repeats: int) -> Measurement:
     on_cuda = hidden.is_cuda
 
     def forward_backward():
-        logp = method.logprobs(hidden, weight, targets).float()
-        torch.autograd.grad((logp * upstream).sum(), (hidden, weight))
-        return logp.detach()
+        loss, scores = method.loss(hidden, weight, targets, examples)
+        torch.autograd.grad(loss, (hidden, weight))
+        return scores
 
-    logp = forward_backward()
+    scores = forward_backward()
     for _ in range(warmup - 1):
         forward_backward()
     peak_mib = None
@@ -139,7 +188,16 @@ def measure(method: Method, hidden, weight, targets, upstream, warmup: int, repe
             start_s = time.perf_counter()
             forward_backward()
             times_ms.append((time.perf_counter() - start_s) * 1e3)
-    return Measurement(statistics.median(times_ms), peak_mib, logp)
+    return Measurement(statistics.median(times_ms), peak_mib, scores)
+
+
+def random_examples(tokens: int, sequence_tokens: int, device: torch.device, generator) -> Examples:
+    """Examples of four sequences of `sequence_tokens` rows (the last ones shorter, to fill `tokens`)."""
+    sequence_tokens = max(1, min(sequence_tokens, tokens // 4))
+    segment_ids = torch.arange(tokens, device=device) // sequence_tokens
+    num_examples = int(segment_ids[-1]) // 4 + 1
+    reference_logps = -sequence_tokens * 10 + torch.randn(num_examples, 4, device=device, generator=generator)
+    return Examples(segment_ids, reference_logps)
 
 
 def default_peak_tflops(device: torch.device) -> float | None:
@@ -162,17 +220,17 @@ def run(args: argparse.Namespace, device: torch.device) -> list[str]:
             weight = (weight * (3 / math.sqrt(args.hidden))).requires_grad_()
             hidden.requires_grad_()
             targets = torch.randint(0, vocab, (tokens,), device=device, generator=generator)
-            upstream = torch.randn(tokens, device=device, generator=generator)
+            examples = random_examples(tokens, args.sequence_tokens, device, generator)
             ideal_ms = 8 * tokens * args.hidden * vocab / (args.peak_tflops * 1e12) * 1e3 if args.peak_tflops else None
             reference = None
             for method in methods:
                 cells = [str(tokens), str(args.hidden), str(vocab), method.name]
-                if method.logprobs is None:
+                if method.loss is None:
                     rows.append(_row(cells + [f"skipped: {method.unavailable}", "", "", "", ""]))
                     print(rows[-1], flush=True)
                     continue
                 try:
-                    result = measure(method, hidden, weight, targets, upstream, args.warmup, args.repeats)
+                    result = measure(method, hidden, weight, targets, examples, args.warmup, args.repeats)
                 except Exception as error:  # one failing method must not lose the others' results
                     traceback.print_exc()
                     rows.append(_row(cells + [f"error: {type(error).__name__}", "", "", "", ""]))
@@ -180,13 +238,13 @@ def run(args: argparse.Namespace, device: torch.device) -> list[str]:
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
                     continue
-                reference = result.logp if reference is None else reference
+                reference = result.scores if reference is None else reference
                 rows.append(_row(cells + [
                     f"{result.median_ms:.2f}",
                     "-" if result.peak_mib is None else f"{result.peak_mib:.0f}",
                     "-" if ideal_ms is None else f"{ideal_ms:.2f}",
                     "-" if ideal_ms is None else f"{ideal_ms / result.median_ms:.0%}",
-                    f"{(result.logp - reference).abs().max().item():.1e}",
+                    f"{((result.scores - reference).abs() / reference.abs()).max().item():.1e}",
                 ]))
                 print(rows[-1], flush=True)
     return rows
@@ -197,7 +255,7 @@ def _row(cells: list[str]) -> str:
 
 
 HEADER = [
-    "| T | D | V | method | median ms | peak MiB above inputs | ideal ms | ideal / measured | max abs logp diff |",
+    "| T | D | V | method | median ms | peak MiB above inputs | ideal ms (8 T D V) | ideal / measured | max rel score diff |",
     "|---|---|---|---|---|---|---|---|---|",
 ]
 
@@ -208,6 +266,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=[4096, 16384] if on_cuda else [64])
     parser.add_argument("--hidden", type=int, default=4096 if on_cuda else 32)
     parser.add_argument("--vocab", type=int, nargs="+", default=[128256, 131072, 152064] if on_cuda else [300])
+    parser.add_argument("--sequence-tokens", type=int, default=512 if on_cuda else 8,
+                        help="response tokens per sequence; an example has four")
     parser.add_argument("--dtype", type=lambda name: getattr(torch, name), default=torch.bfloat16)
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="peak bf16 TFLOP/s for the ideal column (default: by device name, e.g. 989 for H100)")
@@ -231,7 +291,8 @@ def main() -> None:
             f"- device: {device_name}",
             f"- versions: {versions()}",
             f"- command: `{command}`",
-            f"- dtype: {args.dtype}; peak for the ideal column: {args.peak_tflops} TFLOP/s (8 T D V FLOPs); "
+            f"- dtype: {args.dtype}; examples of four sequences of {args.sequence_tokens} tokens, IOPO sigmoid loss; "
+            f"peak for the ideal column: {args.peak_tflops} TFLOP/s (8 T D V FLOPs); "
             f"median of {MIN_REPEATS} to {args.repeats} timed runs ({MIN_REPEATS} once {TIME_BUDGET_MS / 1e3:.0f} s "
             f"are spent) after {args.warmup} warmup runs and one memory run",
             "",

@@ -104,7 +104,7 @@ from iopo_fast.batching import micro_batches
 from iopo_fast.config import TrainConfig
 from iopo_fast.distributed import init_distributed, world_size
 from iopo_fast.engine import build_engine, deepspeed_config, partitioned_loading
-from iopo_fast.logprobs import forward_replaced, scoring_forward, sequence_logps
+from iopo_fast.logprobs import ALGORITHMS, forward_replaced, loss_forward, sequence_logps
 from iopo_fast.model import apply_liger_kernels, enable_gradient_checkpointing
 from iopo_fast.monitor import device_peak_flops, peak_memory_gib
 from iopo_fast.packing import packed_length, unpacked_length
@@ -185,6 +185,7 @@ class Job:
     warmup: int
     steps: int  # timed steps after the warm-up
     tokens_per_micro_batch: int  # systems 4 and 5: packed tokens per micro-batch
+    logprob_algorithm: str  # systems 4 and 5: how the loss meets the LM head (iopo_fast.logprobs.loss_forward)
     trl_pairs_per_micro_batch: int | None  # systems 1 and 2; None: the largest divisor of the step's pairs that fits
     gradient_checkpointing: bool
     zero_stage: int
@@ -440,6 +441,7 @@ def run_iopo_fast(job: Job, examples, device: torch.device) -> Run:
         # System 3's micro-batches hold as many sequences as system 1's (two per pair, four per example).
         per_device_train_batch_size=max(1, TRL_DEFAULT_MICRO_BATCH // 2) if original else per_step,
         max_tokens_per_micro_batch=0 if original else job.tokens_per_micro_batch,
+        logprob_algorithm=job.logprob_algorithm,
         zero_stage=job.zero_stage, offload_optimizer=job.offload_optimizer,
     )
     ds_config = deepspeed_config(config, world_size())
@@ -471,8 +473,8 @@ def run_iopo_fast(job: Job, examples, device: torch.device) -> Run:
 def _fast_scorer(engine, config, train_examples, objective, device):
     """Systems 4 and 5: packed scoring through the fused kernel, the reference precomputed (and timed)."""
     score = functools.partial(sequence_logps, impl=config.logprob_impl, attention_backend=config.attention_backend)
-    forward = functools.partial(scoring_forward, impl=config.logprob_impl,
-                                attention_backend=config.attention_backend)
+    forward = functools.partial(loss_forward, impl=config.logprob_impl, attention_backend=config.attention_backend,
+                                algorithm=config.logprob_algorithm)
     # As many examples per reference forward as surely fit the token budget of a training micro-batch.
     batch_size = max(1, config.max_tokens_per_micro_batch // max(packed_length(e) for e in train_examples))
     policy = engine.module
@@ -490,19 +492,7 @@ def _original_scorer(engine, job: Job, objective, device):
     """System 3: padded sequences, full-logits scores, and a live reference model scored the same way."""
     reference_model = random_model(job.model, training_dtype(device), device, job.seed)
     reference = LiveReference(reference_model.eval().requires_grad_(False), full_logits_scores)
-    return PaddedScorer(engine, reference, objective, device, full_logits_forward)
-
-
-class PaddedScorer(Scorer):
-    """`Scorer` with the original layout, every sequence right-padded in its own row (`Scorer` always packs)."""
-
-    def score(self, examples, indices):
-        batch = pad_examples(examples).to(self.device)
-        with self.scoring(self.policy):
-            policy_logps = self.engine(batch)
-        losses, metrics = self.objective(policy_logps, self.reference(batch, indices),
-                                         response_lengths=batch.response_lengths)
-        return losses, metrics, batch.num_tokens
+    return Scorer(engine, reference, objective, device, full_logits_forward, layout=pad_examples)
 
 
 def full_logits_scores(model, batch) -> torch.Tensor:
@@ -518,9 +508,15 @@ def full_logits_scores(model, batch) -> torch.Tensor:
     return scores.view(batch.num_examples, batch.num_roles)
 
 
-def full_logits_forward(model):
-    """Within it, `model(batch)` (and so the DeepSpeed engine's call) returns `full_logits_scores(model, batch)`."""
-    return forward_replaced(model, functools.partial(full_logits_scores, model))
+def full_logits_forward(model, example_losses):
+    """Within it, `model(batch)` (and so the DeepSpeed engine's call) returns the summed loss and the scores
+    `full_logits_scores(model, batch)`, as `iopo_fast.logprobs.loss_forward` does."""
+
+    def loss(batch):
+        scores = full_logits_scores(model, batch)
+        return example_losses(scores, slice(None)).sum(), scores.detach()
+
+    return forward_replaced(model, loss)
 
 
 # Measuring one system in its own process
@@ -717,6 +713,7 @@ def parse_args(on_cuda: bool) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=5 if on_cuda else 2, help="timed steps after the warm-up")
     parser.add_argument("--tokens-per-micro-batch", type=int, default=16384 if on_cuda else 4096,
                         help="systems 4 and 5 (raised to the longest packed example when below it)")
+    parser.add_argument("--logprob-algorithm", choices=ALGORITHMS, default="recompute", help="systems 4 and 5")
     parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=0)
     parser.add_argument("--offload-optimizer", action="store_true")
@@ -743,6 +740,7 @@ def main() -> None:
     peak_flops = device_peak_flops(torch.device("cuda")) if on_cuda else None
     base = Job(system=0, model="", scenario=SCENARIOS["short"], global_batch=args.global_batch, warmup=args.warmup,
                steps=args.steps, tokens_per_micro_batch=args.tokens_per_micro_batch,
+               logprob_algorithm=args.logprob_algorithm,
                trl_pairs_per_micro_batch=TRL_DEFAULT_MICRO_BATCH, gradient_checkpointing=args.gradient_checkpointing,
                zero_stage=args.zero_stage, offload_optimizer=args.offload_optimizer, seed=args.seed)
     precision = "bf16 (fp32 master weights)" if on_cuda else "fp32"
@@ -753,7 +751,8 @@ def main() -> None:
         f"- global batch: {args.global_batch} IOPO examples ({2 * args.global_batch} DPO pairs) per step; "
         f"{args.warmup} warm-up step(s), median of {args.steps} timed steps; {precision}; AdamW; gradient "
         f"checkpointing {'on' if args.gradient_checkpointing else 'off'}; ZeRO stage {args.zero_stage}"
-        f"{' with optimizer offload' if args.offload_optimizer else ''}; seed {args.seed}",
+        f"{' with optimizer offload' if args.offload_optimizer else ''}; seed {args.seed}; iopo-fast log-prob "
+        f"algorithm {args.logprob_algorithm}",
         "- useful tokens: the four unpacked sequences of every example; a precomputed reference's time is spread "
         "over the steps; MFU counts 8 N FLOPs per useful token",
     ]

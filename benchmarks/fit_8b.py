@@ -38,6 +38,8 @@ from pathlib import Path
 import psutil
 import torch
 
+from iopo_fast.logprobs import ALGORITHMS
+
 MODEL = "llama-3.1-8b"
 # Host bytes per parameter under ZeRO-3 optimizer offload: fp32 master weight, Adam's exp_avg and
 # exp_avg_sq, and the fp32 gradient partition.
@@ -99,6 +101,7 @@ def parse_args() -> argparse.Namespace:
                         help="useful tokens per micro-batch (default 8192 to 262144, doubling; smoke: 256 512)")
     parser.add_argument("--systems", type=int, nargs="+", choices=FIT_SYSTEMS, default=list(FIT_SYSTEMS))
     parser.add_argument("--steps", type=int, default=2, help="timed steps per budget, after one warm-up step")
+    parser.add_argument("--logprob-algorithm", choices=ALGORITHMS, default="recompute", help="iopo-fast's")
     parser.add_argument("--force", action="store_true", help="run even when host memory looks too small")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", type=Path, default=None,
@@ -128,12 +131,13 @@ def main() -> None:
         f"- command: `{command}`",
         f"- {check_host_memory(model, model_parameters(model), args.force)}",
         f"- {model}, full parameters, {'bf16' if on_cuda else 'fp32'}, ZeRO-3 with optimizer offload, gradient "
-        f"checkpointing, precomputed reference; prompts {scenario.prompt_tokens} and responses "
+        f"checkpointing, precomputed reference, log-prob algorithm {args.logprob_algorithm}; prompts {scenario.prompt_tokens} and responses "
         f"{scenario.response_tokens} tokens; one micro-batch per step, median of {args.steps} timed steps",
     ]
     print("\n".join(header), flush=True)
     base = Job(system=0, model=model, scenario=scenario,
                global_batch=1, warmup=1, steps=args.steps, tokens_per_micro_batch=0, trl_pairs_per_micro_batch=None,
+               logprob_algorithm=args.logprob_algorithm,
                gradient_checkpointing=True, zero_stage=3, offload_optimizer=True, seed=args.seed)
     points = [point for system in args.systems
               for point in budget_series(dataclasses.replace(base, system=system), budgets)]

@@ -68,6 +68,7 @@ class TrainConfig:
     attention_backend: str = _option("auto", "Varlen attention over packed batches; auto: flash_attn, else torch_varlen on CUDA, else reference.", ("auto", "flash_attn", "torch_varlen", "reference"))
     liger_kernels: bool = _option(True, "On GPU, Liger-Kernel's RMSNorm, RoPE and SwiGLU kernels in the model's layers.")
     logprob_impl: str = _option("auto", "Fused log-prob kernel; auto: triton on CUDA, else chunked PyTorch.", ("auto", "triton", "chunked"))
+    logprob_algorithm: str = _option("recompute", "How the loss meets the LM head. recompute: log-probs with O(tokens) memory, the backward recomputes the logits (8 T D V FLOPs); example_chunks: the loss and its gradient formed in one pass, chunk by chunk of whole examples (6 T D V FLOPs, O(chunk x vocabulary) transient memory).", ("recompute", "example_chunks"))
     bf16: bool = _option(False, "Train in bfloat16 (the log-prob kernel accumulates in fp32).")
     gradient_checkpointing: bool = _option(False, "Recompute each decoder layer in the backward to save activation memory.")
     # DeepSpeed

@@ -9,8 +9,12 @@ import torch
 from torch import nn
 
 from .hf_integration import packed_hidden_states
-from .kernels import fused_logprobs
+from .kernels import example_chunked_loss, fused_logprobs
+from .kernels.example_chunked_loss import ExampleLosses
 from .packing import Batch, PackedBatch, PaddedBatch
+
+# How `loss_forward` forms the loss: see its docstring.
+ALGORITHMS = ("recompute", "example_chunks")
 
 
 def sequence_logps(model: nn.Module, batch: Batch, impl: str = "auto", attention_backend: str = "auto") -> torch.Tensor:
@@ -40,14 +44,7 @@ def scoring_forward(model: nn.Module, impl: str = "auto", attention_backend: str
 
 
 def _sequence_logps(model: nn.Module, impl: str, attention_backend: str, batch: Batch) -> torch.Tensor:
-    if isinstance(batch, PackedBatch):
-        hidden = packed_hidden_states(model, batch, attention_backend)
-    elif isinstance(batch, PaddedBatch):
-        decoder = model.get_decoder()
-        hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state.flatten(0, 1)
-    else:
-        raise TypeError(f"expected a PackedBatch or a PaddedBatch, got {type(batch).__name__}")
-    predictor_hidden = hidden.index_select(0, batch.predictor_rows)
+    predictor_hidden = _predictor_hidden(model, batch, attention_backend)
     head = model.get_output_embeddings()
     with forward_replaced(head, lambda hidden, targets: fused_logprobs(hidden, head.weight, targets, impl=impl)):
         token_logps = head(predictor_hidden, batch.targets)
@@ -55,6 +52,56 @@ def _sequence_logps(model: nn.Module, impl: str, attention_backend: str, batch: 
     scores = torch.zeros(batch.num_examples * batch.num_roles, dtype=torch.float64, device=token_logps.device)
     scores = scores.index_add(0, batch.segment_ids, token_logps.double())
     return scores.float().view(batch.num_examples, batch.num_roles)
+
+
+@contextlib.contextmanager
+def loss_forward(model: nn.Module, example_losses: ExampleLosses, impl: str = "auto", attention_backend: str = "auto",
+                 algorithm: str = "recompute"):
+    """Within it, `model(batch)` returns (the sum over the batch's examples of `example_losses`, a
+    differentiable fp32 scalar; the scores `[num_examples, num_roles]`, detached), and so does a wrapper's call.
+
+    `example_losses(scores [b, num_roles], examples: slice)` gives the losses of the batch's examples
+    `examples` from their scores. `algorithm` "recompute" computes the scores as `sequence_logps` does
+    (fused log-prob kernel, 8 T D V FLOPs for T response tokens, O(T) memory), then the loss;
+    "example_chunks" forms the loss and its gradient together, chunk by chunk of whole examples
+    (`iopo_fast.kernels.example_chunked_loss`: 6 T D V FLOPs, O(chunk x vocabulary) transient memory).
+    Hooks run as in `scoring_forward`.
+    """
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    _check_supported_head(model)
+    loss = _recomputed_loss if algorithm == "recompute" else _example_chunked_loss
+    with forward_replaced(model, functools.partial(loss, model, example_losses, impl, attention_backend)):
+        yield
+
+
+def _recomputed_loss(model, example_losses, impl, attention_backend, batch):
+    scores = _sequence_logps(model, impl, attention_backend, batch)
+    return example_losses(scores, slice(None)).sum(), scores.detach()
+
+
+def _example_chunked_loss(model, example_losses, impl, attention_backend, batch):
+    predictor_hidden = _predictor_hidden(model, batch, attention_backend)
+    head = model.get_output_embeddings()
+
+    def head_forward(hidden, targets, segment_ids):
+        return example_chunked_loss(hidden, head.weight, targets, segment_ids, batch.num_examples, batch.num_roles,
+                                    example_losses, impl=impl)
+
+    with forward_replaced(head, head_forward):
+        return head(predictor_hidden, batch.targets, batch.segment_ids)
+
+
+def _predictor_hidden(model: nn.Module, batch: Batch, attention_backend: str) -> torch.Tensor:
+    """The final hidden rows that predict the batch's response tokens, `[R, hidden_size]`."""
+    if isinstance(batch, PackedBatch):
+        hidden = packed_hidden_states(model, batch, attention_backend)
+    elif isinstance(batch, PaddedBatch):
+        decoder = model.get_decoder()
+        hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state.flatten(0, 1)
+    else:
+        raise TypeError(f"expected a PackedBatch or a PaddedBatch, got {type(batch).__name__}")
+    return hidden.index_select(0, batch.predictor_rows)
 
 
 @contextlib.contextmanager

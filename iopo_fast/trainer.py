@@ -30,7 +30,7 @@ from .distributed import all_reduce, barrier, init_distributed, is_main, rank, r
 from .engine import (build_engine, deepspeed_config, full_state_dict, partitioned_loading, partitions_parameters,
                      reference_engine)
 from .kernels import resolve_impl
-from .logprobs import scoring_forward, sequence_logps
+from .logprobs import loss_forward, sequence_logps
 from .loss import dpo_loss, iopo_loss
 from .model import (apply_liger_kernels, apply_lora, enable_gradient_checkpointing, load_model, load_tokenizer,
                     resolve_model_path)
@@ -76,7 +76,8 @@ def train(config: TrainConfig) -> dict[str, dict[str, float]]:
     steps_per_epoch = math.ceil(len(train_examples) / examples_per_step)
     total_steps = config.max_steps if config.max_steps > 0 else math.ceil(config.num_train_epochs * steps_per_epoch)
     score = functools.partial(sequence_logps, impl=config.logprob_impl, attention_backend=config.attention_backend)
-    forward = functools.partial(scoring_forward, impl=config.logprob_impl, attention_backend=config.attention_backend)
+    forward = functools.partial(loss_forward, impl=config.logprob_impl, attention_backend=config.attention_backend,
+                                algorithm=config.logprob_algorithm)
     objective = functools.partial(
         iopo_loss if config.loss == "iopo" else dpo_loss,
         beta=config.pref_beta, loss_type=config.pref_loss, label_smoothing=config.label_smoothing, ftx=config.pref_ftx,
@@ -210,7 +211,7 @@ def _fast_paths(config: TrainConfig, device: torch.device) -> str:
         logprobs = resolve_impl(torch.empty(0, device=device), config.logprob_impl)
     except (ValueError, RuntimeError) as error:
         raise ConfigError(str(error)) from None
-    return f"packed attention {attention}, log-probs {logprobs}"
+    return f"packed attention {attention}, log-probs {logprobs} ({config.logprob_algorithm})"
 
 
 def _load_policy(config: TrainConfig, log) -> torch.nn.Module:
@@ -286,15 +287,15 @@ def accumulate_gradients(engine, scorer: Scorer, examples: list[Example], indice
         engine.set_gradient_accumulation_boundary(position == count - 1)
         weight = scale if group else 0.0
         group = group or [0]
-        losses, metrics, stream_tokens = scorer.score([examples[i] for i in group], [indices[i] for i in group])
+        loss, losses, metrics, stream_tokens = scorer.score([examples[i] for i in group], [indices[i] for i in group])
         if all_reduce(torch.tensor(int(not torch.isfinite(losses).all())), "max"):
             engine.set_gradient_accumulation_boundary(True)
-            engine.backward(losses.sum() * float("nan"))
+            engine.backward(loss * float("nan"))
             outcome.finite = False
             return outcome
-        engine.backward(losses.sum() * weight)
+        engine.backward(loss * weight)
         if weight:
-            _accumulate(outcome.totals, {"loss": losses.detach(), **metrics})
+            _accumulate(outcome.totals, {"loss": losses, **metrics})
             outcome.stream_tokens += stream_tokens
     names = sorted(outcome.totals)
     summed = all_reduce(torch.tensor([outcome.totals[name] for name in names], dtype=torch.float64))
@@ -303,27 +304,39 @@ def accumulate_gradients(engine, scorer: Scorer, examples: list[Example], indice
 
 
 class Scorer:
-    """Scores groups of examples: policy and reference log-probs, then the per-example loss.
+    """Scores groups of examples: reference log-probs, then the policy's and the loss.
 
-    `engine` is the DeepSpeed engine of the policy (or the policy itself), called on each batch
-    inside `scoring_forward`.
+    `engine` is the DeepSpeed engine of the policy (or the policy itself), called on each batch laid out
+    by `layout` (`pack_examples`, or `pad_examples` for the original layout) inside `loss_forward` (or
+    another `scoring(model, example_losses)` context of the same contract).
     """
 
-    def __init__(self, engine, reference, objective, device: torch.device, scoring=scoring_forward):
-        self.engine, self.reference, self.objective, self.device, self.scoring = engine, reference, objective, device, scoring
+    def __init__(self, engine, reference, objective, device: torch.device, scoring=loss_forward, layout=pack_examples):
+        self.engine, self.reference, self.objective, self.device = engine, reference, objective, device
+        self.scoring, self.layout = scoring, layout
         self.policy = getattr(engine, "module", engine)
 
     def score(self, examples: list[Example], indices: list[int]):
-        """Per-example losses (differentiable), per-example metrics and the packed stream's length.
+        """The summed loss (differentiable), the per-example losses and metrics (detached), and the packed
+        stream's length.
 
         `indices` are the examples' positions in their data set (where a precomputed reference looks).
         """
-        batch = pack_examples(examples).to(self.device)
-        with self.scoring(self.policy):
-            policy_logps = self.engine(batch)
+        batch = self.layout(examples).to(self.device)
         reference_logps = None if self.reference is None else self.reference(batch, indices)
+        with self.scoring(self.policy, self.example_losses(reference_logps, batch.response_lengths)):
+            loss, policy_logps = self.engine(batch)
         losses, metrics = self.objective(policy_logps, reference_logps, response_lengths=batch.response_lengths)
-        return losses, metrics, batch.num_tokens
+        return loss, losses, metrics, batch.num_tokens
+
+    def example_losses(self, reference_logps: torch.Tensor | None, response_lengths: torch.Tensor):
+        """The losses of a batch's examples `examples` (a slice) from their policy scores."""
+
+        def losses(policy_logps: torch.Tensor, examples: slice) -> torch.Tensor:
+            reference = None if reference_logps is None else reference_logps[examples]
+            return self.objective(policy_logps, reference, response_lengths=response_lengths[examples])[0]
+
+        return losses
 
     @torch.no_grad()
     def evaluate(self, examples: list[Example], batch_size: int) -> dict[str, float]:
@@ -334,7 +347,7 @@ class Scorer:
         shard, own = rank_shard(len(examples))
         for start in range(0, len(shard), batch_size):
             indices = shard[start : start + batch_size]
-            losses, metrics, _ = self.score([examples[i] for i in indices], indices)
+            _, losses, metrics, _ = self.score([examples[i] for i in indices], indices)
             mine = min(len(indices), max(own - start, 0))
             _accumulate(totals, {name: values[:mine] for name, values in {"loss": losses, **metrics}.items()})
         self.policy.train(was_training)

@@ -18,6 +18,19 @@ def _row_chunks(num_rows: int, vocab_size: int) -> list[slice]:
     return [slice(start, start + chunk) for start in range(0, num_rows, chunk)]
 
 
+def row_statistics(logits: torch.Tensor, safe_targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The log-sum-exp and the target logit of every row of fp32 `logits` [c, V]."""
+    return torch.logsumexp(logits, dim=1), logits.gather(1, safe_targets[:, None]).squeeze(1)
+
+
+def logits_gradient_(logits: torch.Tensor, lse: torch.Tensor, safe_targets: torch.Tensor,
+                     grad_logp: torch.Tensor) -> torch.Tensor:
+    """dL/dz = g (onehot(y) - softmax(z)) for fp32 `logits` z [c, V], built in place in `logits`."""
+    grad = logits.sub_(lse[:, None]).exp_().neg_()
+    grad.scatter_add_(1, safe_targets[:, None], torch.ones_like(lse[:, None]))
+    return grad.mul_(grad_logp[:, None])
+
+
 class ChunkedLogProbsFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int):
@@ -27,9 +40,7 @@ class ChunkedLogProbsFunction(torch.autograd.Function):
         lse = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
         target_logits = torch.empty_like(lse)
         for rows in _row_chunks(hidden.shape[0], weight.shape[0]):
-            logits = hidden[rows].float() @ weight32.T
-            lse[rows] = torch.logsumexp(logits, dim=1)
-            target_logits[rows] = logits.gather(1, safe_targets[rows, None]).squeeze(1)
+            lse[rows], target_logits[rows] = row_statistics(hidden[rows].float() @ weight32.T, safe_targets[rows])
         ctx.save_for_backward(hidden, weight, safe_targets, valid, lse)
         return torch.where(valid, target_logits - lse, 0.0)
 
@@ -42,10 +53,7 @@ class ChunkedLogProbsFunction(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight32)
         for rows in _row_chunks(hidden.shape[0], weight.shape[0]):
             hidden32 = hidden[rows].float()
-            # d logp / d logits = onehot(y) - softmax(logits), times g; built in place in one buffer.
-            d_logits = (hidden32 @ weight32.T).sub_(lse[rows, None]).exp_().neg_()
-            d_logits.scatter_add_(1, safe_targets[rows, None], torch.ones_like(lse[rows, None]))
-            d_logits.mul_(grad_logp[rows, None])
+            d_logits = logits_gradient_(hidden32 @ weight32.T, lse[rows], safe_targets[rows], grad_logp[rows])
             grad_hidden[rows] = d_logits @ weight32
             grad_weight.addmm_(d_logits.T, hidden32)
         return grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype), None, None

@@ -1,5 +1,6 @@
-"""The benchmark scripts on CPU: bench_throughput.py's smoke run prints every system's row, and fit_8b.py
-refuses in one line or runs its tiny smoke search. No speed is asserted; CUDA is hidden from the scripts."""
+"""The benchmark scripts on CPU: bench_logprob.py's and bench_throughput.py's smoke runs print every row,
+and fit_8b.py refuses in one line or runs its tiny smoke search. No speed is asserted; CUDA is hidden
+from the scripts."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from conftest import fresh_process_env
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
+def run_script(name: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True,
-                          timeout=600, env={**fresh_process_env(), "CUDA_VISIBLE_DEVICES": ""})
+                          timeout=600, env={**fresh_process_env(), "CUDA_VISIBLE_DEVICES": "", **env})
 
 
 def table_rows(stdout: str) -> list[list[str]]:
@@ -49,6 +50,32 @@ def test_throughput_smoke_prints_all_five_systems_and_writes_no_results():
     sweep_points = [line for line in run.stdout.splitlines() if "useful tokens per micro-batch:" in line]
     assert len(sweep_points) == 2 and all(line.endswith(": ok") for line in sweep_points), sweep_points
     assert (sorted(results.iterdir()) if results.is_dir() else []) == before
+
+
+def test_logprob_smoke_measures_every_iopo_fast_method_to_the_same_scores():
+    """Under the Triton interpreter, so that the Triton rows run too."""
+    run = run_script("bench_logprob.py", TRITON_INTERPRET="1")
+
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    rows = {row[3]: row for row in table_rows(run.stdout)}
+    ours = [name for name in rows if name.startswith("iopo-fast")]
+    assert sorted(ours) == sorted(f"iopo-fast {algorithm} ({impl})" for algorithm in ("two-pass", "example chunks")
+                                  for impl in ("triton", "chunked")), run.stdout
+    for name in ours:
+        assert_finite_and_positive(rows[name][4:5])
+        assert float(rows[name][8]) < 1e-5, rows[name]  # the same fp32 scores from the same bf16 inputs
+
+
+def test_throughput_smoke_runs_the_example_chunks_algorithm():
+    run = run_script("bench_throughput.py", "--systems", "4", "5", "--no-sweep", "--logprob-algorithm",
+                     "example_chunks")
+
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    assert "log-prob algorithm example_chunks" in run.stdout
+    rows = table_rows(run.stdout)
+    assert [row[2].split(".")[0] for row in rows] == ["4", "5"], run.stdout
+    for row in rows:
+        assert_finite_and_positive(row[3:7])
 
 
 def test_fit_8b_refuses_without_cuda_in_one_line():

@@ -20,8 +20,9 @@ import pytest
 import torch
 from conftest import TRITON_RUNS_HERE, rerun_under_triton_interpreter, triton_only
 
-from iopo_fast.kernels import fused_logprobs, resolve_impl
+from iopo_fast.kernels import example_chunked_loss, fused_logprobs, resolve_impl
 from iopo_fast.kernels.fused_logprobs import INTERPRETED
+from iopo_fast.loss import dpo_loss, iopo_loss
 
 IGNORE_INDEX = -100
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -53,15 +54,29 @@ def assert_matches_reference(dtype, logp, expected_logp, segment_ids, grads, exp
     num_segments = int(segment_ids.max()) + 1
     sums = logp.new_zeros(num_segments).index_add(0, segment_ids, logp)
     expected_sums = sums.new_zeros(num_segments).index_add(0, segment_ids, expected_logp)
-    checks = [  # (name, error, bound or None)
+    assert_within([
         ("logp_max_abs", (logp - expected_logp).abs().max().item(), tolerance.logp_max_abs),
-        ("segment_sum_rel", ((sums - expected_sums).abs() / expected_sums.abs().clamp_min(1e-30)).max().item(),
-         tolerance.segment_sum_rel),
-    ]
+        ("segment_sum_rel", max_relative_error(sums, expected_sums), tolerance.segment_sum_rel),
+        *gradient_checks(dtype, grads, expected_grads),
+    ])
+
+
+def gradient_checks(dtype, grads, expected_grads) -> list[tuple[str, float, float]]:
+    """||grad - expected|| / ||expected|| of every gradient, each bounded by TOLERANCES[dtype].grad_rel."""
+    checks = []
     for index, (grad, expected) in enumerate(zip(grads, expected_grads, strict=True)):
         assert grad.dtype == dtype
         checks.append((f"grad{index}_rel", ((grad.double() - expected).norm() / expected.norm()).item(),
-                       tolerance.grad_rel))
+                       TOLERANCES[dtype].grad_rel))
+    return checks
+
+
+def max_relative_error(values, expected) -> float:
+    return ((values.double() - expected).abs() / expected.abs().clamp_min(1e-30)).max().item()
+
+
+def assert_within(checks: list[tuple[str, float, float | None]]) -> None:
+    """Every (name, error, bound) has error <= bound (None: printed only); print them all."""
     print({name: f"{error:.2e}" for name, error, _ in checks})
     failed = [(name, error, bound) for name, error, bound in checks if bound is not None and not error <= bound]
     assert not failed, failed
@@ -210,3 +225,117 @@ def test_chunked_memory_is_below_a_tenth_of_the_logits(generator, tmp_path):
     print(f"peak MiB: chunked {chunked / 2**20:.1f}, full logits {full / 2**20:.1f}, bound {bound / 2**20:.1f}")
     assert full > bound, "the measurement must see the full logits"
     assert chunked < bound
+
+
+# The summed loss of whole examples, gradients formed chunk by chunk in the forward (example_chunked_loss)
+
+
+def random_examples(num_examples: int, num_roles: int, generator, max_length: int = 9):
+    """segment_ids [T] of examples whose sequences have 1 to `max_length` rows, in example order, and the
+    sequence lengths [num_examples, num_roles]."""
+    lengths = torch.randint(1, max_length + 1, (num_examples, num_roles), generator=generator)
+    return torch.repeat_interleave(torch.arange(lengths.numel()), lengths.flatten()), lengths
+
+
+def preference_losses(lengths: torch.Tensor, generator):
+    """Per-example IOPO (4 roles) or DPO (2 roles) losses of some fixed random reference scores, with label
+    smoothing and the SFT term, as `example_chunked_loss` takes them."""
+    objective = iopo_loss if lengths.shape[1] == 4 else dpo_loss
+    reference = -3 * lengths + 5 * torch.randn(lengths.shape, generator=generator)
+    lengths, reference = lengths.to(DEVICE), reference.to(DEVICE)
+
+    def example_losses(scores, examples=slice(None)):
+        return objective(scores, reference[examples], beta=0.1, label_smoothing=0.1, ftx=0.5,
+                         response_lengths=lengths[examples])[0]
+
+    return example_losses
+
+
+def float64_preference_loss(hidden, weight, targets, segment_ids, lengths, example_losses):
+    """The reference: full float64 logits, per-token log-probs, sequence sums, the loss and its gradients."""
+    hidden64, weight64 = float64_leaves(hidden, weight)
+    logp = reference_logprobs(hidden64, weight64, targets)
+    scores = logp.new_zeros(lengths.numel()).index_add(0, segment_ids, logp).view(lengths.shape)
+    loss = example_losses(scores).double().sum()
+    return loss, scores.detach(), torch.autograd.grad(loss, (hidden64, weight64))
+
+
+def assert_loss_matches_reference(dtype, loss, scores, grads, expected_loss, expected_scores, expected_grads,
+                                  lengths) -> None:
+    """Scores to DESIGN.md's bounds (fp32: the per-token bound times the sequence's length; bf16: the
+    sequence-sum bound), the loss to the gradient bound of its dtype, and every gradient."""
+    tolerance = TOLERANCES[dtype]
+    if tolerance.logp_max_abs is not None:
+        score_error = ((scores.double() - expected_scores).abs() / lengths.to(scores)).max().item()
+        score_check = ("score_abs_per_token", score_error, tolerance.logp_max_abs)
+    else:
+        score_check = ("score_rel", max_relative_error(scores, expected_scores), tolerance.segment_sum_rel)
+    assert loss.dtype == torch.float32 and loss.shape == () and scores.dtype == torch.float32
+    assert_within([
+        ("loss_rel", max_relative_error(loss, expected_loss), tolerance.grad_rel),
+        score_check,
+        *gradient_checks(dtype, grads, expected_grads),
+    ])
+
+
+# (examples, roles, max rows per chunk): several chunks, with examples (up to 36 rows) longer than a
+# chunk in a chunk of their own; and the default bound, one chunk for everything.
+EXAMPLE_SHAPES = [pytest.param(shape, id="B{}-R{}-rows{}".format(*shape))
+                  for shape in [(7, 4, 20), (9, 2, 8), (5, 4, None)]]
+
+
+@pytest.mark.parametrize("examples_shape", EXAMPLE_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_example_chunked_loss_matches_float64_reference(impl, dtype, examples_shape, generator):
+    num_examples, num_roles, chunk_rows = examples_shape
+    D, V = 48, 300
+    segment_ids, lengths = random_examples(num_examples, num_roles, generator)
+    hidden, weight, targets = random_inputs((len(segment_ids), D, V), dtype, generator)
+    segment_ids = segment_ids.to(DEVICE)
+    example_losses = preference_losses(lengths, generator)
+    upstream = 0.5 + torch.rand((), generator=generator).item()
+    weight_before = weight.detach().clone()
+
+    loss, scores = example_chunked_loss(hidden, weight, targets, segment_ids, num_examples, num_roles, example_losses,
+                                        impl=impl, max_chunk_logits=chunk_rows and chunk_rows * V)
+    assert not scores.requires_grad
+    grads = torch.autograd.grad(loss * upstream, (hidden, weight))
+
+    expected_loss, expected_scores, expected_grads = float64_preference_loss(
+        hidden, weight, targets, segment_ids, lengths, example_losses)
+    assert_loss_matches_reference(dtype, loss, scores, grads, expected_loss, expected_scores,
+                                  [grad * upstream for grad in expected_grads], lengths.to(DEVICE))
+    assert torch.equal(weight, weight_before)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_example_chunked_loss_frozen_weight_and_no_grad(impl, generator):
+    """A frozen weight gets no gradient; without autograd the loss and scores are the same, and no
+    gradient is formed."""
+    segment_ids, lengths = random_examples(6, 4, generator)
+    hidden, weight, targets = random_inputs((len(segment_ids), 16, 97), torch.float32, generator)
+    segment_ids = segment_ids.to(DEVICE)
+    weight.requires_grad_(False)
+    example_losses = preference_losses(lengths, generator)
+    arguments = (hidden, weight, targets, segment_ids, 6, 4, example_losses)
+
+    loss, scores = example_chunked_loss(*arguments, impl=impl, max_chunk_logits=10 * 97)
+    loss.backward()
+    assert weight.grad is None
+    with torch.no_grad():
+        loss_without_grad, scores_without_grad = example_chunked_loss(*arguments, impl=impl, max_chunk_logits=10 * 97)
+    assert loss_without_grad.grad_fn is None
+    assert torch.equal(loss_without_grad, loss.detach()) and torch.equal(scores_without_grad, scores)
+
+    expected_loss, expected_scores, (expected_grad, _) = float64_preference_loss(
+        hidden, weight.requires_grad_(), targets, segment_ids, lengths, example_losses)
+    assert_loss_matches_reference(torch.float32, loss, scores, [hidden.grad], expected_loss, expected_scores,
+                                  [expected_grad], lengths.to(DEVICE))
+
+
+def test_example_chunked_loss_needs_rows_in_example_order(generator):
+    hidden, weight, targets = random_inputs((6, 16, 97), torch.float32, generator)
+    segment_ids = torch.tensor([0, 0, 4, 4, 1, 1], device=DEVICE)
+    with pytest.raises(ValueError, match="grouped by example"):
+        example_chunked_loss(hidden, weight, targets, segment_ids, 2, 4, lambda scores, examples: scores.sum(1))

@@ -9,7 +9,10 @@ from conftest import (
     triton_only,
 )
 
-from iopo_fast import IOPOExample, pack_examples, pad_examples, reference, sequence_logps
+from iopo_fast import IOPOExample, iopo_loss, pack_examples, pad_examples, reference, sequence_logps
+from iopo_fast.kernels.example_chunked_loss import _DEFAULT_CHUNK_LOGITS
+from iopo_fast.logprobs import ALGORITHMS, loss_forward
+from iopo_fast.packing import unpacked_length
 from iopo_fast.model import enable_gradient_checkpointing
 
 
@@ -33,6 +36,19 @@ def test_sequence_logps_through_triton_kernel_matches_reference(generator, famil
     check_against_reference(generator, family, random_iopo_examples, pack_examples, impl="triton", device=device)
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_loss_forward_matches_reference(generator, monkeypatch, family, algorithm):
+    check_loss_against_reference(generator, monkeypatch, family, algorithm, impl="chunked")
+
+
+@triton_only
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_loss_forward_through_triton_kernel_matches_reference(generator, monkeypatch, algorithm):
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # CPU under the interpreter
+    check_loss_against_reference(generator, monkeypatch, "qwen2", algorithm, impl="triton", device=device)
+
+
 @pytest.mark.skipif(TRITON_RUNS_HERE, reason="the Triton cases run in this process")
 def test_triton_path_under_interpreter():
     rerun_under_triton_interpreter(__file__, "through_triton_kernel")
@@ -54,6 +70,34 @@ def check_against_reference(generator, family, make_examples, layout, impl, devi
     expected_grads = parameter_grads(model, expected, weights)
     for name, grad in grads.items():
         torch.testing.assert_close(grad, expected_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def check_loss_against_reference(generator, monkeypatch, family, algorithm, impl, device=torch.device("cpu")):
+    """`loss_forward`'s summed IOPO loss, its scores and the gradients of every parameter, against the loss
+    of `iopo_fast.reference`'s scores, in fp32; example_chunks in chunks of about two examples."""
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
+    model = TINY_MODELS[family]().to(device)
+    examples = random_iopo_examples(7, model.config.vocab_size, generator)
+    monkeypatch.setitem(_DEFAULT_CHUNK_LOGITS, device.type, 2 * max(unpacked_length(e) for e in examples) *
+                        model.config.vocab_size)
+    reference_logps = (torch.randn(len(examples), 4, generator=generator) - 20).to(device)
+
+    def example_losses(scores, examples=slice(None)):
+        return iopo_loss(scores, reference_logps[examples], beta=0.5)[0]
+
+    with loss_forward(model, example_losses, impl=impl, algorithm=algorithm):
+        loss, scores = model(pack_examples(examples).to(device))
+    expected_scores = reference.sequence_logps(model, examples)
+    expected_loss = example_losses(expected_scores).sum()
+    assert not scores.requires_grad
+    torch.testing.assert_close(scores, expected_scores.detach(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(loss, expected_loss.detach(), rtol=1e-5, atol=1e-6)
+
+    parameters = dict(model.named_parameters())
+    grads = torch.autograd.grad(loss, list(parameters.values()))
+    expected_grads = torch.autograd.grad(expected_loss, list(parameters.values()))
+    for name, grad, expected in zip(parameters, grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_gradient_checkpointing_keeps_packed_gradients(generator):

@@ -18,7 +18,7 @@ from iopo_fast.batching import plan_micro_batches
 from iopo_fast.config import TrainConfig
 from iopo_fast.distributed import init_distributed
 from iopo_fast.engine import build_engine, deepspeed_config
-from iopo_fast.logprobs import sequence_logps
+from iopo_fast.logprobs import loss_forward, sequence_logps
 from iopo_fast.packing import packed_length
 from iopo_fast.reference_logps import LiveReference
 from iopo_fast.trainer import NonFiniteLossError, Scorer, accumulate_gradients, skip_step, train
@@ -64,10 +64,13 @@ def test_train_writes_metrics_rejections_evaluation_plot_and_a_loadable_model(tm
                                                           .get_input_embeddings().weight)).config.vocab_size
 
 
-@pytest.mark.parametrize("stage, family", [(0, "llama"), (2, "llama"), (3, "llama"), (3, "qwen2")])
-def test_step_gradient_is_the_mean_loss_gradient_whatever_the_micro_batches(generator, stage, family):
+@pytest.mark.parametrize("stage, family, algorithm", [
+    (0, "llama", "recompute"), (2, "llama", "recompute"), (3, "llama", "recompute"), (3, "qwen2", "recompute"),
+    (0, "llama", "example_chunks"), (3, "qwen2", "example_chunks"),
+])
+def test_step_gradient_is_the_mean_loss_gradient_whatever_the_micro_batches(generator, stage, family, algorithm):
     """Token-budget micro-batches accumulate in the engine exactly the gradient of the mean loss over the
-    step, and a step abandoned on a non-finite loss leaves no gradient behind."""
+    step, with either log-prob algorithm, and a step abandoned on a non-finite loss leaves no gradient behind."""
     init_distributed()
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
     # Qwen2's LM head is tied to its embedding: under ZeRO-3 the kernel reads the gathered shared weight.
@@ -85,24 +88,23 @@ def test_step_gradient_is_the_mean_loss_gradient_whatever_the_micro_batches(gene
     indices = list(range(len(examples)))
     budget = max(packed_length(e) for e in examples)
     config = TrainConfig(zero_stage=stage, max_grad_norm=0.0)
+    scoring = functools.partial(loss_forward, algorithm=algorithm)
     for plan in (plan_micro_batches(examples, budget), [indices[:3], indices[3:]], [indices]):
         engine, _ = build_engine(copy.deepcopy(policy), config, deepspeed_config(config, world_size=1), total_steps=1)
-        calls = []
 
-        def fails_on_second_micro_batch(*args, **kwargs):
-            calls.append(1)
-            losses, metrics = objective(*args, **kwargs)
-            return (losses * float("nan") if len(calls) == 2 else losses), metrics
+        def fails_on_the_micro_batch_of_four(policy_logps, *args, **kwargs):
+            losses, metrics = objective(policy_logps, *args, **kwargs)
+            return (losses * float("nan") if len(policy_logps) == 4 else losses), metrics
 
-        failing = Scorer(engine, live, fails_on_second_micro_batch, torch.device("cpu"))
+        failing = Scorer(engine, live, fails_on_the_micro_batch_of_four, torch.device("cpu"), scoring)
         before = [full_parameter(p).clone() for p in engine.module.parameters()]
         assert not accumulate_gradients(engine, failing, examples, indices, [indices[:3], indices[3:]], 7).finite
         skip_step(engine)
         for name, param, value in zip(names, engine.module.parameters(), before):
             assert torch.equal(full_parameter(param), value), name
 
-        outcome = accumulate_gradients(engine, Scorer(engine, live, objective, torch.device("cpu")), examples, indices,
-                                       plan, len(examples))
+        outcome = accumulate_gradients(engine, Scorer(engine, live, objective, torch.device("cpu"), scoring), examples,
+                                       indices, plan, len(examples))
         assert outcome.finite and abs(outcome.totals["loss"] / len(examples) - float(losses.detach().mean())) < 1e-5
         for name, param, grad in zip(names, engine.module.parameters(), expected):
             torch.testing.assert_close(safe_get_full_grad(param), grad, rtol=1e-4, atol=1e-6, msg=name)
