@@ -244,7 +244,7 @@ def run(args: argparse.Namespace, device: torch.device) -> list[str]:
                     "-" if result.peak_mib is None else f"{result.peak_mib:.0f}",
                     "-" if ideal_ms is None else f"{ideal_ms:.2f}",
                     "-" if ideal_ms is None else f"{ideal_ms / result.median_ms:.0%}",
-                    f"{((result.scores - reference).abs() / reference.abs()).max().item():.1e}",
+                    f"{((result.scores - reference).abs() / reference.abs().clamp_min(1e-30)).max().item():.1e}",
                 ]))
                 print(rows[-1], flush=True)
     return rows

@@ -30,6 +30,7 @@ from .distributed import all_reduce, barrier, init_distributed, is_main, rank, r
 from .engine import (build_engine, deepspeed_config, full_state_dict, partitioned_loading, partitions_parameters,
                      reference_engine)
 from .kernels import resolve_impl
+from .kernels.example_chunked_loss import check_supported
 from .logprobs import loss_forward, sequence_logps
 from .loss import dpo_loss, iopo_loss
 from .model import (apply_liger_kernels, apply_lora, enable_gradient_checkpointing, load_model, load_tokenizer,
@@ -209,6 +210,8 @@ def _fast_paths(config: TrainConfig, device: torch.device) -> str:
     try:
         attention = resolve_backend(device, _model_dtype(config), config.attention_backend)
         logprobs = resolve_impl(torch.empty(0, device=device), config.logprob_impl)
+        if config.logprob_algorithm == "example_chunks":
+            check_supported(device, _model_dtype(config))
     except (ValueError, RuntimeError) as error:
         raise ConfigError(str(error)) from None
     return f"packed attention {attention}, log-probs {logprobs} ({config.logprob_algorithm})"

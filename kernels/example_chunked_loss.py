@@ -13,7 +13,9 @@ gradient needs as soon as its logits exist:
 transient O(c V) (the chunk's fp32 logits and, for bf16 inputs, dz in bf16) instead of O(T) memory.
 The gradients are formed in the forward and kept, in fp32, until the backward, which only scales them
 by the upstream gradient of the summed loss. The products run on cuBLAS (bf16 operands, fp32 output on
-CUDA); the two passes over the logits are the Triton kernels below, or their PyTorch twins.
+CUDA); the two passes over the logits are the Triton kernels below, or their PyTorch twins. With bf16
+operands cuBLAS cannot add into the fp32 dW, so every chunk's dz^T h lands in a [V, D] fp32 buffer
+first: memory traffic of about 16 V D bytes per chunk, which larger chunks amortize.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Callable
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 from .chunked_logprobs import logits_gradient_, row_statistics
 from .fused_logprobs import INTERPRETED, resolve_impl
@@ -43,7 +46,7 @@ def _row_statistics_kernel(logits_ptr, targets_ptr, lse_ptr, target_logit_ptr, V
     """lse[r] = log sum_v exp(z[r, v]) and target_logit[r] = z[r, y[r]] for one row r of fp32 logits.
 
     Each lane keeps its own running maximum m and sum of exp(z - m), rescaled when m grows; a lane that
-    has seen only masked columns (V < BLOCK_V) stays at m = -inf, sum 0."""
+    has seen only masked columns (V < BLOCK_V) stays at m = -inf, sum 0, and adds 0 to the row's sum."""
     row = tl.program_id(0).to(tl.int64)
     offsets = tl.arange(0, BLOCK_V)
     lane_max = tl.full((BLOCK_V,), float("-inf"), dtype=tl.float32)
@@ -51,8 +54,9 @@ def _row_statistics_kernel(logits_ptr, targets_ptr, lse_ptr, target_logit_ptr, V
     for v in range(0, V, BLOCK_V):
         z = tl.load(logits_ptr + row * V + v + offsets, mask=offsets < V - v, other=float("-inf"))
         new_max = tl.maximum(lane_max, z)
-        seen = new_max > float("-inf")
-        lane_sum = tl.where(seen, lane_sum * tl.exp(lane_max - new_max) + tl.exp(z - new_max), 0.0)
+        # exp(-inf - (-inf)) would be NaN: a lane without a column yet shifts by 0 instead, and keeps sum 0.
+        shift = tl.where(new_max > float("-inf"), new_max, 0.0)
+        lane_sum = lane_sum * tl.exp(lane_max - shift) + tl.exp(z - shift)
         lane_max = new_max
     row_max = tl.max(lane_max, axis=0)
     row_sum = tl.sum(lane_sum * tl.exp(lane_max - row_max), axis=0)
@@ -154,7 +158,7 @@ class ExampleChunkedLossFunction(torch.autograd.Function):
             loss += chunk_loss.detach().double()
             if not (compute_dh or compute_dw):
                 continue
-            (grad_scores,) = torch.autograd.grad(chunk_loss, chunk_scores)
+            (grad_scores,) = torch.autograd.grad(chunk_loss, chunk_scores, allow_unused=True, materialize_grads=True)
             grad_logp = torch.where(valid[rows], grad_scores.flatten()[local_segments], 0.0)
             grad_logits = _logits_gradient(logits, lse, safe_targets[rows], grad_logp, operand_dtype, use_triton)
             del logits
@@ -168,10 +172,21 @@ class ExampleChunkedLossFunction(torch.autograd.Function):
         return loss.float(), scores
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_loss: torch.Tensor, _grad_scores):
+        if ctx.grads is None:
+            raise RuntimeError("example_chunked_loss: its gradients were formed for one backward, which has run")
         grads = [None if grad is None else grad.mul_(grad_loss).to(dtype) for grad, dtype in zip(ctx.grads, ctx.dtypes)]
         ctx.grads = None
         return *grads, *[None] * 10
+
+
+def check_supported(device: torch.device, dtype: torch.dtype) -> None:
+    """Raise RuntimeError where `example_chunked_loss` cannot run: in bf16 or fp16 on CUDA it needs matrix
+    products with an fp32 output (`torch.mm(..., out_dtype=)`, torch >= 2.8)."""
+    if device.type == "cuda" and dtype != torch.float32 and not hasattr(torch.ops.aten.mm, "dtype"):
+        raise RuntimeError(f"the example_chunks algorithm in {dtype} on CUDA needs torch >= 2.8 (matrix products "
+                           f"with an fp32 output); this is torch {torch.__version__}")
 
 
 def example_chunked_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, segment_ids: torch.Tensor,
@@ -196,9 +211,7 @@ def example_chunked_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: to
                          f"{tuple(segment_ids.shape)}")
     if len(segment_ids) and not (segment_ids[1:] >= segment_ids[:-1]).all():
         raise ValueError("rows must come grouped by example, in example order (segment_ids non-decreasing)")
-    if hidden.is_cuda and hidden.dtype != torch.float32 and torch.__version__ < "2.8":
-        raise RuntimeError(f"example_chunked_loss on CUDA in {hidden.dtype} needs torch >= 2.8 (matrix products with "
-                           f"an fp32 output), found {torch.__version__}")
+    check_supported(hidden.device, hidden.dtype)
     if max_chunk_logits is None:
         max_chunk_logits = _DEFAULT_CHUNK_LOGITS["cuda" if hidden.is_cuda else "cpu"]
     grad_enabled = torch.is_grad_enabled()

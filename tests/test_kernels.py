@@ -11,6 +11,7 @@ TRITON_INTERPRET=1.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from dataclasses import dataclass
@@ -231,9 +232,9 @@ def test_chunked_memory_is_below_a_tenth_of_the_logits(generator, tmp_path):
 
 
 def random_examples(num_examples: int, num_roles: int, generator, max_length: int = 9):
-    """segment_ids [T] of examples whose sequences have 1 to `max_length` rows, in example order, and the
+    """segment_ids [T] of examples whose sequences have 0 to `max_length` rows, in example order, and the
     sequence lengths [num_examples, num_roles]."""
-    lengths = torch.randint(1, max_length + 1, (num_examples, num_roles), generator=generator)
+    lengths = torch.randint(0, max_length + 1, (num_examples, num_roles), generator=generator)
     return torch.repeat_interleave(torch.arange(lengths.numel()), lengths.flatten()), lengths
 
 
@@ -242,7 +243,8 @@ def preference_losses(lengths: torch.Tensor, generator):
     smoothing and the SFT term, as `example_chunked_loss` takes them."""
     objective = iopo_loss if lengths.shape[1] == 4 else dpo_loss
     reference = -3 * lengths + 5 * torch.randn(lengths.shape, generator=generator)
-    lengths, reference = lengths.to(DEVICE), reference.to(DEVICE)
+    # The SFT term divides by the lengths: an empty sequence counts as one token there.
+    lengths, reference = lengths.clamp_min(1).to(DEVICE), reference.to(DEVICE)
 
     def example_losses(scores, examples=slice(None)):
         return objective(scores, reference[examples], beta=0.1, label_smoothing=0.1, ftx=0.5,
@@ -266,7 +268,7 @@ def assert_loss_matches_reference(dtype, loss, scores, grads, expected_loss, exp
     sequence-sum bound), the loss to the gradient bound of its dtype, and every gradient."""
     tolerance = TOLERANCES[dtype]
     if tolerance.logp_max_abs is not None:
-        score_error = ((scores.double() - expected_scores).abs() / lengths.to(scores)).max().item()
+        score_error = ((scores.double() - expected_scores).abs() / lengths.clamp_min(1).to(scores)).max().item()
         score_check = ("score_abs_per_token", score_error, tolerance.logp_max_abs)
     else:
         score_check = ("score_rel", max_relative_error(scores, expected_scores), tolerance.segment_sum_rel)
@@ -278,18 +280,19 @@ def assert_loss_matches_reference(dtype, loss, scores, grads, expected_loss, exp
     ])
 
 
-# (examples, roles, max rows per chunk): several chunks, with examples (up to 36 rows) longer than a
-# chunk in a chunk of their own; and the default bound, one chunk for everything.
-EXAMPLE_SHAPES = [pytest.param(shape, id="B{}-R{}-rows{}".format(*shape))
-                  for shape in [(7, 4, 20), (9, 2, 8), (5, 4, None)]]
+# (examples, roles, max rows per chunk, vocabulary): several chunks, with examples (up to 36 rows) longer
+# than a chunk in a chunk of their own; the default bound, one chunk for everything; a vocabulary smaller
+# than the interpreter's vocabulary block (lanes that only ever see masked columns).
+EXAMPLE_SHAPES = [pytest.param(shape, id="B{}-R{}-rows{}-V{}".format(*shape))
+                  for shape in [(7, 4, 20, 300), (9, 2, 8, 50), (5, 4, None, 513)]]
 
 
 @pytest.mark.parametrize("examples_shape", EXAMPLE_SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("impl", IMPLS)
 def test_example_chunked_loss_matches_float64_reference(impl, dtype, examples_shape, generator):
-    num_examples, num_roles, chunk_rows = examples_shape
-    D, V = 48, 300
+    num_examples, num_roles, chunk_rows, V = examples_shape
+    D = 48
     segment_ids, lengths = random_examples(num_examples, num_roles, generator)
     hidden, weight, targets = random_inputs((len(segment_ids), D, V), dtype, generator)
     segment_ids = segment_ids.to(DEVICE)
@@ -310,9 +313,15 @@ def test_example_chunked_loss_matches_float64_reference(impl, dtype, examples_sh
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_example_chunked_loss_frozen_weight_and_no_grad(impl, generator):
-    """A frozen weight gets no gradient; without autograd the loss and scores are the same, and no
-    gradient is formed."""
+def test_example_chunked_loss_frozen_weight_and_no_grad(impl, generator, monkeypatch):
+    """A frozen weight gets no gradient, and none is formed for it; without autograd the loss and scores
+    are the same, and no gradient is formed at all."""
+    module = importlib.import_module("iopo_fast.kernels.example_chunked_loss")  # the package exports its function
+    formed = []
+    for name in ("_logits_gradient", "_add_matmul_"):
+        function = getattr(module, name)
+        monkeypatch.setattr(module, name,
+                            lambda *args, name=name, function=function: formed.append(name) or function(*args))
     segment_ids, lengths = random_examples(6, 4, generator)
     hidden, weight, targets = random_inputs((len(segment_ids), 16, 97), torch.float32, generator)
     segment_ids = segment_ids.to(DEVICE)
@@ -322,16 +331,27 @@ def test_example_chunked_loss_frozen_weight_and_no_grad(impl, generator):
 
     loss, scores = example_chunked_loss(*arguments, impl=impl, max_chunk_logits=10 * 97)
     loss.backward()
-    assert weight.grad is None
+    assert weight.grad is None and "_logits_gradient" in formed and "_add_matmul_" not in formed
+    formed.clear()
     with torch.no_grad():
         loss_without_grad, scores_without_grad = example_chunked_loss(*arguments, impl=impl, max_chunk_logits=10 * 97)
-    assert loss_without_grad.grad_fn is None
+    assert not formed
     assert torch.equal(loss_without_grad, loss.detach()) and torch.equal(scores_without_grad, scores)
 
     expected_loss, expected_scores, (expected_grad, _) = float64_preference_loss(
         hidden, weight.requires_grad_(), targets, segment_ids, lengths, example_losses)
     assert_loss_matches_reference(torch.float32, loss, scores, [hidden.grad], expected_loss, expected_scores,
                                   [expected_grad], lengths.to(DEVICE))
+
+
+def test_example_chunked_loss_backward_runs_once(generator):
+    segment_ids, lengths = random_examples(3, 2, generator)
+    hidden, weight, targets = random_inputs((len(segment_ids), 16, 97), torch.float32, generator)
+    loss, _ = example_chunked_loss(hidden, weight, targets, segment_ids.to(DEVICE), 3, 2,
+                                   preference_losses(lengths, generator))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="formed for one backward"):
+        loss.backward()
 
 
 def test_example_chunked_loss_needs_rows_in_example_order(generator):
