@@ -21,7 +21,8 @@ On a GPU it runs T in {4096, 16384}, D = 4096, V in {128256, 131072, 152064} in 
 benchmarks/results/logprob-<device>.md; without CUDA it runs a tiny smoke configuration and only prints.
 
     python benchmarks/bench_logprob.py [--tokens 4096 16384] [--hidden 4096] [--vocab 128256 ...]
-                                       [--sequence-tokens 512] [--peak-tflops 989] [--warmup 2] [--repeats 10]
+                                       [--sequence-tokens 512] [--chunk-logits 268435456 ...]
+                                       [--peak-tflops 989] [--warmup 2] [--repeats 10]
 """
 
 from __future__ import annotations
@@ -88,12 +89,18 @@ def through_loss(name: str, logprobs: Callable[[torch.Tensor, torch.Tensor, torc
     return Method(name, loss)
 
 
-def example_chunks(impl: str) -> LossMethod:
+def example_chunks(impl: str, max_chunk_logits: int | None) -> LossMethod:
     def loss(hidden, weight, targets, examples: Examples):
         return example_chunked_loss(hidden, weight, targets, examples.segment_ids, examples.num_examples, 4,
-                                    examples.losses, impl=impl)
+                                    examples.losses, impl=impl, max_chunk_logits=max_chunk_logits)
 
     return loss
+
+
+def example_chunks_methods(impl: str, runs: bool, unavailable: str, chunk_logits: list[int | None]) -> list[Method]:
+    """One row per chunk bound (None: the default)."""
+    return [Method(f"iopo-fast example chunks ({impl}{'' if bound is None else f', {bound} logits/chunk'})",
+                   example_chunks(impl, bound) if runs else None, unavailable) for bound in chunk_logits]
 
 
 def full_logits_logprobs(hidden, weight, targets):
@@ -132,16 +139,16 @@ def cut_cross_entropy(on_cuda: bool) -> Method:
                                                                                     reduction="none"))
 
 
-def all_methods(device: torch.device) -> list[Method]:
+def all_methods(device: torch.device, chunk_logits: list[int | None]) -> list[Method]:
     on_cuda = device.type == "cuda"
     triton_runs = resolve_impl(torch.empty(0, device=device)) == "triton"
     needs_triton = "needs CUDA or TRITON_INTERPRET=1"
     return [
         through_loss("iopo-fast two-pass (triton)", partial(fused_logprobs, impl="triton")) if triton_runs
         else Method("iopo-fast two-pass (triton)", None, needs_triton),
-        Method("iopo-fast example chunks (triton)", example_chunks("triton") if triton_runs else None, needs_triton),
+        *example_chunks_methods("triton", triton_runs, needs_triton, chunk_logits),
         through_loss("iopo-fast two-pass (chunked)", partial(fused_logprobs, impl="chunked")),
-        Method("iopo-fast example chunks (chunked)", example_chunks("chunked")),
+        *example_chunks_methods("chunked", True, "", chunk_logits),
         through_loss("full logits", full_logits_logprobs),
         liger_fused_linear_cross_entropy(on_cuda),
         liger_fused_scaled_cross_entropy(),
@@ -209,7 +216,7 @@ def default_peak_tflops(device: torch.device) -> float | None:
 
 def run(args: argparse.Namespace, device: torch.device) -> list[str]:
     """Benchmark every shape; print the markdown table rows as they come and return them."""
-    methods = all_methods(device)
+    methods = all_methods(device, args.chunk_logits)
     rows = []
     for tokens in args.tokens:
         for vocab in args.vocab:
@@ -268,6 +275,8 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, nargs="+", default=[128256, 131072, 152064] if on_cuda else [300])
     parser.add_argument("--sequence-tokens", type=int, default=512 if on_cuda else 8,
                         help="response tokens per sequence; an example has four")
+    parser.add_argument("--chunk-logits", type=int, nargs="+", default=[None],
+                        help="bounds on the logits of an example chunk, a row each (default: the kernel's)")
     parser.add_argument("--dtype", type=lambda name: getattr(torch, name), default=torch.bfloat16)
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="peak bf16 TFLOP/s for the ideal column (default: by device name, e.g. 989 for H100)")

@@ -53,12 +53,13 @@ changed constraint); lengths are log-normal around the medians of the scenario, 
 Models are randomly initialised from the real configurations in MODEL_CONFIGS.
 
 On a GPU it runs the `trace` scenario for Qwen2-0.5B and Llama-3.2-1B in bf16 and writes
-benchmarks/results/throughput-<device>.md, a JSON file and the sweep's PNG beside it. Without CUDA it
+benchmarks/results/throughput-<device>.md (throughput-example-chunks-<device>.md with
+--logprob-algorithm example_chunks), a JSON file and the sweep's PNG beside it. Without CUDA it
 runs the `tiny` model on `short` as a smoke test, in fp32, and only prints the table (files go to
 --output-dir when given).
 
     python benchmarks/bench_throughput.py [--models qwen2-0.5b llama-3.2-1b] [--scenarios trace]
-        [--global-batch 16] [--warmup 1] [--steps 5] [--tokens-per-micro-batch 16384]
+        [--global-batch 16] [--warmup 1] [--steps 5] [--tokens-per-micro-batch 16384] [--logprob-algorithm ...]
         [--systems 1 2 3 4 5] [--no-gradient-checkpointing] [--zero-stage 0] [--offload-optimizer]
         [--sweep-response-lengths ...] [--sweep-tokens ...] [--no-sweep] [--output-dir DIR]
 """
@@ -783,7 +784,9 @@ def main() -> None:
     print("\n".join(table), flush=True)
     output_dir = args.output_dir or (RESULTS_DIR if on_cuda else None)
     if output_dir is not None:
-        write_results(output_dir, f"throughput-{device_slug(device_name)}", header, table, record, sweep_points)
+        algorithm = "" if args.logprob_algorithm == "recompute" else f"-{args.logprob_algorithm.replace('_', '-')}"
+        write_results(output_dir, f"throughput{algorithm}-{device_slug(device_name)}", header, table, record,
+                      sweep_points)
 
 
 def _longest_packed(job: Job) -> int:

@@ -3,7 +3,8 @@
 # Results go to benchmarks/results/ (and to $OUT when it is set, where a lent machine's files come back).
 #
 #   ../shared/device/fetch-wheels.sh               # first, where a package index is reachable
-#   bash benchmarks/run_gpu_checks.sh [STAGE ...]  # stages: tests equivalence logprob throughput fit
+#   bash benchmarks/run_gpu_checks.sh [STAGE ...]  # stages: tests equivalence logprob throughput
+#                                                  #   throughput-example-chunks fit
 #
 # Default: tests, equivalence and logprob (a few minutes on an H100); throughput and fit each take
 # longer and are best run alone.
@@ -27,8 +28,11 @@ for stage in "${@:-tests equivalence logprob}"; do
             tests) python3 -m pytest -q -rs -p no:cacheprovider tests/test_kernels.py tests/test_attention.py \
                        tests/test_logprobs.py 2>&1 | tee "benchmarks/results/gpu-tests-$slug.txt" ;;
             equivalence) python3 benchmarks/check_packed_equivalence.py ;;
-            logprob) python3 benchmarks/bench_logprob.py ;;
+            # Example chunks of 2^26, 2^28 (the default) and 2^30 logits.
+            logprob) python3 benchmarks/bench_logprob.py --chunk-logits 67108864 268435456 1073741824 ;;
             throughput) python3 benchmarks/bench_throughput.py ;;
+            throughput-example-chunks) python3 benchmarks/bench_throughput.py --systems 4 5 --no-sweep \
+                       --logprob-algorithm example_chunks ;;
             fit) python3 benchmarks/fit_8b.py ;;
             *) echo "unknown stage: $name"; false ;;
         esac || status=1

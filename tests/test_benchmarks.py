@@ -66,9 +66,9 @@ def test_logprob_smoke_measures_every_iopo_fast_method_to_the_same_scores():
         assert float(rows[name][8]) < 1e-5, rows[name]  # the same fp32 scores from the same bf16 inputs
 
 
-def test_throughput_smoke_runs_the_example_chunks_algorithm():
+def test_throughput_smoke_runs_the_example_chunks_algorithm_into_its_own_results(tmp_path):
     run = run_script("bench_throughput.py", "--systems", "4", "5", "--no-sweep", "--logprob-algorithm",
-                     "example_chunks")
+                     "example_chunks", "--output-dir", str(tmp_path))
 
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     assert "log-prob algorithm example_chunks" in run.stdout
@@ -76,6 +76,8 @@ def test_throughput_smoke_runs_the_example_chunks_algorithm():
     assert [row[2].split(".")[0] for row in rows] == ["4", "5"], run.stdout
     for row in rows:
         assert_finite_and_positive(row[3:7])
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "throughput-example-chunks-cpu-smoke-run.json", "throughput-example-chunks-cpu-smoke-run.md"]
 
 
 def test_fit_8b_refuses_without_cuda_in_one_line():
