@@ -97,10 +97,10 @@ def example_chunks(impl: str, max_chunk_logits: int | None) -> LossMethod:
     return loss
 
 
-def example_chunks_methods(impl: str, runs: bool, unavailable: str, chunk_logits: list[int | None]) -> list[Method]:
+def triton_example_chunks(runs: bool, unavailable: str, chunk_logits: list[int | None]) -> list[Method]:
     """One row per chunk bound (None: the default)."""
-    return [Method(f"iopo-fast example chunks ({impl}{'' if bound is None else f', {bound} logits/chunk'})",
-                   example_chunks(impl, bound) if runs else None, unavailable) for bound in chunk_logits]
+    return [Method(f"iopo-fast example chunks (triton{'' if bound is None else f', {bound} logits/chunk'})",
+                   example_chunks("triton", bound) if runs else None, unavailable) for bound in chunk_logits]
 
 
 def full_logits_logprobs(hidden, weight, targets):
@@ -146,9 +146,9 @@ def all_methods(device: torch.device, chunk_logits: list[int | None]) -> list[Me
     return [
         through_loss("iopo-fast two-pass (triton)", partial(fused_logprobs, impl="triton")) if triton_runs
         else Method("iopo-fast two-pass (triton)", None, needs_triton),
-        *example_chunks_methods("triton", triton_runs, needs_triton, chunk_logits),
+        *triton_example_chunks(triton_runs, needs_triton, chunk_logits),
         through_loss("iopo-fast two-pass (chunked)", partial(fused_logprobs, impl="chunked")),
-        *example_chunks_methods("chunked", True, "", chunk_logits),
+        Method("iopo-fast example chunks (chunked)", example_chunks("chunked", None)),
         through_loss("full logits", full_logits_logprobs),
         liger_fused_linear_cross_entropy(on_cuda),
         liger_fused_scaled_cross_entropy(),
@@ -276,7 +276,7 @@ def main() -> None:
     parser.add_argument("--sequence-tokens", type=int, default=512 if on_cuda else 8,
                         help="response tokens per sequence; an example has four")
     parser.add_argument("--chunk-logits", type=int, nargs="+", default=[None],
-                        help="bounds on the logits of an example chunk, a row each (default: the kernel's)")
+                        help="bounds on the logits of an example chunk, a Triton row each (default: the kernel's)")
     parser.add_argument("--dtype", type=lambda name: getattr(torch, name), default=torch.bfloat16)
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="peak bf16 TFLOP/s for the ideal column (default: by device name, e.g. 989 for H100)")
