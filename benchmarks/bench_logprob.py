@@ -43,13 +43,13 @@ from _results import RESULTS_DIR, device_slug, versions
 
 from iopo_fast import iopo_loss
 from iopo_fast.kernels import example_chunked_loss, fused_logprobs, resolve_impl
+from iopo_fast.kernels.example_chunked_loss import sequence_sums
+from iopo_fast.monitor import device_peak_flops
 
 # Timed runs per method and shape: up to --repeats, but only MIN_REPEATS once TIME_BUDGET_MS is spent
 # (the chunked twin takes seconds per run at the largest shapes).
 MIN_REPEATS = 3
 TIME_BUDGET_MS = 2000.0
-# Dense bf16 tensor-core peaks (TFLOP/s) by device name, most specific first.
-PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0)]
 
 
 @dataclass
@@ -83,7 +83,7 @@ def through_loss(name: str, logprobs: Callable[[torch.Tensor, torch.Tensor, torc
 
     def loss(hidden, weight, targets, examples: Examples):
         logp = logprobs(hidden, weight, targets).float()
-        scores = logp.new_zeros(examples.num_examples * 4).index_add(0, examples.segment_ids, logp).view(-1, 4)
+        scores = sequence_sums(logp, examples.segment_ids, examples.num_examples, 4)
         return examples.losses(scores, slice(None)).sum(), scores.detach()
 
     return Method(name, loss)
@@ -207,13 +207,6 @@ def random_examples(tokens: int, sequence_tokens: int, device: torch.device, gen
     return Examples(segment_ids, reference_logps)
 
 
-def default_peak_tflops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((tflops for key, tflops in PEAK_BF16_TFLOPS if key in name), None)
-
-
 def run(args: argparse.Namespace, device: torch.device) -> list[str]:
     """Benchmark every shape; print the markdown table rows as they come and return them."""
     methods = all_methods(device, args.chunk_logits)
@@ -284,7 +277,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10 if on_cuda else 3)
     args = parser.parse_args()
     device = torch.device("cuda" if on_cuda else "cpu")
-    args.peak_tflops = args.peak_tflops or default_peak_tflops(device)
+    if args.peak_tflops is None and device_peak_flops(device):
+        args.peak_tflops = device_peak_flops(device) / 1e12
 
     device_name = torch.cuda.get_device_name(device) if on_cuda else "CPU (smoke run)"
     command = "python " + shlex.join(sys.argv)

@@ -78,7 +78,6 @@ import math
 import multiprocessing
 import os
 import re
-import resource
 import shlex
 import statistics
 import sys
@@ -107,7 +106,7 @@ from iopo_fast.distributed import init_distributed, world_size
 from iopo_fast.engine import build_engine, deepspeed_config, partitioned_loading
 from iopo_fast.logprobs import ALGORITHMS, forward_replaced, loss_forward, sequence_logps
 from iopo_fast.model import apply_liger_kernels, enable_gradient_checkpointing
-from iopo_fast.monitor import device_peak_flops, peak_memory_gib
+from iopo_fast.monitor import device_peak_flops, peak_host_memory_gib, peak_memory_gib
 from iopo_fast.packing import packed_length, unpacked_length
 from iopo_fast.reference import token_logprobs
 from iopo_fast.reference_logps import LiveReference, precompute
@@ -550,7 +549,7 @@ def measure(job: Job) -> dict:
         "ms_per_example": statistics.median(step_seconds) / job.global_batch * 1e3,
         "reference_seconds_per_step": reference_per_step,
         "peak_memory_gib": peak_gib,
-        "peak_host_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # Linux reports KiB
+        "peak_host_gib": peak_host_memory_gib(),
         "useful_tokens_per_step": statistics.median(step_tokens),
         "step_seconds": run.step_seconds,
         "options": run.options,

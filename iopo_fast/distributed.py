@@ -57,16 +57,21 @@ def all_reduce(values: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return values
 
 
-def rank_shard(num_items: int) -> tuple[list[int], int]:
-    """This rank's items of `range(num_items)` (strided) and how many of them are its own.
+def rank_batches(num_items: int, batch_size: int):
+    """This rank's share of `range(num_items)` (strided), in batches: yields (indices, own), where the
+    first `own` indices of the batch are this rank's and the rest repeat one of them.
 
-    Every rank gets the same count, ceil(num_items / world size): collectives such as ZeRO-3's
-    parameter gathering need the same forwards on all ranks, so a short shard repeats an item,
-    whose result the caller drops.
+    Every rank gets the same number of batches of the same sizes, ceil(num_items / world size) items:
+    collectives such as ZeRO-3's parameter gathering need the same forwards on all ranks, so a short
+    share repeats an item, whose result the caller drops.
     """
     shard = list(range(rank(), num_items, world_size()))
     per_rank = -(-num_items // world_size())
-    return shard + (shard or [0])[-1:] * (per_rank - len(shard)), len(shard)
+    own = len(shard)
+    shard += (shard or [0])[-1:] * (per_rank - own)
+    for start in range(0, len(shard), batch_size):
+        indices = shard[start : start + batch_size]
+        yield indices, min(len(indices), max(own - start, 0))
 
 
 def _free_port() -> int:

@@ -10,7 +10,7 @@ from torch import nn
 
 from .hf_integration import packed_hidden_states
 from .kernels import example_chunked_loss, fused_logprobs
-from .kernels.example_chunked_loss import ExampleLosses
+from .kernels.example_chunked_loss import ExampleLosses, sequence_sums
 from .packing import Batch, PackedBatch, PaddedBatch
 
 # How `loss_forward` forms the loss: see its docstring.
@@ -48,10 +48,7 @@ def _sequence_logps(model: nn.Module, impl: str, attention_backend: str, batch: 
     head = model.get_output_embeddings()
     with forward_replaced(head, lambda hidden, targets: fused_logprobs(hidden, head.weight, targets, impl=impl)):
         token_logps = head(predictor_hidden, batch.targets)
-    # Summed in float64: a sequence score adds hundreds of fp32 terms, and the sum is cheap.
-    scores = torch.zeros(batch.num_examples * batch.num_roles, dtype=torch.float64, device=token_logps.device)
-    scores = scores.index_add(0, batch.segment_ids, token_logps.double())
-    return scores.float().view(batch.num_examples, batch.num_roles)
+    return sequence_sums(token_logps, batch.segment_ids, batch.num_examples, batch.num_roles)
 
 
 @contextlib.contextmanager

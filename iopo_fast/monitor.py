@@ -8,8 +8,10 @@ from pathlib import Path
 
 import torch
 
-# Dense bf16 tensor-core peak of the accelerators MFU is reported for, in FLOP/s.
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12}
+# Dense bf16 tensor-core peak of the accelerators MFU is reported for, in FLOP/s, by a part of the device
+# name; the first that matches counts, so the more specific names come first.
+PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12, "H800": 989e12,
+                   "A100": 312e12, "A800": 312e12, "L40S": 362e12}
 
 
 class MetricsLog:
@@ -45,6 +47,11 @@ def peak_memory_gib(device: torch.device) -> float:
     """Peak accelerator memory allocated by this process; on CPU, its peak resident set size."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
+    return peak_host_memory_gib()
+
+
+def peak_host_memory_gib() -> float:
+    """Peak resident set size of this process."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from .distributed import all_reduce, is_main, rank_shard
+from .distributed import all_reduce, is_main, rank_batches
 from .packing import Batch, Example, pack_examples
 
 ScoreFunction = Callable[[torch.nn.Module, Batch], torch.Tensor]
@@ -54,12 +54,9 @@ def precompute(reference: LiveReference, examples: list[Example], cache_file: Pa
         return PrecomputedReference(torch.load(cache_file))
     num_roles = pack_examples(examples[:1]).num_roles
     table = torch.zeros(len(examples), num_roles, dtype=torch.float32)
-    shard, own = rank_shard(len(examples))
-    for start in range(0, len(shard), batch_size):
-        indices = shard[start : start + batch_size]
+    for indices, own in rank_batches(len(examples), batch_size):
         scores = reference(pack_examples([examples[i] for i in indices]).to(device), indices).float().cpu()
-        mine = min(len(indices), max(own - start, 0))
-        table[indices[:mine]] = scores[:mine]
+        table[indices[:own]] = scores[:own]
     table = all_reduce(table)
     if is_main():
         cache_file.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from .batching import fill_ratio, micro_batches
 from .checkpoint import Checkpoints, StopRequest
 from .config import ConfigError, TrainConfig
 from .data import RejectionLog, load_examples
-from .distributed import all_reduce, barrier, init_distributed, is_main, rank, rank_shard, world_size
+from .distributed import all_reduce, barrier, init_distributed, is_main, rank, rank_batches, world_size
 from .engine import (build_engine, deepspeed_config, full_state_dict, partitioned_loading, partitions_parameters,
                      reference_engine)
 from .kernels import resolve_impl
@@ -100,9 +100,8 @@ def train(config: TrainConfig) -> dict[str, dict[str, float]]:
         results["before"] = eval_scorer.evaluate(eval_examples, config.per_device_eval_batch_size)
         log(f"eval before training: {_describe(results['before'])}")
 
-    num_parameters = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in policy.parameters())
-    num_trainable = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in policy.parameters()
-                        if p.requires_grad)
+    num_parameters = sum(_numel(p) for p in policy.parameters())
+    num_trainable = sum(_numel(p) for p in policy.parameters() if p.requires_grad)
     peak_flops = device_peak_flops(device)
     order = ExampleOrder(len(train_examples), config.seed)
     metrics_log = MetricsLog(output_dir, state["step"], config.report_to == "tensorboard") if is_main() else None
@@ -300,9 +299,7 @@ def accumulate_gradients(engine, scorer: Scorer, examples: list[Example], indice
         if weight:
             _accumulate(outcome.totals, {"loss": losses, **metrics})
             outcome.stream_tokens += stream_tokens
-    names = sorted(outcome.totals)
-    summed = all_reduce(torch.tensor([outcome.totals[name] for name in names], dtype=torch.float64))
-    outcome.totals = dict(zip(names, summed.tolist()))
+    outcome.totals = _summed_over_ranks(outcome.totals)
     return outcome
 
 
@@ -347,16 +344,11 @@ class Scorer:
         was_training = self.policy.training
         self.policy.eval()
         totals = {}
-        shard, own = rank_shard(len(examples))
-        for start in range(0, len(shard), batch_size):
-            indices = shard[start : start + batch_size]
+        for indices, own in rank_batches(len(examples), batch_size):
             _, losses, metrics, _ = self.score([examples[i] for i in indices], indices)
-            mine = min(len(indices), max(own - start, 0))
-            _accumulate(totals, {name: values[:mine] for name, values in {"loss": losses, **metrics}.items()})
+            _accumulate(totals, {name: values[:own] for name, values in {"loss": losses, **metrics}.items()})
         self.policy.train(was_training)
-        names = sorted(totals)
-        summed = all_reduce(torch.tensor([totals[name] for name in names], dtype=torch.float64))
-        return _means(dict(zip(names, summed.tolist())), len(examples))
+        return _means(_summed_over_ranks(totals), len(examples))
 
 
 class ExampleOrder:
@@ -437,6 +429,11 @@ def _export(engine, config: TrainConfig, tokenizer, output_dir: Path, log) -> No
     barrier()
 
 
+def _numel(parameter: torch.Tensor) -> int:
+    """The whole parameter's size, also when ZeRO-3 holds only a partition of it here."""
+    return parameter.ds_numel if hasattr(parameter, "ds_numel") else parameter.numel()
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -446,6 +443,13 @@ def _seed_everything(seed: int) -> None:
 def _accumulate(totals: dict[str, float], per_example: dict[str, torch.Tensor]) -> None:
     for name, values in per_example.items():
         totals[name] = totals.get(name, 0.0) + float(values.sum())
+
+
+def _summed_over_ranks(totals: dict[str, float]) -> dict[str, float]:
+    """Every rank's `totals` added up (all ranks must hold the same names)."""
+    names = sorted(totals)
+    summed = all_reduce(torch.tensor([totals[name] for name in names], dtype=torch.float64))
+    return dict(zip(names, summed.tolist()))
 
 
 def _means(totals: dict[str, float], count: int) -> dict[str, float]:

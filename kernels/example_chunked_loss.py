@@ -113,6 +113,14 @@ def _add_matmul_(accumulator: torch.Tensor, a: torch.Tensor, b: torch.Tensor) ->
         accumulator += _matmul_fp32(a, b)
 
 
+def sequence_sums(logp: torch.Tensor, segment_ids: torch.Tensor, num_examples: int, num_roles: int) -> torch.Tensor:
+    """The sums of `logp` [T] over segments `segment_ids` (example * num_roles + role), fp32
+    [num_examples, num_roles], differentiable. Summed in float64: a sequence score adds hundreds of fp32
+    terms, and the sum is cheap."""
+    sums = logp.new_zeros(num_examples * num_roles, dtype=torch.float64).index_add_(0, segment_ids, logp.double())
+    return sums.float().view(num_examples, num_roles)
+
+
 def _example_chunks(example_of_row: torch.Tensor, num_examples: int, max_rows: int) -> list[tuple[slice, slice]]:
     """Consecutive (rows, examples) spans of whole examples, each of at most `max_rows` rows unless a single
     example has more. Rows must be grouped by example, in example order."""
@@ -147,11 +155,8 @@ class ExampleChunkedLossFunction(torch.autograd.Function):
             logits = _matmul_fp32(hidden_operand, weight_operand.T)
             lse, target_logits = _row_stats(logits, safe_targets[rows], use_triton)
             logp = torch.where(valid[rows], target_logits - lse, 0.0)
-            # Sequence scores summed in float64 (as `iopo_fast.sequence_logps` does), indexed within the chunk.
-            local_segments = segment_ids[rows] - examples.start * num_roles
-            sums = logp.new_zeros(scores[examples].numel(), dtype=torch.float64).index_add_(0, local_segments,
-                                                                                          logp.double())
-            chunk_scores = sums.float().view(-1, num_roles).requires_grad_()
+            local_segments = segment_ids[rows] - examples.start * num_roles  # indexed within the chunk
+            chunk_scores = sequence_sums(logp, local_segments, len(scores[examples]), num_roles).requires_grad_()
             with torch.enable_grad():
                 chunk_loss = example_losses(chunk_scores, examples).sum()
             scores[examples] = chunk_scores.detach()
