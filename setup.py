@@ -4,8 +4,6 @@ from pathlib import Path
 
 from setuptools import setup
 
-# The Triton kernels live in the top-level folder `kernels/` but install as `iopo_fast.kernels`:
-# a top-level package named `kernels` would shadow Hugging Face's `kernels`, which transformers probes.
 setup(
     name="iopo-fast",
     version="0.1.0",
@@ -16,7 +14,6 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=["iopo_fast", "iopo_fast.kernels"],
-    package_dir={"iopo_fast": "iopo_fast", "iopo_fast.kernels": "kernels"},
     install_requires=[
         "torch>=2.5",
         "transformers>=4.57",

@@ -43,7 +43,7 @@ from _results import RESULTS_DIR, device_slug, versions
 
 from iopo_fast import iopo_loss
 from iopo_fast.kernels import example_chunked_loss, fused_logprobs, resolve_impl
-from iopo_fast.kernels.example_chunked_loss import sequence_sums
+from iopo_fast.scores import sequence_sums
 from iopo_fast.monitor import device_peak_flops
 
 # Timed runs per method and shape: up to --repeats, but only MIN_REPEATS once TIME_BUDGET_MS is spent

@@ -4,8 +4,7 @@ Five systems train on the same synthetic examples, model configuration, seed, gl
 (AdamW, constant learning rate), precision and gradient-checkpointing setting. On GPU the precision is
 bf16 with fp32 master weights and Adam states: fp32 weights under bf16 autocast for TRL (its default
 when it loads a model), DeepSpeed's bf16 optimizer for iopo-fast. --zero-stage and
---offload-optimizer apply to every system, to TRL through a DeepSpeed config (system 3 does not run
-under ZeRO-3: its full-logits head reads the partitioned LM-head weight directly).
+--offload-optimizer apply to every system, to TRL through a DeepSpeed config.
 
   1. TRL `DPOTrainer` with its default settings (padded batches, a reference model in memory,
      per_device_train_batch_size 8, its chunked log-prob head) on the DPO pairs that carry each IOPO
@@ -18,27 +17,28 @@ under ZeRO-3: its full-logits head reads the partitioned LM-head weight directly
      installed, `padding_free` requested, and the largest micro-batch (a divisor of the step's pairs)
      that fits. What actually took effect is read back from the trainer and its warnings;
   3. the original IOPO computation in iopo-fast's loop: the four right-padded sequences of every
-     example (`pad_examples`), full fp32 logits, `log_softmax` and a gather
-     (`iopo_fast.reference.token_logprobs`), a live reference model, micro-batches of as many
-     sequences as system 1's;
+     example (`pad_examples`), full fp32 logits at every position, `log_softmax` and a gather
+     (`OriginalComputation`), a live reference model, micro-batches of as many sequences as system 1's;
   4. iopo-fast IOPO with every fast path: shared-prefix packing, varlen attention, the fused
      log-prob kernel, Liger's layer kernels, token-budget micro-batches, precomputed reference;
   5. iopo-fast in DPO mode on system 1's pairs, with the same fast paths as system 4.
 
 Steps run in the loop each system comes with: `Trainer.train` for TRL, timed by a callback from the
 start to the end of each optimizer step (Trainer collates a step's batches before it starts), and
-iopo-fast's DeepSpeed engine with `Scorer` and `accumulate_gradients`, timed around the step
-(packing included). Every system runs in a fresh process, so that no kernel patch or allocator
-state leaks from one to the next.
+iopo-fast's own `build` and `train_step` (`iopo_fast.trainer`), timed around the step (packing
+included). On GPU every system runs in a fresh process, so that no kernel patch or allocator state
+leaks from one to the next (on CPU only with --fresh-processes: the smoke run keeps them in one
+process, for speed).
 
 Columns: useful tokens per second (the tokens of the four unpacked sequences of every example a step
 processes, `iopo_fast.packing.unpacked_length`, the same numerator for every system; the median over
 the timed steps after the warm-up steps), seconds per step and milliseconds per example (medians),
 peak memory (`torch.cuda.max_memory_allocated` on GPU; on CPU the peak resident set of the system's
-process), the throughput ratio to systems 1 and 2, and the model-FLOP utilisation of the useful
-tokens (8 N FLOPs per token: policy forward and backward, reference forward; GPU only). A
-precomputed reference is part of the step: the time of scoring all examples once is spread over the
-steps, by examples.
+process), the throughput ratio to systems 1 and 2, and the model-FLOP utilisation (GPU only):
+`iopo_fast.monitor.step_flops` of the tokens each system's models actually process (the unpacked
+sequences for systems 1-3, the packed stream for 4 and 5, each scored once more by the reference,
+live or precomputed), the same count the training loop reports. A precomputed reference is part of
+the step: the time of scoring all examples once is spread over the steps, by examples.
 
 A sweep of systems 1 and 4 over the tokens per micro-batch and the response length (fixed-length
 examples, one micro-batch per step) shows how step time and peak memory grow with the work and where
@@ -99,18 +99,15 @@ from transformers.utils import is_flash_attn_2_available
 from trl import DPOConfig, DPOTrainer
 from _results import RESULTS_DIR, device_slug, versions
 
-from iopo_fast import DPOExample, IOPOExample, dpo_loss, iopo_loss, pad_examples
-from iopo_fast.batching import micro_batches
+from iopo_fast import DPOExample, IOPOExample, PreferenceModel, pack_examples, pad_examples
+from iopo_fast.compat import attention_implementation, check_trl_precompute_ref_logps
 from iopo_fast.config import TrainConfig
-from iopo_fast.distributed import init_distributed, world_size
-from iopo_fast.engine import build_engine, deepspeed_config, partitioned_loading
-from iopo_fast.logprobs import ALGORITHMS, forward_replaced, loss_forward, sequence_logps
-from iopo_fast.model import apply_liger_kernels, enable_gradient_checkpointing
-from iopo_fast.monitor import device_peak_flops, peak_host_memory_gib, peak_memory_gib
+from iopo_fast.distributed import init_distributed
+from iopo_fast.monitor import device_peak_flops, peak_host_memory_gib, peak_memory_gib, step_flops
 from iopo_fast.packing import packed_length, unpacked_length
-from iopo_fast.reference import token_logprobs
-from iopo_fast.reference_logps import LiveReference, precompute
-from iopo_fast.trainer import Scorer, accumulate_gradients
+from iopo_fast.preference_model import ALGORITHMS
+from iopo_fast.scores import sequence_sums
+from iopo_fast.trainer import build, train_step
 
 SYSTEMS = {
     1: "TRL DPOTrainer, defaults",
@@ -135,6 +132,9 @@ def _llama3_rope_scaling(factor: float) -> dict:
 
 # The real models' shapes (their config.json on the Hugging Face hub), randomly initialised here.
 MODEL_CONFIGS = {
+    "smollm2-135m": ("llama", dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                                   intermediate_size=1536, vocab_size=49152, rope_theta=100000.0,
+                                   max_position_embeddings=8192, rms_norm_eps=1e-5, tie_word_embeddings=True)),
     "tiny": ("llama", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                            intermediate_size=128, vocab_size=512, tie_word_embeddings=False)),
     "qwen2-0.5b": ("qwen2", dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
@@ -185,12 +185,13 @@ class Job:
     warmup: int
     steps: int  # timed steps after the warm-up
     tokens_per_micro_batch: int  # systems 4 and 5: packed tokens per micro-batch
-    logprob_algorithm: str  # systems 4 and 5: how the loss meets the LM head (iopo_fast.logprobs.loss_forward)
+    logprob_algorithm: str  # systems 4 and 5: how the loss meets the LM head (iopo_fast.PreferenceModel)
     trl_pairs_per_micro_batch: int | None  # systems 1 and 2; None: the largest divisor of the step's pairs that fits
     gradient_checkpointing: bool
     zero_stage: int
     offload_optimizer: bool
     seed: int
+    fresh_process: bool = True  # else in the parent's process: faster, but peak memory is the parent's
 
 
 @dataclass
@@ -317,6 +318,9 @@ class StepTimer(TrainerCallback):
         self.seconds.append(synchronized_clock(self.device) - self._start)
 
 
+check_trl_precompute_ref_logps()  # TimedDPOTrainer overrides it
+
+
 class TimedDPOTrainer(DPOTrainer):
     """`DPOTrainer` recording how long its reference log-probs take to precompute (done in `__init__`)."""
 
@@ -392,7 +396,7 @@ def trl_options(trainer, args, messages: list[str]) -> dict:
         "padding_free": f"asked {args.padding_free}, in effect {trainer.padding_free}",
         "use_liger_loss": ("an option" if "use_liger_loss" in DPOConfig.__dataclass_fields__
                            else "no such option in this TRL"),
-        "attention": model.config._attn_implementation,
+        "attention": attention_implementation(model.config),
         "gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False)),
         "bf16": args.bf16,
         "zero_stage": trainer.accelerator.state.deepspeed_plugin.zero_stage if trainer.is_deepspeed_enabled else 0,
@@ -427,96 +431,63 @@ def captured_warnings():
 
 
 def run_iopo_fast(job: Job, examples, device: torch.device) -> Run:
-    """Systems 3 to 5 through the DeepSpeed engine, `Scorer` and `accumulate_gradients`, as `iopo-fast train` runs."""
+    """Systems 3 to 5 through `iopo_fast.trainer.build` and `train_step`, as `iopo-fast train` runs them."""
     original, dpo = job.system == 3, job.system == 5
-    if original and job.zero_stage == 3:
-        raise NotImplementedError("system 3 reads the LM-head weight directly, which ZeRO-3 partitions")
     train_examples = dpo_pairs(examples) if dpo else examples
     total_steps = job.warmup + job.steps
     per_step = len(train_examples) // total_steps
-    config = TrainConfig(
-        loss="dpo" if dpo else "iopo", reference="live" if original else "precomputed", pref_beta=BETA,
-        learning_rate=LEARNING_RATE, lr_scheduler_type="constant", bf16=device.type == "cuda",
-        gradient_checkpointing=job.gradient_checkpointing, liger_kernels=not original,
-        # System 3's micro-batches hold as many sequences as system 1's (two per pair, four per example).
-        per_device_train_batch_size=max(1, TRL_DEFAULT_MICRO_BATCH // 2) if original else per_step,
-        max_tokens_per_micro_batch=0 if original else job.tokens_per_micro_batch,
-        logprob_algorithm=job.logprob_algorithm,
-        zero_stage=job.zero_stage, offload_optimizer=job.offload_optimizer,
-    )
-    ds_config = deepspeed_config(config, world_size())
-    with partitioned_loading(ds_config):
-        policy = random_model(job.model, training_dtype(device), device, job.seed)
-    if config.liger_kernels:
-        apply_liger_kernels(policy)
-    if config.gradient_checkpointing:
-        enable_gradient_checkpointing(policy)
-    engine, _ = build_engine(policy, config, ds_config, total_steps)
-    objective = functools.partial(dpo_loss if dpo else iopo_loss, beta=BETA)
-    if original:
-        scorer, reference_seconds = _original_scorer(engine, job, objective, device), 0.0
-    else:
-        scorer, reference_seconds = _fast_scorer(engine, config, train_examples, objective, device)
-
-    step_seconds = []
-    for step in range(total_steps):
-        indices = list(range(step * per_step, (step + 1) * per_step))
-        batch = [train_examples[i] for i in indices]
-        plan = micro_batches(batch, config.max_tokens_per_micro_batch, config.per_device_train_batch_size)
-        start = synchronized_clock(device)
-        accumulate_gradients(engine, scorer, batch, indices, plan, per_step)
-        engine.step()
-        step_seconds.append(synchronized_clock(device) - start)
-    return Run(step_seconds, reference_seconds, {"micro-batches per step": len(plan)})
+    # System 3's micro-batches hold as many sequences as system 1's (two per pair, four per example).
+    micro_batch = math.gcd(TRL_DEFAULT_MICRO_BATCH // 2, per_step) if original else per_step
+    longest = max(packed_length(e) for e in train_examples)
+    with tempfile.TemporaryDirectory() as output_dir:
+        config = TrainConfig(
+            model_name_or_path=f"random {job.model} seed {job.seed}", output_dir=output_dir, resume="never",
+            loss="dpo" if dpo else "iopo", reference="live" if original else "precomputed", pref_beta=BETA,
+            learning_rate=LEARNING_RATE, lr_scheduler_type="constant", max_steps=total_steps, seed=job.seed,
+            bf16=device.type == "cuda", gradient_checkpointing=job.gradient_checkpointing, liger_kernels=not original,
+            per_device_train_batch_size=micro_batch, gradient_accumulation_steps=per_step // micro_batch,
+            max_tokens_per_micro_batch=0 if original else job.tokens_per_micro_batch,
+            # A reference forward takes as many examples as surely fit a training micro-batch's token budget.
+            per_device_eval_batch_size=max(1, job.tokens_per_micro_batch // longest),
+            logprob_impl="full_logits" if original else "auto",
+            logprob_algorithm="recompute" if original else job.logprob_algorithm,
+            zero_stage=job.zero_stage, offload_optimizer=job.offload_optimizer,
+        )
+        run = build(config, examples=(train_examples, []),
+                    make_model=lambda name: random_model(job.model, training_dtype(device), device, job.seed),
+                    layout=pad_examples if original else pack_examples,
+                    preference_model=OriginalComputation if original else PreferenceModel)
+        run.order = InOrder()
+        step_seconds = []
+        for step in range(1, total_steps + 1):
+            start = synchronized_clock(device)
+            record = train_step(run, step)
+            step_seconds.append(synchronized_clock(device) - start)
+            if "skipped" in record:
+                raise RuntimeError(f"step {step}: non-finite loss")
+    return Run(step_seconds, run.reference_seconds, {"micro-batches per step": record["micro_batches"]})
 
 
-def _fast_scorer(engine, config, train_examples, objective, device):
-    """Systems 4 and 5: packed scoring through the fused kernel, the reference precomputed (and timed)."""
-    score = functools.partial(sequence_logps, impl=config.logprob_impl, attention_backend=config.attention_backend)
-    forward = functools.partial(loss_forward, impl=config.logprob_impl, attention_backend=config.attention_backend,
-                                algorithm=config.logprob_algorithm)
-    # As many examples per reference forward as surely fit the token budget of a training micro-batch.
-    batch_size = max(1, config.max_tokens_per_micro_batch // max(packed_length(e) for e in train_examples))
-    policy = engine.module
-    policy.eval()
-    with tempfile.TemporaryDirectory() as cache_dir:
-        start = synchronized_clock(device)
-        reference = precompute(LiveReference(policy, score), train_examples, Path(cache_dir) / "reference.pt",
-                               batch_size, device)
-        reference_seconds = synchronized_clock(device) - start
-    policy.train()
-    return Scorer(engine, reference, objective, device, forward), reference_seconds
+class InOrder:
+    """The examples of step k are the k-th `examples_per_step` of the data set, as TRL's sequential sampling
+    gives them: every system trains on the same examples at every step."""
+
+    def step_indices(self, step: int, examples_per_step: int) -> list[int]:
+        return list(range((step - 1) * examples_per_step, step * examples_per_step))
 
 
-def _original_scorer(engine, job: Job, objective, device):
-    """System 3: padded sequences, full-logits scores, and a live reference model scored the same way."""
-    reference_model = random_model(job.model, training_dtype(device), device, job.seed)
-    reference = LiveReference(reference_model.eval().requires_grad_(False), full_logits_scores)
-    return Scorer(engine, reference, objective, device, full_logits_forward, layout=pad_examples)
+class OriginalComputation(PreferenceModel):
+    """System 3's scores, as the original IOPO code computes them: the fp32 logits of every position of every
+    padded row (`logprob_impl: full_logits`), `log_softmax` and a gather, then a sum per sequence."""
 
-
-def full_logits_scores(model, batch) -> torch.Tensor:
-    """Summed response log-probs `[B, num_roles]` of a `PaddedBatch` as the original IOPO code computes them:
-    the fp32 logits of every position of every padded row, `log_softmax` and a gather, then a sum per sequence."""
-    hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-    hidden = hidden.last_hidden_state.flatten(0, 1)
-    targets = torch.full(hidden.shape[:1], -100, dtype=torch.long, device=hidden.device)
-    targets[batch.predictor_rows] = batch.targets
-    token_logps = token_logprobs(hidden, model.get_output_embeddings().weight, targets)
-    scores = torch.zeros(batch.num_examples * batch.num_roles, dtype=token_logps.dtype, device=hidden.device)
-    scores = scores.index_add(0, batch.segment_ids, token_logps[batch.predictor_rows])
-    return scores.view(batch.num_examples, batch.num_roles)
-
-
-def full_logits_forward(model, example_losses):
-    """Within it, `model(batch)` (and so the DeepSpeed engine's call) returns the summed loss and the scores
-    `full_logits_scores(model, batch)`, as `iopo_fast.logprobs.loss_forward` does."""
-
-    def loss(batch):
-        scores = full_logits_scores(model, batch)
-        return example_losses(scores, slice(None)).sum(), scores.detach()
-
-    return forward_replaced(model, loss)
+    def scores(self, batch) -> torch.Tensor:
+        hidden = self.model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        hidden = hidden.last_hidden_state.flatten(0, 1)
+        targets = torch.full(hidden.shape[:1], -100, dtype=torch.long, device=hidden.device)
+        targets[batch.predictor_rows] = batch.targets
+        token_logps = self.head(hidden, targets)
+        return sequence_sums(token_logps[batch.predictor_rows], batch.segment_ids, batch.num_examples,
+                             batch.num_roles)
 
 
 # Measuring one system in its own process
@@ -540,8 +511,12 @@ def measure(job: Job) -> dict:
     # The precomputed reference's time, spread over the steps by examples, is part of every step.
     reference_per_step = run.reference_seconds * job.global_batch / len(examples)
     step_seconds = [s + reference_per_step for s in run.step_seconds[job.warmup:]]
-    step_tokens = [sum(unpacked_length(e) for e in examples[k * job.global_batch:(k + 1) * job.global_batch])
-                   for k in range(job.warmup, job.warmup + job.steps)]
+    timed_examples = [examples[k * job.global_batch:(k + 1) * job.global_batch]
+                      for k in range(job.warmup, job.warmup + job.steps)]
+    step_tokens = [sum(map(unpacked_length, step)) for step in timed_examples]
+    # What the models process: the packed stream (the two DPO pairs of an example pack into as many tokens
+    # as the example), else every sequence unpacked.
+    processed = packed_length if job.system in (4, 5) else unpacked_length
     return {
         "status": "ok",
         "tokens_per_second": statistics.median(t / s for t, s in zip(step_tokens, step_seconds)),
@@ -551,14 +526,18 @@ def measure(job: Job) -> dict:
         "peak_memory_gib": peak_gib,
         "peak_host_gib": peak_host_memory_gib(),
         "useful_tokens_per_step": statistics.median(step_tokens),
+        "model_tokens_per_step": statistics.median(sum(map(processed, step)) for step in timed_examples),
         "step_seconds": run.step_seconds,
         "options": run.options,
     }
 
 
 def in_fresh_process(job: Job) -> dict:
-    """`measure(job)` in a new process; a crash or an error there is recorded, not raised."""
+    """`measure(job)` in a new process (in this one with --no-fresh-processes); a crash or an error there is
+    recorded, not raised."""
     try:
+        if not job.fresh_process:
+            return measure(job)
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
             return pool.submit(measure, job).result()
     except BrokenProcessPool:
@@ -592,7 +571,7 @@ TABLE_HEADER = [
 
 def table_rows(model: str, scenario: str, results: dict[int, dict], peak_flops: float | None) -> list[str]:
     """One markdown row per system, with its throughput ratio to systems 1 and 2 where those ran."""
-    flops_per_token = 8 * model_parameters(model)
+    parameters = model_parameters(model)
     rows = []
     for system, result in results.items():
         cells = [model, scenario, f"{system}. {SYSTEMS[system]}"]
@@ -605,9 +584,15 @@ def table_rows(model: str, scenario: str, results: dict[int, dict], peak_flops: 
         rows.append(_row(cells + [
             f"{rate:.0f}", f"{result['seconds_per_step']:.3f}", f"{result['ms_per_example']:.1f}",
             f"{result['peak_memory_gib']:.2f}", *ratios,
-            f"{rate * flops_per_token / peak_flops:.1%}" if peak_flops else "-",
+            f"{mfu(parameters, result, peak_flops):.1%}" if peak_flops else "-",
         ]))
     return rows
+
+
+def mfu(parameters: int, result: dict, peak_flops: float) -> float:
+    """Full training with a reference that scores every token once more (live, or its share of a table)."""
+    tokens = result["model_tokens_per_step"]
+    return step_flops(parameters, 1.0, tokens, reference_tokens=tokens) / (result["seconds_per_step"] * peak_flops)
 
 
 def _row(cells: list[str]) -> str:
@@ -708,9 +693,9 @@ def parse_args(on_cuda: bool) -> argparse.Namespace:
                         default=["qwen2-0.5b", "llama-3.2-1b"] if on_cuda else ["tiny"])
     parser.add_argument("--scenarios", nargs="+", choices=sorted(SCENARIOS), default=["trace"] if on_cuda else ["short"])
     parser.add_argument("--systems", nargs="+", type=int, choices=sorted(SYSTEMS), default=sorted(SYSTEMS))
-    parser.add_argument("--global-batch", type=int, default=16 if on_cuda else 4, help="IOPO examples per step")
+    parser.add_argument("--global-batch", type=int, default=16 if on_cuda else 2, help="IOPO examples per step")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=5 if on_cuda else 2, help="timed steps after the warm-up")
+    parser.add_argument("--steps", type=int, default=5 if on_cuda else 1, help="timed steps after the warm-up")
     parser.add_argument("--tokens-per-micro-batch", type=int, default=16384 if on_cuda else 4096,
                         help="systems 4 and 5 (raised to the longest packed example when below it)")
     parser.add_argument("--logprob-algorithm", choices=ALGORITHMS, default="recompute", help="systems 4 and 5")
@@ -718,6 +703,9 @@ def parse_args(on_cuda: bool) -> argparse.Namespace:
     parser.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=0)
     parser.add_argument("--offload-optimizer", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fresh-processes", action=argparse.BooleanOptionalAction, default=on_cuda,
+                        help="each system in its own process (default on GPU); without, the peak memory of a "
+                        "system is that of every system run before it too")
     parser.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--sweep-model", choices=sorted(MODEL_CONFIGS), default=None,
                         help="default: the first of --models")
@@ -726,7 +714,7 @@ def parse_args(on_cuda: bool) -> argparse.Namespace:
                         default=[256, 512, 1024, 2048] if on_cuda else [32])
     parser.add_argument("--sweep-tokens", type=int, nargs="+",
                         default=[4096, 8192, 16384, 32768, 65536, 131072] if on_cuda else [512])
-    parser.add_argument("--sweep-steps", type=int, default=2, help="timed steps per sweep point")
+    parser.add_argument("--sweep-steps", type=int, default=2 if on_cuda else 1, help="timed steps per sweep point")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="where to write the results (default on GPU: benchmarks/results; on CPU: nowhere)")
     return parser.parse_args()
@@ -742,7 +730,8 @@ def main() -> None:
                steps=args.steps, tokens_per_micro_batch=args.tokens_per_micro_batch,
                logprob_algorithm=args.logprob_algorithm,
                trl_pairs_per_micro_batch=TRL_DEFAULT_MICRO_BATCH, gradient_checkpointing=args.gradient_checkpointing,
-               zero_stage=args.zero_stage, offload_optimizer=args.offload_optimizer, seed=args.seed)
+               zero_stage=args.zero_stage, offload_optimizer=args.offload_optimizer, seed=args.seed,
+               fresh_process=args.fresh_processes)
     precision = "bf16 (fp32 master weights)" if on_cuda else "fp32"
     header = [
         f"- device: {device_name}",
@@ -754,7 +743,7 @@ def main() -> None:
         f"{' with optimizer offload' if args.offload_optimizer else ''}; seed {args.seed}; iopo-fast log-prob "
         f"algorithm {args.logprob_algorithm}",
         "- useful tokens: the four unpacked sequences of every example; a precomputed reference's time is spread "
-        "over the steps; MFU counts 8 N FLOPs per useful token",
+        "over the steps; MFU: `iopo_fast.monitor.step_flops` of the tokens each system's models process",
     ]
     print("\n".join(header), flush=True)
     table, record = list(TABLE_HEADER), {"device": device_name, "versions": versions(), "command": command,

@@ -7,8 +7,8 @@ sum(w * s) (random w) three ways:
   - exact: `iopo_fast.reference` (each sequence alone, full logits) on a float64 copy of the model;
   - naive: the same reference path in the training dtype (bf16 on GPU, fp32 on CPU), what the
     original implementation computes;
-  - packed: `sequence_logps(model, pack_examples(...))` in the training dtype, once per attention
-    backend that runs here (flash_attn, torch_varlen, reference).
+  - packed: `PreferenceModel(model, attention_backend=...)(pack_examples(...)).scores` in the training
+    dtype, once per attention backend that runs here (flash_attn, torch_varlen, reference).
 
 It reports each one's error against exact: the largest absolute error of the scores and the largest
 relative error (as a norm, per parameter) of the gradients. The packed path passes when its errors
@@ -32,7 +32,7 @@ import torch
 from _results import RESULTS_DIR, device_slug, versions
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from iopo_fast import IOPOExample, pack_examples, reference, sequence_logps
+from iopo_fast import IOPOExample, PreferenceModel, pack_examples, reference
 from iopo_fast.attention import BACKENDS, resolve_backend
 
 MODELS = {
@@ -88,7 +88,8 @@ def check_model(name: str, examples, weights, dtype: torch.dtype, device: torch.
         except ValueError as reason:
             rows.append([name, f"packed, {backend}", None, None, f"not run: {reason}"])
             continue
-        packed = scores_and_gradients(model, lambda: sequence_logps(model, batch, attention_backend=backend), weights)
+        packed_model = PreferenceModel(copy.deepcopy(model), attention_backend=backend)
+        packed = scores_and_gradients(packed_model.model, lambda: packed_model(batch).scores, weights)
         score_error, gradient_error = errors(packed, exact)
         ok = (score_error <= 2 * naive_errors[0] + SCORE_FLOOR[dtype]
               and gradient_error <= 2 * naive_errors[1] + GRADIENT_FLOOR[dtype])

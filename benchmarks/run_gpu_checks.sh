@@ -26,7 +26,7 @@ for stage in "${@:-tests equivalence logprob}"; do
         echo "== $name"
         case $name in
             tests) python3 -m pytest -q -rs -p no:cacheprovider tests/test_kernels.py tests/test_attention.py \
-                       tests/test_logprobs.py 2>&1 | tee "benchmarks/results/gpu-tests-$slug.txt" ;;
+                       tests/test_preference_model.py 2>&1 | tee "benchmarks/results/gpu-tests-$slug.txt" ;;
             equivalence) python3 benchmarks/check_packed_equivalence.py ;;
             # Example chunks of 2^26, 2^28 (the default) and 2^30 logits.
             logprob) python3 benchmarks/bench_logprob.py --chunk-logits 67108864 268435456 1073741824 ;;

@@ -5,11 +5,12 @@ path is tested against.
 """
 
 from . import reference
-from .logprobs import sequence_logps
-from .loss import dpo_loss, iopo_loss
+from .loss import DPO, IOPO, OBJECTIVES, Objective, PreferenceLoss, dpo_loss, iopo_loss
 from .packing import Batch, DPOExample, IOPOExample, PackedBatch, PaddedBatch, pack_examples, pad_examples
+from .preference_model import FusedLMHead, PreferenceModel, PreferenceOutput
 
 __all__ = [
-    "Batch", "DPOExample", "IOPOExample", "PackedBatch", "PaddedBatch", "dpo_loss", "iopo_loss", "pack_examples",
-    "pad_examples", "reference", "sequence_logps",
+    "DPO", "IOPO", "OBJECTIVES", "Batch", "DPOExample", "FusedLMHead", "IOPOExample", "Objective", "PackedBatch",
+    "PaddedBatch", "PreferenceLoss", "PreferenceModel", "PreferenceOutput", "dpo_loss", "iopo_loss", "pack_examples",
+    "pad_examples", "reference",
 ]

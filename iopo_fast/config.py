@@ -67,8 +67,9 @@ class TrainConfig:
     max_tokens_per_micro_batch: int = _option(0, "Token budget of a packed micro-batch: the examples of a step are bin-packed into as few micro-batches as fit. 0: micro-batches of per_device_train_batch_size examples.")
     attention_backend: str = _option("auto", "Varlen attention over packed batches; auto: flash_attn, else torch_varlen on CUDA, else reference.", ("auto", "flash_attn", "torch_varlen", "reference"))
     liger_kernels: bool = _option(True, "On GPU, Liger-Kernel's RMSNorm, RoPE and SwiGLU kernels in the model's layers.")
-    logprob_impl: str = _option("auto", "Fused log-prob kernel; auto: triton on CUDA, else chunked PyTorch.", ("auto", "triton", "chunked"))
+    logprob_impl: str = _option("auto", "LM-head log-prob kernel; auto: triton on CUDA, else chunked PyTorch; full_logits: the naive full-logits computation (a baseline, recompute only).", ("auto", "triton", "chunked", "full_logits"))
     logprob_algorithm: str = _option("recompute", "How the loss meets the LM head. recompute: log-probs with O(tokens) memory, the backward recomputes the logits (8 T D V FLOPs); example_chunks: the loss and its gradient formed in one pass, chunk by chunk of whole examples (6 T D V FLOPs, O(chunk x vocabulary) transient memory).", ("recompute", "example_chunks"))
+    max_chunk_logits: int = _option(0, "Bound on the logits one chunk of the LM-head kernels holds (tokens x vocabulary); 0: by device (2^28 on CUDA, 2^22 on CPU).")
     bf16: bool = _option(False, "Train in bfloat16 (the log-prob kernel accumulates in fp32).")
     gradient_checkpointing: bool = _option(False, "Recompute each decoder layer in the backward to save activation memory.")
     # DeepSpeed
@@ -106,6 +107,10 @@ class TrainConfig:
             raise ConfigError(f"deepspeed: {self.deepspeed}: no such file")
         if self.max_tokens_per_micro_batch < 0:
             raise ConfigError(f"max_tokens_per_micro_batch: must be >= 0, got {self.max_tokens_per_micro_batch}")
+        if self.max_chunk_logits < 0:
+            raise ConfigError(f"max_chunk_logits: must be >= 0, got {self.max_chunk_logits}")
+        if self.logprob_impl == "full_logits" and self.logprob_algorithm != "recompute":
+            raise ConfigError("logprob_impl: full_logits runs with logprob_algorithm: recompute only")
         if not 0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"label_smoothing: must be in [0, 0.5), got {self.label_smoothing}")
         if not 0 <= self.warmup_ratio <= 1:

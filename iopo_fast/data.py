@@ -130,11 +130,15 @@ class _Rejected(Exception):
     """Raised inside this module for a record that cannot be used; the message is the reason."""
 
 
+def check_data_file(path: str | Path) -> None:
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such data file")
+
+
 def _read_records(path: Path):
     """Yield (source, record, problem) for every record: the parsed value and "", or the raw line
     and why it is not valid JSON."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such data file")
+    check_data_file(path)
     text = path.read_text(encoding="utf-8")
     if text.lstrip().startswith("["):
         try:

@@ -15,6 +15,7 @@ import deepspeed
 import torch
 from transformers import get_scheduler
 
+from .compat import zero3_full_state_dict
 from .config import ConfigError, TrainConfig
 
 
@@ -118,7 +119,7 @@ def full_state_dict(engine) -> dict[str, torch.Tensor] | None:
     A collective under ZeRO-3: every rank calls it.
     """
     if engine.zero_optimization_partition_weights():
-        return engine._zero3_consolidated_16bit_state_dict()
+        return zero3_full_state_dict(engine)
     return engine.module.state_dict() if engine.global_rank == 0 else None
 
 

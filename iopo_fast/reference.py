@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .compat import attention_implementation
+from .hf_integration import ATTENTION_NAME
 from .packing import Example
 
 
@@ -29,7 +31,10 @@ def token_logprobs(
 
 def sequence_logps(model: nn.Module, examples: list[Example]) -> torch.Tensor:
     """Summed response log-probs, `[len(examples), num_roles]` in role order, one sequence at a time
-    (fp32, or float64 for a float64 model)."""
+    (fp32, or float64 for a float64 model). `model` is a model as loaded, not one a `PreferenceModel` took over."""
+    if attention_implementation(model.config) == ATTENTION_NAME:
+        raise ValueError("reference.sequence_logps needs the model as loaded: this one runs iopo-fast's packed "
+                         "attention (a PreferenceModel took it over); score a copy made before")
     rows = []
     for example in examples:
         scores = []

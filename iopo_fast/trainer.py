@@ -1,10 +1,11 @@
-"""The training loop: set up the engine, then for each step its micro-batches, loss, backward, step, log.
+"""The training loop: `build` sets up a run, `train_step` does one step, `train` runs them.
 
 One loop for one process or many (`torchrun`, `deepspeed`), ZeRO 0-3, full or LoRA training. A
 step takes `per_device_train_batch_size * gradient_accumulation_steps` examples per rank from a
 seeded order that depends only on the step number, so a resumed run sees exactly the examples an
 uninterrupted one would. Its gradient is that of the mean loss over the examples of all ranks,
-whatever the micro-batch split (see `accumulate_gradients`).
+whatever the micro-batch split (see `accumulate_gradients`). The benchmarks and the tests drive the
+same `build` and `train_step`.
 """
 
 from __future__ import annotations
@@ -16,27 +17,28 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from torch import nn
 
 from .attention import resolve_backend
-from .batching import fill_ratio, micro_batches
+from .batching import micro_batches
 from .checkpoint import Checkpoints, StopRequest
+from .compat import optimizer_checks_gradients
 from .config import ConfigError, TrainConfig
-from .data import RejectionLog, load_examples
+from .data import RejectionLog, check_data_file, load_examples
 from .distributed import all_reduce, barrier, init_distributed, is_main, rank, rank_batches, world_size
-from .engine import (build_engine, deepspeed_config, full_state_dict, partitioned_loading, partitions_parameters,
-                     reference_engine)
+from .engine import build_engine, deepspeed_config, full_state_dict, partitioned_loading, reference_engine
 from .kernels import resolve_impl
 from .kernels.example_chunked_loss import check_supported
-from .logprobs import loss_forward, sequence_logps
-from .loss import dpo_loss, iopo_loss
+from .loss import OBJECTIVES, PreferenceLoss
 from .model import (apply_liger_kernels, apply_lora, enable_gradient_checkpointing, load_model, load_tokenizer,
                     resolve_model_path)
-from .monitor import MetricsLog, device_peak_flops, peak_memory_gib, plot_metrics, step_flops
-from .packing import Example, pack_examples, packed_length, unpacked_length
+from .monitor import StepMetrics, plot_metrics, step_record
+from .packing import Example, pack_examples, packed_length
+from .preference_model import PreferenceModel
 from .reference_logps import LiveReference, cache_path, precompute
 
 
@@ -44,8 +46,82 @@ class NonFiniteLossError(RuntimeError):
     """Too many steps in a row had a non-finite loss."""
 
 
+@dataclass
+class Run:
+    """Everything a training run holds, as `build` sets it up; `state` is what a checkpoint saves."""
+
+    config: TrainConfig
+    device: torch.device
+    engine: object  # the DeepSpeed engine around the PreferenceModel
+    scheduler: object
+    train_examples: list[Example]
+    eval_examples: list[Example]
+    train_reference: Callable | None  # (batch, indices) -> reference scores; None: reference-free
+    eval_reference: Callable | None
+    layout: Callable  # examples -> Batch
+    checkpoints: Checkpoints
+    state: dict
+    total_steps: int
+    tokenizer: object = None
+    reference_seconds: float = 0.0  # spent precomputing the reference tables
+    log: Callable = print
+
+    @property
+    def model(self) -> PreferenceModel:
+        return self.engine.module
+
+    @property
+    def examples_per_step(self) -> int:
+        return self.state["examples_per_step"]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train_examples) / self.examples_per_step)
+
+    @functools.cached_property
+    def order(self) -> ExampleOrder:
+        return ExampleOrder(len(self.train_examples), self.config.seed)
+
+
 def train(config: TrainConfig) -> dict[str, dict[str, float]]:
     """Train with `config`; returns the held-out metrics before and after (empty without eval data)."""
+    run = build(config)
+    results = run.state["results"]
+    if run.eval_examples and "before" not in results:
+        results["before"] = evaluate(run)
+        run.log(f"eval before training: {_describe(run, results['before'])}")
+    metrics = StepMetrics(run) if is_main() else None
+    stop = StopRequest()
+    try:
+        for step in range(run.state["step"] + 1, run.total_steps + 1):
+            record = train_step(run, step)
+            if metrics is not None:
+                metrics.write(record)
+            _stop_after_nonfinite_steps(run, step)
+            stop_requested = bool(all_reduce(torch.tensor(int(stop.signal is not None)), "max"))
+            if stop_requested or (config.save_steps and step % config.save_steps == 0 and step < run.total_steps):
+                run.checkpoints.save(run.engine, run.state)
+            if stop_requested:
+                run.log(f"stopped by a signal: checkpoint of step {step} saved in {run.checkpoints.root}")
+                return results
+    finally:
+        stop.restore()
+        if metrics is not None:
+            metrics.close()
+    finish(run)
+    return results
+
+
+def build(config: TrainConfig, *, examples: tuple[list[Example], list[Example]] | None = None,
+          make_model: Callable[[str], nn.Module] | None = None, layout: Callable = pack_examples,
+          preference_model: type[PreferenceModel] = PreferenceModel) -> Run:
+    """The run `config` describes: process group, data, engine, references, checkpoint to resume.
+
+    The keywords replace what the config would load: `examples` (train, eval) already tokenized,
+    `make_model(name)` the causal LM (in the config's dtype) for "policy" and, for a live reference, for
+    "reference"; `layout` the batch layout (`pack_examples`, or `pad_examples` for the original one),
+    `preference_model` the class that scores and forms the loss.
+    """
     device = init_distributed()
     _seed_everything(config.seed)
     output_dir = Path(config.output_dir)
@@ -53,131 +129,189 @@ def train(config: TrainConfig) -> dict[str, dict[str, float]]:
     log = functools.partial(print, flush=True) if is_main() else (lambda *args: None)
     log(f"fast paths: {_fast_paths(config, device)}")
 
-    tokenizer = load_tokenizer(config.model_name_or_path)
-    rejection_log = RejectionLog(output_dir / "rejected_records.jsonl" if is_main() else None, strict=config.strict)
-    load = functools.partial(
-        load_examples, tokenizer=tokenizer, loss=config.loss, cutoff_len=config.cutoff_len, rejection_log=rejection_log
-    )
-    train_examples, stats = load(config.dataset)
-    log(f"data: {stats.summary(rejection_log)}")
-    eval_examples = []
-    if config.eval_dataset:
-        eval_examples, stats = load(config.eval_dataset)
-        log(f"data: {stats.summary(rejection_log)}")
-
+    tokenizer = None
+    if examples is None:
+        for path in filter(None, (config.dataset, config.eval_dataset)):
+            check_data_file(path)  # before the tokenizer loads, which can take a while
+        tokenizer = load_tokenizer(config.model_name_or_path)
+        examples = _load_data(config, tokenizer, output_dir, log)
+    train_examples, eval_examples = examples
     longest = max(packed_length(example) for example in train_examples)
     if 0 < config.max_tokens_per_micro_batch < longest:
         raise ConfigError(f"max_tokens_per_micro_batch: {config.max_tokens_per_micro_batch} is below the longest "
                           f"example ({longest} packed tokens); raise it or lower cutoff_len")
-    examples_per_rank = config.per_device_train_batch_size * config.gradient_accumulation_steps
-    examples_per_step = examples_per_rank * world_size()
+    examples_per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps * world_size()
     checkpoints = Checkpoints(output_dir, config.save_total_limit)
     latest = _checkpoint_to_resume(checkpoints, config, examples_per_step)
     ds_config = deepspeed_config(config, world_size())
     steps_per_epoch = math.ceil(len(train_examples) / examples_per_step)
     total_steps = config.max_steps if config.max_steps > 0 else math.ceil(config.num_train_epochs * steps_per_epoch)
-    score = functools.partial(sequence_logps, impl=config.logprob_impl, attention_backend=config.attention_backend)
-    forward = functools.partial(loss_forward, impl=config.logprob_impl, attention_backend=config.attention_backend,
-                                algorithm=config.logprob_algorithm)
-    objective = functools.partial(
-        iopo_loss if config.loss == "iopo" else dpo_loss,
-        beta=config.pref_beta, loss_type=config.pref_loss, label_smoothing=config.label_smoothing, ftx=config.pref_ftx,
-    )
+
+    load = functools.partial(_causal_lm, config, make_model)
+    wrap = functools.partial(preference_model, attention_backend=config.attention_backend,
+                             logprob_impl=config.logprob_impl, logprob_algorithm=config.logprob_algorithm,
+                             max_chunk_logits=config.max_chunk_logits)
     with partitioned_loading(ds_config):  # the policy and a live reference model
-        engine, scheduler = build_engine(_load_policy(config, log), config, ds_config, total_steps)
-        policy = engine.module
-        train_reference, eval_reference = _references(config, policy, score, ds_config, device, train_examples,
-                                                      eval_examples, log)
-    scorer = Scorer(engine, train_reference, objective, device, forward)
-    eval_scorer = Scorer(engine, eval_reference, objective, device, forward)
-
-    state = {"step": 0, "examples_per_step": examples_per_step, "nonfinite_in_a_row": 0, "results": {}}
+        policy = wrap(_prepare_policy(config, load("policy")), _preference_loss(config))
+        engine, scheduler = build_engine(policy, config, ds_config, total_steps)
+        live = _live_reference(config, engine, load, wrap, ds_config, device)
+    run = Run(config=config, device=device, engine=engine, scheduler=scheduler, train_examples=train_examples,
+              eval_examples=eval_examples, train_reference=live, eval_reference=live, layout=layout,
+              checkpoints=checkpoints, total_steps=total_steps, tokenizer=tokenizer, log=log,
+              state={"step": 0, "examples_per_step": examples_per_step, "nonfinite_in_a_row": 0, "results": {}})
+    if config.reference == "precomputed":
+        _precompute_references(run, live)
     if latest is not None:
-        state = checkpoints.load(engine, latest)
-        log(f"resumed from {latest} (step {state['step']} of {total_steps})")
-    results = state["results"]
-    if eval_examples and "before" not in results:
-        results["before"] = eval_scorer.evaluate(eval_examples, config.per_device_eval_batch_size)
-        log(f"eval before training: {_describe(results['before'])}")
+        run.state = checkpoints.load(engine, latest)
+        log(f"resumed from {latest} (step {run.state['step']} of {total_steps})")
+    return run
 
-    num_parameters = sum(_numel(p) for p in policy.parameters())
-    num_trainable = sum(_numel(p) for p in policy.parameters() if p.requires_grad)
-    peak_flops = device_peak_flops(device)
-    order = ExampleOrder(len(train_examples), config.seed)
-    metrics_log = MetricsLog(output_dir, state["step"], config.report_to == "tensorboard") if is_main() else None
-    stop = StopRequest()
-    progress = tqdm(range(state["step"] + 1, total_steps + 1), desc="train", dynamic_ncols=True, disable=not is_main(),
-                    initial=state["step"], total=total_steps)
-    try:
-        for step in progress:
-            started = time.perf_counter()
-            indices = order.step_indices(step, examples_per_step)[rank() :: world_size()]
-            examples = [train_examples[i] for i in indices]
-            plan = micro_batches(examples, config.max_tokens_per_micro_batch, config.per_device_train_batch_size)
-            outcome = accumulate_gradients(engine, scorer, examples, indices, plan, examples_per_step)
-            if outcome.finite:
-                grad_norm = _grad_norm_before_step(engine)
-                engine.step()
-                grad_norm = engine.get_global_grad_norm() if grad_norm is None else grad_norm
-                state["nonfinite_in_a_row"] = 0
-            else:
-                skip_step(engine)
-                state["nonfinite_in_a_row"] += 1
-            state["step"] = step
-            elapsed = time.perf_counter() - started
 
-            # Useful tokens: those of the examples' separate sequences, the same count for any layout.
-            tokens = int(all_reduce(torch.tensor(sum(unpacked_length(e) for e in examples))))
-            stream_tokens = int(all_reduce(torch.tensor(outcome.stream_tokens)))
-            record = {"step": step, "epoch": step / steps_per_epoch}
-            if outcome.finite:
-                record.update(_means(outcome.totals, examples_per_step), grad_norm=float(grad_norm))
-            else:
-                record.update(loss=float("nan"), skipped="non-finite loss")
-            record.update(
-                tokens=tokens, tokens_per_sec=tokens / elapsed, stream_tokens=stream_tokens,
-                micro_batches=len(plan), learning_rate=scheduler.get_last_lr()[0], step_time=elapsed,
-                peak_memory_gib=peak_memory_gib(device),
-                # Every rank's examples, in rank order: the record of what the step trained on.
-                examples=_gather_indices(indices, examples_per_rank),
-            )
-            if config.max_tokens_per_micro_batch:
-                record["fill_ratio"] = fill_ratio(examples, [g for g in plan if g], config.max_tokens_per_micro_batch)
-            if peak_flops:
-                flops = step_flops(num_parameters, num_trainable / num_parameters, stream_tokens,
-                                   config.reference == "live")
-                record["mfu"] = flops / (elapsed * peak_flops * world_size())
-            if is_main():
-                progress.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record.get(_accuracy_key(config), 0):.2f}",
-                                     tok_s=f"{record['tokens_per_sec']:.0f}")
-                if step % config.logging_steps == 0 or step == total_steps or not outcome.finite:
-                    metrics_log.write(record)
-            if not outcome.finite:
-                log(f"step {step}: non-finite loss, step skipped ({state['nonfinite_in_a_row']} in a row)")
-                if state["nonfinite_in_a_row"] >= config.max_nonfinite_steps:
-                    raise NonFiniteLossError(f"{state['nonfinite_in_a_row']} steps in a row had a non-finite loss; "
-                                             f"stopped at step {step} (max_nonfinite_steps={config.max_nonfinite_steps})")
-            stop_requested = bool(all_reduce(torch.tensor(int(stop.signal is not None)), "max"))
-            if stop_requested or (config.save_steps and step % config.save_steps == 0 and step < total_steps):
-                checkpoints.save(engine, state)
-                if stop_requested:
-                    log(f"stopped by a signal: checkpoint of step {step} saved in {checkpoints.root}")
-                    return results
-    finally:
-        stop.restore()
-        if metrics_log is not None:
-            metrics_log.close()
+def train_step(run: Run, step: int) -> dict:
+    """Step `step`: this rank's share of its examples, their gradient accumulated, then the optimizer step
+    (or, after a non-finite loss, no update at all). Returns the step's metrics record."""
+    started = time.perf_counter()
+    indices = run.order.step_indices(step, run.examples_per_step)[rank() :: world_size()]
+    examples = [run.train_examples[i] for i in indices]
+    plan = micro_batches(examples, run.config.max_tokens_per_micro_batch, run.config.per_device_train_batch_size)
+    outcome = accumulate_gradients(run, examples, indices, plan)
+    grad_norm = None
+    if outcome.finite:
+        grad_norm = _grad_norm_before_step(run.engine)
+        run.engine.step()
+        grad_norm = float(run.engine.get_global_grad_norm() if grad_norm is None else grad_norm)
+        run.state["nonfinite_in_a_row"] = 0
+    else:
+        skip_step(run.engine)
+        run.state["nonfinite_in_a_row"] += 1
+    run.state["step"] = step
+    return step_record(run, step, examples, indices, plan, outcome, grad_norm, seconds=time.perf_counter() - started)
 
-    if eval_examples:
-        results["after"] = eval_scorer.evaluate(eval_examples, config.per_device_eval_batch_size)
-        log(f"eval before training: {_describe(results['before'])}")
-        log(f"eval after training:  {_describe(results['after'])}")
+
+@dataclass
+class StepOutcome:
+    totals: dict[str, float] = field(default_factory=dict)  # per-example metrics summed over all ranks
+    stream_tokens: int = 0  # tokens this rank's model processed
+    finite: bool = True
+
+
+def accumulate_gradients(run: Run, examples: list[Example], indices: list[int], plan: list[list[int]]) -> StepOutcome:
+    """Accumulate in the engine the gradient of the mean loss over the step's examples of all ranks.
+
+    Each micro-batch's summed loss is scaled by world_size / examples_per_step: DeepSpeed averages
+    the gradients over ranks, so the result is the gradient of (sum of all losses) / examples_per_step
+    whatever the split into micro-batches and ranks. Ranks run the same number of micro-batches
+    (collectives must match); a rank with fewer pads with an empty group, run as example 0 weighted
+    0. A non-finite loss on any rank ends the step early with a backward of NaN, which every rank
+    joins (their collectives stay matched) and `skip_step` then discards whole.
+    """
+    engine = run.engine
+    count = int(all_reduce(torch.tensor(len(plan)), "max"))
+    plan = plan + [[]] * (count - len(plan))
+    outcome = StepOutcome()
+    scale = world_size() / run.examples_per_step
+    for position, group in enumerate(plan):
+        engine.set_gradient_accumulation_boundary(position == count - 1)
+        weight = scale if group else 0.0
+        group = group or [0]
+        output, num_tokens = forward(run, [examples[i] for i in group], [indices[i] for i in group], run.train_reference)
+        if all_reduce(torch.tensor(int(not torch.isfinite(output.loss))), "max"):
+            engine.set_gradient_accumulation_boundary(True)
+            engine.backward(output.loss * float("nan"))
+            outcome.finite = False
+            return outcome
+        engine.backward(output.loss * weight)
+        if weight:
+            _accumulate(outcome.totals, output.metrics)
+            outcome.stream_tokens += num_tokens
+    outcome.totals = _summed_over_ranks(outcome.totals)
+    return outcome
+
+
+def forward(run: Run, examples: list[Example], indices: list[int], reference: Callable | None):
+    """The engine's forward on `examples` laid out by the run: (PreferenceOutput, tokens processed).
+
+    `indices` are the examples' positions in their data set (where a precomputed reference looks).
+    """
+    batch = run.layout(examples).to(run.device)
+    reference_scores = None if reference is None else reference(batch, indices)
+    return run.engine(batch, reference_scores), batch.num_tokens
+
+
+@torch.no_grad()
+def evaluate(run: Run) -> dict[str, float]:
+    """Mean metrics over the held-out examples, each rank scoring its shard."""
+    model = run.model
+    was_training = model.training
+    model.eval()
+    totals = {}
+    for indices, own in rank_batches(len(run.eval_examples), run.config.per_device_eval_batch_size):
+        output, _ = forward(run, [run.eval_examples[i] for i in indices], indices, run.eval_reference)
+        _accumulate(totals, {name: values[:own] for name, values in output.metrics.items()})
+    model.train(was_training)
+    return _means(_summed_over_ranks(totals), len(run.eval_examples))
+
+
+def finish(run: Run) -> None:
+    """After the last step: the held-out metrics after training, the plot, the exported model."""
+    results = run.state["results"]
+    if run.eval_examples:
+        results["after"] = evaluate(run)
+        run.log(f"eval before training: {_describe(run, results['before'])}")
+        run.log(f"eval after training:  {_describe(run, results['after'])}")
+    output_dir = Path(run.config.output_dir)
     if is_main():
-        if eval_examples:
+        if run.eval_examples:
             (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
         plot_metrics(output_dir / "metrics.jsonl", output_dir / "training.png")
-    _export(engine, config, tokenizer, output_dir, log)
-    return results
+    export(run)
+
+
+def export(run: Run) -> None:
+    """The trained model in `output_dir/model`, loadable by transformers (LoRA: the adapters, or merged)."""
+    config, output_dir = run.config, Path(run.config.output_dir)
+    state_dict = full_state_dict(run.engine)  # a collective under ZeRO-3
+    if is_main():
+        lora = config.finetuning_type == "lora"
+        target = output_dir / ("adapter" if lora and config.lora_merge_on_export else "model")
+        # The PreferenceModel holds the causal LM as `model`: its own state dict's names lose that prefix.
+        state_dict = {name.removeprefix("model."): tensor for name, tensor in state_dict.items()}
+        run.model.model.save_pretrained(target, state_dict=state_dict)
+        tokenizer = run.tokenizer or load_tokenizer(config.model_name_or_path)
+        tokenizer.save_pretrained(target)
+        if lora and config.lora_merge_on_export:
+            from peft import PeftModel
+
+            base = load_model(config.model_name_or_path, _model_dtype(config))
+            merged = PeftModel.from_pretrained(base, target).merge_and_unload()
+            merged.save_pretrained(output_dir / "model")
+            tokenizer.save_pretrained(output_dir / "model")
+        run.log(f"model saved to {output_dir / 'model'}")
+    barrier()
+
+
+def _stop_after_nonfinite_steps(run: Run, step: int) -> None:
+    in_a_row = run.state["nonfinite_in_a_row"]
+    if not in_a_row:
+        return
+    run.log(f"step {step}: non-finite loss, step skipped ({in_a_row} in a row)")
+    if in_a_row >= run.config.max_nonfinite_steps:
+        raise NonFiniteLossError(f"{in_a_row} steps in a row had a non-finite loss; stopped at step {step} "
+                                 f"(max_nonfinite_steps={run.config.max_nonfinite_steps})")
+
+
+def _load_data(config: TrainConfig, tokenizer, output_dir: Path, log) -> tuple[list[Example], list[Example]]:
+    rejection_log = RejectionLog(output_dir / "rejected_records.jsonl" if is_main() else None, strict=config.strict)
+    loaded = []
+    for path in (config.dataset, config.eval_dataset):
+        if path is None:
+            loaded.append([])
+            continue
+        examples, stats = load_examples(path, tokenizer=tokenizer, loss=config.loss, cutoff_len=config.cutoff_len,
+                                        rejection_log=rejection_log)
+        log(f"data: {stats.summary(rejection_log)}")
+        loaded.append(examples)
+    return loaded[0], loaded[1]
 
 
 def _checkpoint_to_resume(checkpoints: Checkpoints, config: TrainConfig, examples_per_step: int) -> Path | None:
@@ -207,19 +341,38 @@ def _model_dtype(config: TrainConfig) -> torch.dtype:
 def _fast_paths(config: TrainConfig, device: torch.device) -> str:
     """Which attention backend and log-prob implementation run; a forced one that cannot is a ConfigError."""
     try:
-        attention = resolve_backend(device, _model_dtype(config), config.attention_backend)
-        logprobs = resolve_impl(torch.empty(0, device=device), config.logprob_impl)
+        attention, logprobs = _resolved_paths(config, device)
         if config.logprob_algorithm == "example_chunks":
             check_supported(device, _model_dtype(config))
     except (ValueError, RuntimeError) as error:
         raise ConfigError(str(error)) from None
-    return f"packed attention {attention}, log-probs {logprobs} ({config.logprob_algorithm})"
+    liger = "on" if config.liger_kernels and torch.cuda.is_available() else "off"
+    return (f"packed attention {attention}, log-probs {logprobs} ({config.logprob_algorithm}), "
+            f"Liger model kernels {liger}")
 
 
-def _load_policy(config: TrainConfig, log) -> torch.nn.Module:
-    policy = load_model(config.model_name_or_path, _model_dtype(config))
-    if config.liger_kernels and apply_liger_kernels(policy):
-        log("model: Liger-Kernel RMSNorm, RoPE and SwiGLU applied")
+def _resolved_paths(config: TrainConfig, device: torch.device) -> tuple[str, str]:
+    """The attention backend and the log-prob implementation that run on `device`."""
+    attention = resolve_backend(device, _model_dtype(config), config.attention_backend)
+    if config.logprob_impl == "full_logits":
+        return attention, "full_logits"
+    return attention, resolve_impl(torch.empty(0, device=device), config.logprob_impl)
+
+
+def _preference_loss(config: TrainConfig) -> PreferenceLoss:
+    return PreferenceLoss(OBJECTIVES[config.loss], beta=config.pref_beta, loss_type=config.pref_loss,
+                          label_smoothing=config.label_smoothing, ftx=config.pref_ftx)
+
+
+def _causal_lm(config: TrainConfig, make_model: Callable[[str], nn.Module] | None, name: str) -> nn.Module:
+    """The model `name` ("policy" or "reference"), with Liger's kernels where they run."""
+    model = make_model(name) if make_model else load_model(config.model_name_or_path, _model_dtype(config))
+    if config.liger_kernels:
+        apply_liger_kernels(model)
+    return model
+
+
+def _prepare_policy(config: TrainConfig, policy: nn.Module) -> nn.Module:
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(policy)
     if config.finetuning_type == "lora":
@@ -229,126 +382,42 @@ def _load_policy(config: TrainConfig, log) -> torch.nn.Module:
     return policy
 
 
-def _references(config, policy, score, ds_config, device, train_examples, eval_examples, log):
-    """The reference scores of the training and the held-out examples (None when reference-free)."""
+def _live_reference(config: TrainConfig, engine, load, wrap, ds_config: dict, device) -> LiveReference | None:
+    """What scores a batch with the reference model (None when reference-free).
+
+    With LoRA, the policy with its adapters disabled; before the first step (`precomputed`), the policy
+    itself; else a frozen second model, partitioned like the policy under ZeRO-3.
+    """
     if config.reference == "none":
-        return None, None
+        return None
     lora = config.finetuning_type == "lora"
     if lora or config.reference == "precomputed":
-        # The initial policy is the reference: with LoRA its base model (adapters disabled), and
-        # before the first step (precomputed) the policy itself.
-        live = LiveReference(policy, score, disable_adapter=lora)
-    else:
-        model = load_model(config.model_name_or_path, _model_dtype(config))
-        if config.liger_kernels:
-            apply_liger_kernels(model)
-        if partitions_parameters(ds_config):
-            model = reference_engine(model, ds_config)
-        else:
-            model = model.to(device)
-        live = LiveReference(model.eval().requires_grad_(False), score)
-    if config.reference == "live":
-        return live, live
+        return LiveReference(engine.module, disable_adapter=lora)
+    model = wrap(load("reference").requires_grad_(False)).eval()
+    return LiveReference(reference_engine(model, ds_config) if ds_config["zero_optimization"].get("stage") == 3
+                         else model.to(device))
+
+
+def _precompute_references(run: Run, live: LiveReference) -> None:
+    """Replace the run's references by tables of the initial policy's scores, cached in output_dir."""
+    config = run.config
+    attention, logprobs = _resolved_paths(config, run.device)
+    settings = {"dtype": str(_model_dtype(config)), "attention": attention, "logprobs": logprobs,
+                "liger": config.liger_kernels and torch.cuda.is_available(), "finetuning": config.finetuning_type}
     model_path = resolve_model_path(config.model_name_or_path)
+    started = time.perf_counter()
+    run.model.eval()
     tables = []
-    policy.eval()
-    for examples in (train_examples, eval_examples):
+    for examples in (run.train_examples, run.eval_examples):
         if not examples:
             tables.append(None)
             continue
-        cache_file = cache_path(config.output_dir, model_path, examples)
-        tables.append(precompute(live, examples, cache_file, config.per_device_eval_batch_size, device))
-        log(f"reference log-probs of {len(examples)} examples: {cache_file}")
-    policy.train()
-    return tables[0], tables[1]
-
-
-@dataclass
-class StepOutcome:
-    totals: dict[str, float] = field(default_factory=dict)  # per-example metrics summed over all ranks
-    stream_tokens: int = 0  # packed tokens this rank processed
-    finite: bool = True
-
-
-def accumulate_gradients(engine, scorer: Scorer, examples: list[Example], indices: list[int],
-                         plan: list[list[int]], examples_per_step: int) -> StepOutcome:
-    """Accumulate in `engine` the gradient of the mean loss over the step's examples of all ranks.
-
-    Each micro-batch's summed loss is scaled by world_size / examples_per_step: DeepSpeed averages
-    the gradients over ranks, so the result is the gradient of (sum of all losses) / examples_per_step
-    whatever the split into micro-batches and ranks. Ranks run the same number of micro-batches
-    (collectives must match); a rank with fewer pads with an empty group, run as example 0 weighted
-    0. A non-finite loss on any rank ends the step early with a backward of NaN, which every rank
-    joins (their collectives stay matched) and `skip_step` then discards whole.
-    """
-    count = int(all_reduce(torch.tensor(len(plan)), "max"))
-    plan = plan + [[]] * (count - len(plan))
-    outcome = StepOutcome()
-    scale = world_size() / examples_per_step
-    for position, group in enumerate(plan):
-        engine.set_gradient_accumulation_boundary(position == count - 1)
-        weight = scale if group else 0.0
-        group = group or [0]
-        loss, losses, metrics, stream_tokens = scorer.score([examples[i] for i in group], [indices[i] for i in group])
-        if all_reduce(torch.tensor(int(not torch.isfinite(losses).all())), "max"):
-            engine.set_gradient_accumulation_boundary(True)
-            engine.backward(loss * float("nan"))
-            outcome.finite = False
-            return outcome
-        engine.backward(loss * weight)
-        if weight:
-            _accumulate(outcome.totals, {"loss": losses, **metrics})
-            outcome.stream_tokens += stream_tokens
-    outcome.totals = _summed_over_ranks(outcome.totals)
-    return outcome
-
-
-class Scorer:
-    """Scores groups of examples: reference log-probs, then the policy's and the loss.
-
-    `engine` is the DeepSpeed engine of the policy (or the policy itself), called on each batch laid out
-    by `layout` (`pack_examples`, or `pad_examples` for the original layout) inside `loss_forward` (or
-    another `scoring(model, example_losses)` context of the same contract).
-    """
-
-    def __init__(self, engine, reference, objective, device: torch.device, scoring=loss_forward, layout=pack_examples):
-        self.engine, self.reference, self.objective, self.device = engine, reference, objective, device
-        self.scoring, self.layout = scoring, layout
-        self.policy = getattr(engine, "module", engine)
-
-    def score(self, examples: list[Example], indices: list[int]):
-        """The summed loss (differentiable), the per-example losses and metrics (detached), and the packed
-        stream's length.
-
-        `indices` are the examples' positions in their data set (where a precomputed reference looks).
-        """
-        batch = self.layout(examples).to(self.device)
-        reference_logps = None if self.reference is None else self.reference(batch, indices)
-        with self.scoring(self.policy, self.example_losses(reference_logps, batch.response_lengths)):
-            loss, policy_logps = self.engine(batch)
-        losses, metrics = self.objective(policy_logps, reference_logps, response_lengths=batch.response_lengths)
-        return loss, losses, metrics, batch.num_tokens
-
-    def example_losses(self, reference_logps: torch.Tensor | None, response_lengths: torch.Tensor):
-        """The losses of a batch's examples `examples` (a slice) from their policy scores."""
-
-        def losses(policy_logps: torch.Tensor, examples: slice) -> torch.Tensor:
-            reference = None if reference_logps is None else reference_logps[examples]
-            return self.objective(policy_logps, reference, response_lengths=response_lengths[examples])[0]
-
-        return losses
-
-    @torch.no_grad()
-    def evaluate(self, examples: list[Example], batch_size: int) -> dict[str, float]:
-        """Mean metrics over `examples`, each rank scoring its shard."""
-        was_training = self.policy.training
-        self.policy.eval()
-        totals = {}
-        for indices, own in rank_batches(len(examples), batch_size):
-            _, losses, metrics, _ = self.score([examples[i] for i in indices], indices)
-            _accumulate(totals, {name: values[:own] for name, values in {"loss": losses, **metrics}.items()})
-        self.policy.train(was_training)
-        return _means(_summed_over_ranks(totals), len(examples))
+        cache_file = cache_path(config.output_dir, model_path, examples, settings)
+        tables.append(precompute(live, examples, cache_file, config.per_device_eval_batch_size, run.device))
+        run.log(f"reference log-probs of {len(examples)} examples: {cache_file}")
+    run.model.train()
+    run.train_reference, run.eval_reference = tables
+    run.reference_seconds = time.perf_counter() - started
 
 
 class ExampleOrder:
@@ -375,16 +444,9 @@ class ExampleOrder:
         return self._permutation(epoch)[offset]
 
 
-def _optimizer_checks_gradients(engine) -> bool:
-    """Whether DeepSpeed's optimizer wrapper takes the gradient norm itself and skips a non-finite step:
-    the ZeRO 1-3 optimizers and, without ZeRO, the bf16 one (which also keeps the accumulated gradient
-    in its own fp32 buffers, not in the parameters)."""
-    return hasattr(engine.optimizer, "overflow")
-
-
 def _grad_norm_before_step(engine) -> float | None:
     """The norm of the step's gradient where DeepSpeed does not record it (None where it does)."""
-    if _optimizer_checks_gradients(engine):
+    if optimizer_checks_gradients(engine):
         return None
     grads = [p.grad.float().norm() for p in engine.module.parameters() if p.grad is not None]
     return float(torch.stack(grads).norm()) if grads else 0.0
@@ -393,45 +455,15 @@ def _grad_norm_before_step(engine) -> float | None:
 def skip_step(engine) -> None:
     """End a step whose gradient is poisoned (see `accumulate_gradients`) without updating anything.
 
-    An optimizer that checks the gradients (see `_optimizer_checks_gradients`) finds the norm
+    An optimizer that checks the gradients (see `compat.optimizer_checks_gradients`) finds the norm
     non-finite, skips the update and clears every gradient buffer itself (the learning-rate schedule
     is not advanced). Otherwise the gradients live in the parameters only and are dropped here.
     """
-    if _optimizer_checks_gradients(engine):
+    if optimizer_checks_gradients(engine):
         engine.step()
     else:
         engine.optimizer.zero_grad(set_to_none=True)
         engine.zero_grad()
-
-
-def _gather_indices(indices: list[int], per_rank: int) -> list[int]:
-    gathered = torch.zeros(world_size(), per_rank, dtype=torch.long)
-    gathered[rank()] = torch.tensor(indices)
-    return all_reduce(gathered).flatten().tolist()
-
-
-def _export(engine, config: TrainConfig, tokenizer, output_dir: Path, log) -> None:
-    """The final model in `output_dir/model`, loadable by transformers (LoRA: the adapters, or merged)."""
-    state_dict = full_state_dict(engine)  # a collective under ZeRO-3
-    if is_main():
-        lora = config.finetuning_type == "lora"
-        target = output_dir / ("adapter" if lora and config.lora_merge_on_export else "model")
-        engine.module.save_pretrained(target, state_dict=state_dict)
-        tokenizer.save_pretrained(target)
-        if lora and config.lora_merge_on_export:
-            from peft import PeftModel
-
-            base = load_model(config.model_name_or_path, _model_dtype(config))
-            merged = PeftModel.from_pretrained(base, target).merge_and_unload()
-            merged.save_pretrained(output_dir / "model")
-            tokenizer.save_pretrained(output_dir / "model")
-        log(f"model saved to {output_dir / 'model'}")
-    barrier()
-
-
-def _numel(parameter: torch.Tensor) -> int:
-    """The whole parameter's size, also when ZeRO-3 holds only a partition of it here."""
-    return parameter.ds_numel if hasattr(parameter, "ds_numel") else parameter.numel()
 
 
 def _seed_everything(seed: int) -> None:
@@ -456,10 +488,6 @@ def _means(totals: dict[str, float], count: int) -> dict[str, float]:
     return {name: total / count for name, total in totals.items()}
 
 
-def _accuracy_key(config: TrainConfig) -> str:
-    return "accuracies/group" if config.loss == "iopo" else "accuracies/pair"
-
-
-def _describe(metrics: dict[str, float]) -> str:
-    accuracy = metrics.get("accuracies/group", metrics.get("accuracies/pair"))
+def _describe(run: Run, metrics: dict[str, float]) -> str:
+    accuracy = metrics[OBJECTIVES[run.config.loss].accuracy]
     return f"loss {metrics['loss']:.4f}, accuracy {accuracy:.3f} (z > 0), margin {metrics['rewards/margin']:.4f}"

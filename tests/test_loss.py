@@ -49,6 +49,33 @@ def test_iopo_loss_matches_original_formula(generator, loss_type, eps, reference
     torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-6)
 
 
+# One IOPO example worked by hand: s = (-1, -2, -3, -4), reference 0, so d = s and z = d0 + d2 - d1 - d3 = 2;
+# lengths (2, 1, 1, 2) for ipo and the SFT term: d / |y| = (-0.5, -2, -3, -2), z = 0.5; sft = 0.5 + 3 = 3.5.
+# log(1 + e^-1) = 0.3132617, log(1 + e^1) = 1.3132617.
+@pytest.mark.parametrize("settings, expected", [
+    (dict(beta=0.5), 0.3132617),  # -log sigmoid(1)
+    (dict(beta=0.5, label_smoothing=0.1), 0.4132617),  # 0.9 * 0.3132617 + 0.1 * 1.3132617
+    (dict(beta=0.5, loss_type="robust", label_smoothing=0.1), 0.1882617),  # (0.9 * 0.3132617 - 0.1 * 1.3132617) / 0.8
+    (dict(beta=0.25, loss_type="hinge"), 0.5),  # relu(1 - 0.5)
+    (dict(beta=0.5, loss_type="hinge"), 0.0),  # relu(1 - 1)
+    (dict(beta=0.5, loss_type="ipo"), 0.25),  # (0.5 - 1 / (2 * 0.5))^2
+    (dict(beta=0.5, ftx=0.5), 2.0632617),  # 0.3132617 + 0.5 * 3.5
+])
+def test_iopo_loss_fixed_values(settings, expected):
+    policy = torch.tensor([[-1.0, -2.0, -3.0, -4.0]])
+    losses, metrics = iopo_loss(policy, torch.zeros_like(policy), response_lengths=torch.tensor([[2, 1, 1, 2]]),
+                                **settings)
+    assert abs(float(losses) - expected) < 1e-6
+    assert float(metrics["loss"]) == float(losses)
+
+
+def test_dpo_loss_fixed_value():
+    # d = (-1 + 2, -3 + 2) = (1, -1): z = 2, beta z = 1.
+    losses, metrics = dpo_loss(torch.tensor([[-1.0, -3.0]]), torch.tensor([[-2.0, -2.0]]), beta=0.5)
+    assert abs(float(losses) - 0.3132617) < 1e-6
+    assert float(metrics["accuracies/pair"]) == 1.0 and abs(float(metrics["rewards/margin"]) - 1.0) < 1e-6
+
+
 def test_ftx_adds_sft_on_preferred_responses(generator):
     policy, reference, lengths = random_scores(generator)
     gamma = 0.7

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
-from iopo_fast import IOPOExample, pack_examples, reference, sequence_logps
+from iopo_fast import IOPOExample, PreferenceModel, pack_examples, reference
 from iopo_fast.model import DEFAULT_MODEL, ModelError, load_model, load_tokenizer, resolve_model_path
 
 
@@ -28,17 +30,18 @@ def test_default_model_is_smollm2_converted_to_safetensors(smollm2):
     assert path.endswith("SmolLM2-135M-Instruct")
 
 
-def test_sequence_logps_matches_reference_on_smollm2(smollm2, smollm2_tokenizer, generator):
+def test_preference_model_matches_reference_on_smollm2(smollm2, smollm2_tokenizer, generator):
     """Packed scores and the gradients of every parameter against the four-sequence reference, in fp32."""
-    model, _ = smollm2
+    model = copy.deepcopy(smollm2[0])
     encode = lambda text: smollm2_tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     examples = [IOPOExample(encode("Say hi in lowercase:"), encode("Say hi in UPPERCASE:"), encode(" hi there"),
                             encode(" HI THERE")),
                 IOPOExample(encode("Name a color."), encode("Name a color in French."), encode(" Blue."),
                             encode(" Bleu."))]
     weights = torch.randn(len(examples), 4, generator=generator)
-    scores, grads = scores_and_grads(model, lambda: sequence_logps(model, pack_examples(examples)), weights)
     expected, expected_grads = scores_and_grads(model, lambda: reference.sequence_logps(model, examples), weights)
+    preference_model = PreferenceModel(model)
+    scores, grads = scores_and_grads(model, lambda: preference_model(pack_examples(examples)).scores, weights)
 
     torch.testing.assert_close(scores, expected, rtol=0, atol=1e-4)
     # Relative error of each parameter's gradient, as a norm: SmolLM2's outlier channels make single

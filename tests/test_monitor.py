@@ -27,11 +27,12 @@ def test_a_resumed_log_drops_the_steps_after_the_checkpoint_and_mirrors_to_tenso
     assert [(e.step, e.value) for e in events.Scalars("loss")] == [(3, 0.25)]
 
 
-def test_step_flops_count_forward_backward_weight_gradients_and_a_live_reference():
+def test_step_flops_count_forward_backward_weight_gradients_and_the_reference_tokens():
     n, tokens = 1000, 10
-    assert step_flops(n, 1.0, tokens, live_reference=False) == 6 * n * tokens  # full training: 6 N per token
-    assert step_flops(n, 1.0, tokens, live_reference=True) == 8 * n * tokens  # + the reference forward, 2 N
-    assert step_flops(n, 0.01, tokens, live_reference=False) == 2 * n * 2.01 * tokens  # LoRA: few weight grads
+    assert step_flops(n, 1.0, tokens, reference_tokens=0) == 6 * n * tokens  # full training: 6 N per token
+    assert step_flops(n, 1.0, tokens, reference_tokens=tokens) == 8 * n * tokens  # + a live reference's 2 N
+    assert step_flops(n, 1.0, tokens, reference_tokens=3) == 2 * n * (3 * tokens + 3)  # a share of a table
+    assert step_flops(n, 0.01, tokens, reference_tokens=0) == 2 * n * 2.01 * tokens  # LoRA: few weight grads
     assert device_peak_flops(torch.device("cpu")) is None  # MFU is reported on known GPUs only
 
 

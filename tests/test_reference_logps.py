@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from conftest import random_iopo_examples, tiny_llama
 
-from iopo_fast import pack_examples, sequence_logps
+from iopo_fast import PreferenceModel, pack_examples, reference
 from iopo_fast.model import apply_lora
 from iopo_fast.reference_logps import LiveReference, cache_path, precompute
+
+SETTINGS = {"dtype": "torch.float32", "attention": "reference", "logprobs": "chunked", "liger": False,
+            "finetuning": "full"}
 
 
 def test_precomputed_reference_equals_live_scores_and_is_read_back_from_its_cache(generator, tmp_path):
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
-    model, examples = tiny_llama(), random_iopo_examples(7, 96, generator)
-    live = LiveReference(model, sequence_logps)
-    cache_file = cache_path(tmp_path, "tiny", examples)
+    model, examples = PreferenceModel(tiny_llama()), random_iopo_examples(7, 96, generator)
+    live = LiveReference(model)
+    cache_file = cache_path(tmp_path, "tiny", examples, SETTINGS)
 
     table = precompute(live, examples, cache_file, batch_size=3, device=torch.device("cpu"))
 
@@ -28,8 +32,19 @@ def test_precomputed_reference_equals_live_scores_and_is_read_back_from_its_cach
             p.add_(torch.randn(p.shape, generator=generator))
     cached = precompute(live, examples, cache_file, batch_size=3, device=torch.device("cpu"))
     assert torch.equal(cached.table, table.table)
-    assert cache_path(tmp_path, "tiny", examples[1:]) != cache_file
-    assert cache_path(tmp_path, "other", examples) != cache_file
+
+
+@pytest.mark.parametrize("setting, value", [
+    ("dtype", "torch.bfloat16"), ("attention", "flash_attn"), ("logprobs", "triton"), ("liger", True),
+    ("finetuning", "lora"),
+])
+def test_cache_key_covers_what_changes_the_scores(generator, tmp_path, setting, value):
+    examples = random_iopo_examples(3, 96, generator)
+    cache_file = cache_path(tmp_path, "tiny", examples, SETTINGS)
+    assert cache_path(tmp_path, "tiny", examples, {**SETTINGS, setting: value}) != cache_file
+    assert cache_path(tmp_path, "tiny", examples[1:], SETTINGS) != cache_file
+    assert cache_path(tmp_path, "other", examples, SETTINGS) != cache_file
+    assert cache_path(tmp_path, "tiny", examples, dict(SETTINGS)) == cache_file
 
 
 def test_lora_reference_is_the_base_model_with_its_adapters_disabled(generator):
@@ -40,13 +55,12 @@ def test_lora_reference_is_the_base_model_with_its_adapters_disabled(generator):
         for name, p in policy.named_parameters():
             if "lora_" in name:
                 p.copy_(0.5 * torch.randn(p.shape, generator=generator))
-    batch = pack_examples(examples)
+    adapted_scores = reference.sequence_logps(policy, examples)
+    preference_model = PreferenceModel(policy)
 
-    with torch.no_grad():
-        base_scores = sequence_logps(base, batch)
-        adapted_scores = sequence_logps(policy, batch)
-    reference_scores = LiveReference(policy, sequence_logps, disable_adapter=True)(batch, list(range(len(examples))))
+    reference_scores = LiveReference(preference_model, disable_adapter=True)(pack_examples(examples),
+                                                                             list(range(len(examples))))
 
-    torch.testing.assert_close(reference_scores, base_scores, rtol=0, atol=1e-5)
-    assert (adapted_scores - base_scores).abs().max() > 1e-2
+    torch.testing.assert_close(reference_scores, reference.sequence_logps(base, examples), rtol=0, atol=1e-5)
+    assert (adapted_scores - reference_scores).abs().max() > 1e-2
     assert sum(p.numel() for p in policy.parameters() if p.requires_grad) < sum(p.numel() for p in base.parameters())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import math
 
@@ -13,15 +12,11 @@ from conftest import TINY_MODELS, random_iopo_examples, tiny_llama, training_con
 from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_grad
 from transformers import AutoModelForCausalLM
 
-from iopo_fast import iopo_loss, reference
+from iopo_fast import IOPO, PreferenceLoss, pack_examples, reference
 from iopo_fast.batching import plan_micro_batches
 from iopo_fast.config import TrainConfig
-from iopo_fast.distributed import init_distributed
-from iopo_fast.engine import build_engine, deepspeed_config
-from iopo_fast.logprobs import loss_forward, sequence_logps
 from iopo_fast.packing import packed_length
-from iopo_fast.reference_logps import LiveReference
-from iopo_fast.trainer import NonFiniteLossError, Scorer, accumulate_gradients, skip_step, train
+from iopo_fast.trainer import NonFiniteLossError, accumulate_gradients, build, export, skip_step, train, train_step
 
 RECORDS = [
     {"x1": f"Name fruit {i} in lowercase.", "x2": f"Name fruit {i} in UPPERCASE.", "y1": f"fruit {i}", "y2": f"FRUIT {i}"}
@@ -68,10 +63,10 @@ def test_train_writes_metrics_rejections_evaluation_plot_and_a_loadable_model(tm
     (0, "llama", "recompute"), (2, "llama", "recompute"), (3, "llama", "recompute"), (3, "qwen2", "recompute"),
     (0, "llama", "example_chunks"), (3, "qwen2", "example_chunks"),
 ])
-def test_step_gradient_is_the_mean_loss_gradient_whatever_the_micro_batches(generator, stage, family, algorithm):
+def test_step_gradient_is_the_mean_loss_gradient_whatever_the_micro_batches(generator, tmp_path, stage, family,
+                                                                            algorithm):
     """Token-budget micro-batches accumulate in the engine exactly the gradient of the mean loss over the
     step, with either log-prob algorithm, and a step abandoned on a non-finite loss leaves no gradient behind."""
-    init_distributed()
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
     # Qwen2's LM head is tied to its embedding: under ZeRO-3 the kernel reads the gathered shared weight.
     policy, examples = TINY_MODELS[family](), random_iopo_examples(7, 96, generator)
@@ -79,35 +74,57 @@ def test_step_gradient_is_the_mean_loss_gradient_whatever_the_micro_batches(gene
     with torch.no_grad():  # move the policy away from the reference so the loss has a real gradient
         for p in policy.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=generator))
-    objective = functools.partial(iopo_loss, beta=0.5)
-    losses, _ = objective(reference.sequence_logps(policy, examples), reference.sequence_logps(reference_model, examples))
+    objective = PreferenceLoss(IOPO, beta=0.5)
+    response_lengths = pack_examples(examples).response_lengths
+    losses, _ = objective(reference.sequence_logps(policy, examples), reference.sequence_logps(reference_model, examples),
+                          response_lengths)
     names = [name for name, _ in policy.named_parameters()]
     expected = torch.autograd.grad(losses.mean(), list(policy.parameters()))
 
-    live = LiveReference(reference_model, sequence_logps)
+    models = {"policy": policy, "reference": reference_model}
     indices = list(range(len(examples)))
     budget = max(packed_length(e) for e in examples)
-    config = TrainConfig(zero_stage=stage, max_grad_norm=0.0)
-    scoring = functools.partial(loss_forward, algorithm=algorithm)
+    config = TrainConfig(output_dir=str(tmp_path), zero_stage=stage, max_grad_norm=0.0, pref_beta=0.5,
+                         per_device_train_batch_size=len(examples), logprob_algorithm=algorithm)
     for plan in (plan_micro_batches(examples, budget), [indices[:3], indices[3:]], [indices]):
-        engine, _ = build_engine(copy.deepcopy(policy), config, deepspeed_config(config, world_size=1), total_steps=1)
-
-        def fails_on_the_micro_batch_of_four(policy_logps, *args, **kwargs):
-            losses, metrics = objective(policy_logps, *args, **kwargs)
-            return (losses * float("nan") if len(policy_logps) == 4 else losses), metrics
-
-        failing = Scorer(engine, live, fails_on_the_micro_batch_of_four, torch.device("cpu"), scoring)
-        before = [full_parameter(p).clone() for p in engine.module.parameters()]
-        assert not accumulate_gradients(engine, failing, examples, indices, [indices[:3], indices[3:]], 7).finite
-        skip_step(engine)
-        for name, param, value in zip(names, engine.module.parameters(), before):
+        run = build(config, examples=(examples, []), make_model=lambda name: copy.deepcopy(models[name]))
+        before = [full_parameter(p).clone() for p in run.engine.module.parameters()]
+        run.model.loss = FailsOnFourExamples(objective)
+        assert not accumulate_gradients(run, examples, indices, [indices[:3], indices[3:]]).finite
+        skip_step(run.engine)
+        for name, param, value in zip(names, run.engine.module.parameters(), before):
             assert torch.equal(full_parameter(param), value), name
 
-        outcome = accumulate_gradients(engine, Scorer(engine, live, objective, torch.device("cpu"), scoring), examples,
-                                       indices, plan, len(examples))
+        run.model.loss = objective
+        outcome = accumulate_gradients(run, examples, indices, plan)
         assert outcome.finite and abs(outcome.totals["loss"] / len(examples) - float(losses.detach().mean())) < 1e-5
-        for name, param, grad in zip(names, engine.module.parameters(), expected):
+        for name, param, grad in zip(names, run.engine.module.parameters(), expected):
             torch.testing.assert_close(safe_get_full_grad(param), grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+class FailsOnFourExamples:
+    """A loss that is NaN for the micro-batch of four examples."""
+
+    def __init__(self, loss: PreferenceLoss):
+        self.loss = loss
+
+    def __call__(self, scores, *args):
+        losses, metrics = self.loss(scores, *args)
+        return (losses * float("nan") if len(scores) == 4 else losses), metrics
+
+
+def test_export_writes_the_trained_weights(tmp_path, tiny_model_dir):
+    run = build(training_config(tiny_model_dir, tmp_path, max_steps=2))
+    for step in (1, 2):
+        train_step(run, step)
+    export(run)
+    trained = run.model.model.state_dict()
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "model").state_dict()
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    assert exported.keys() == trained.keys()
+    for name, weight in exported.items():
+        assert torch.equal(weight, trained[name]), name
+        assert not torch.equal(weight, initial[name]), name
 
 
 def full_parameter(param: torch.Tensor) -> torch.Tensor:
@@ -125,12 +142,14 @@ def test_nonfinite_steps_are_skipped_logged_and_stop_the_run(tmp_path, tiny_mode
         steps.append(1)
         return accumulate_gradients(*args, **kwargs)
 
-    def nonfinite_on_steps_two_and_three(*args, **kwargs):
-        losses, metrics = iopo_loss(*args, **kwargs)
+    loss = PreferenceLoss.__call__
+
+    def nonfinite_on_steps_two_and_three(self, *args):
+        losses, metrics = loss(self, *args)
         return (losses * float("nan") if torch.is_grad_enabled() and len(steps) in (2, 3) else losses), metrics
 
     monkeypatch.setattr(trainer, "accumulate_gradients", counting_steps)
-    monkeypatch.setattr(trainer, "iopo_loss", nonfinite_on_steps_two_and_three)
+    monkeypatch.setattr(PreferenceLoss, "__call__", nonfinite_on_steps_two_and_three)
     train(training_config(tiny_model_dir, tmp_path / "a", max_steps=4, max_nonfinite_steps=3, zero_stage=2))
     records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("skipped") for r in records] == [None, "non-finite loss", "non-finite loss", None]

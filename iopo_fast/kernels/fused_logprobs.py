@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunked_logprobs import ChunkedLogProbsFunction
+from .chunked_logprobs import ChunkedLogProbsFunction, default_chunk_logits
 
 # `triton.jit` reads TRITON_INTERPRET when it decorates a function: Triton's own helpers (tl.zeros, tl.sum,
 # ...) at `import triton`, the kernels below when this module is imported. They run on CPU tensors only
@@ -265,20 +265,29 @@ def resolve_impl(hidden: torch.Tensor, impl: str = "auto") -> str:
     return impl
 
 
-def fused_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
-                   impl: str = "auto") -> torch.Tensor:
-    """logp[t] = log_softmax(hidden[t] @ weight.T)[targets[t]] as fp32 [T], 0 where targets == ignore_index.
-
-    hidden [T, D] and weight [V, D] share a dtype (bf16 or fp32); targets [T] int64. Differentiable in
-    hidden and weight (fp32 accumulation, gradients in the input dtype). `impl` picks the Triton kernels
-    or their chunked PyTorch twin; see `resolve_impl`.
-    """
+def check_inputs(hidden: torch.Tensor, weight: torch.Tensor, *per_row: torch.Tensor) -> None:
+    """hidden [T, D] and weight [V, D] of one dtype, and `per_row` tensors (targets, segment ids) of shape [T]."""
     if hidden.ndim != 2 or weight.ndim != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"expected hidden [T, D] and weight [V, D], got {tuple(hidden.shape)} and "
                          f"{tuple(weight.shape)}")
     if hidden.dtype != weight.dtype:
         raise ValueError(f"hidden and weight must share a dtype, got {hidden.dtype} and {weight.dtype}")
-    if targets.shape != hidden.shape[:1]:
-        raise ValueError(f"expected targets [{hidden.shape[0]}], got {tuple(targets.shape)}")
-    function = FusedLogProbsFunction if resolve_impl(hidden, impl) == "triton" else ChunkedLogProbsFunction
-    return function.apply(hidden.contiguous(), weight.contiguous(), targets.contiguous(), ignore_index)
+    for tensor in per_row:
+        if tensor.shape != hidden.shape[:1]:
+            raise ValueError(f"expected per-row tensors of shape [{hidden.shape[0]}], got {tuple(tensor.shape)}")
+
+
+def fused_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
+                   impl: str = "auto", max_chunk_logits: int | None = None) -> torch.Tensor:
+    """logp[t] = log_softmax(hidden[t] @ weight.T)[targets[t]] as fp32 [T], 0 where targets == ignore_index.
+
+    hidden [T, D] and weight [V, D] share a dtype (bf16 or fp32); targets [T] int64. Differentiable in
+    hidden and weight (fp32 accumulation, gradients in the input dtype). `impl` picks the Triton kernels
+    or their chunked PyTorch twin (see `resolve_impl`), whose chunks hold at most `max_chunk_logits`
+    logits (default: `default_chunk_logits`).
+    """
+    check_inputs(hidden, weight, targets)
+    if resolve_impl(hidden, impl) == "triton":
+        return FusedLogProbsFunction.apply(hidden.contiguous(), weight.contiguous(), targets.contiguous(), ignore_index)
+    return ChunkedLogProbsFunction.apply(hidden.contiguous(), weight.contiguous(), targets.contiguous(), ignore_index,
+                                         max_chunk_logits or default_chunk_logits(hidden.device))

@@ -20,24 +20,15 @@ first: memory traffic of about 16 V D bytes per chunk, which larger chunks amort
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from .chunked_logprobs import logits_gradient_, row_statistics
-from .fused_logprobs import INTERPRETED, resolve_impl
+from ..scores import ExampleLosses, sequence_sums
+from .chunked_logprobs import default_chunk_logits, logits_gradient_, row_statistics
+from .fused_logprobs import INTERPRETED, check_inputs, resolve_impl
 
-# example_losses(scores [b, num_roles] fp32, examples: the slice of the batch's examples they belong to)
-# -> per-example losses [b], differentiable in the scores.
-ExampleLosses = Callable[[torch.Tensor, slice], torch.Tensor]
-
-# fp32 logits per chunk when the caller gives no bound: 1 GiB on a GPU (the products stay large enough to
-# run near peak), 16 MiB elsewhere. A chunk holds at least one whole example, so one long example may
-# exceed it.
-_DEFAULT_CHUNK_LOGITS = {"cuda": 2**28, "cpu": 2**22}
 _BLOCK_V = 64 if INTERPRETED else 1024
 
 
@@ -111,14 +102,6 @@ def _add_matmul_(accumulator: torch.Tensor, a: torch.Tensor, b: torch.Tensor) ->
         accumulator.addmm_(a, b)
     else:
         accumulator += _matmul_fp32(a, b)
-
-
-def sequence_sums(logp: torch.Tensor, segment_ids: torch.Tensor, num_examples: int, num_roles: int) -> torch.Tensor:
-    """The sums of `logp` [T] over segments `segment_ids` (example * num_roles + role), fp32
-    [num_examples, num_roles], differentiable. Summed in float64: a sequence score adds hundreds of fp32
-    terms, and the sum is cheap."""
-    sums = logp.new_zeros(num_examples * num_roles, dtype=torch.float64).index_add_(0, segment_ids, logp.double())
-    return sums.float().view(num_examples, num_roles)
 
 
 def _example_chunks(example_of_row: torch.Tensor, num_examples: int, max_rows: int) -> list[tuple[slice, slice]]:
@@ -204,24 +187,17 @@ def example_chunked_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     rows come grouped by example, in example order (as `iopo_fast.pack_examples` lays them out). The loss is
     differentiable in hidden and weight (gradients formed chunk by chunk in the forward, see the module
     docstring); the scores are not. `impl` picks the Triton passes over the logits or their PyTorch twins
-    (see `resolve_impl`); `max_chunk_logits` bounds the logits of a chunk (default: by device).
+    (see `resolve_impl`); `max_chunk_logits` bounds the logits of a chunk (default: `default_chunk_logits`),
+    which holds at least one whole example, so one long example may exceed it.
     """
-    if hidden.ndim != 2 or weight.ndim != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"expected hidden [T, D] and weight [V, D], got {tuple(hidden.shape)} and "
-                         f"{tuple(weight.shape)}")
-    if hidden.dtype != weight.dtype:
-        raise ValueError(f"hidden and weight must share a dtype, got {hidden.dtype} and {weight.dtype}")
-    if targets.shape != hidden.shape[:1] or segment_ids.shape != hidden.shape[:1]:
-        raise ValueError(f"expected targets and segment_ids [{hidden.shape[0]}], got {tuple(targets.shape)} and "
-                         f"{tuple(segment_ids.shape)}")
+    check_inputs(hidden, weight, targets, segment_ids)
     if len(segment_ids) and not (segment_ids[1:] >= segment_ids[:-1]).all():
         raise ValueError("rows must come grouped by example, in example order (segment_ids non-decreasing)")
     check_supported(hidden.device, hidden.dtype)
-    if max_chunk_logits is None:
-        max_chunk_logits = _DEFAULT_CHUNK_LOGITS["cuda" if hidden.is_cuda else "cpu"]
     grad_enabled = torch.is_grad_enabled()
     return ExampleChunkedLossFunction.apply(
         hidden.contiguous(), weight.contiguous(), targets.contiguous(), segment_ids, num_examples, num_roles,
-        example_losses, ignore_index, resolve_impl(hidden, impl) == "triton", max_chunk_logits,
+        example_losses, ignore_index, resolve_impl(hidden, impl) == "triton",
+        max_chunk_logits or default_chunk_logits(hidden.device),
         grad_enabled and hidden.requires_grad, grad_enabled and weight.requires_grad,
     )

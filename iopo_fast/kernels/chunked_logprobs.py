@@ -1,7 +1,7 @@
 """The pure-PyTorch twin of the fused log-prob kernel (DESIGN.md, "Reference paths and CPU testing").
 
 Same contract as `fused_logprobs`: logp[t] = log_softmax(h[t] W^T)[y[t]] in fp32, 0 for ignored rows.
-Rows are processed in chunks of at most `_MAX_CHUNK_LOGITS` logits, so the [T, V] logits never exist;
+Rows are processed in chunks of at most `max_chunk_logits` logits, so the [T, V] logits never exist;
 the forward keeps only the inputs and the per-row log-sum-exp, the backward recomputes each chunk.
 Everything is computed in fp32: a bf16 weight is upcast once per pass, O(V D) memory, never O(T V).
 """
@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import torch
 
-_MAX_CHUNK_LOGITS = 2**22  # fp32 elements: a 16 MiB logits chunk
+# fp32 logits per chunk when the caller gives no bound: 1 GiB on a GPU (the products stay large enough to
+# run near peak), 16 MiB elsewhere.
+_DEFAULT_CHUNK_LOGITS = {"cuda": 2**28, "cpu": 2**22}
 
 
-def _row_chunks(num_rows: int, vocab_size: int) -> list[slice]:
-    chunk = max(1, _MAX_CHUNK_LOGITS // vocab_size)
+def default_chunk_logits(device: torch.device) -> int:
+    """The logits of one chunk when no bound is configured, for tensors on `device`."""
+    return _DEFAULT_CHUNK_LOGITS["cuda" if device.type == "cuda" else "cpu"]
+
+
+def _row_chunks(num_rows: int, vocab_size: int, max_chunk_logits: int) -> list[slice]:
+    chunk = max(1, max_chunk_logits // vocab_size)
     return [slice(start, start + chunk) for start in range(0, num_rows, chunk)]
 
 
@@ -33,13 +40,15 @@ def logits_gradient_(logits: torch.Tensor, lse: torch.Tensor, safe_targets: torc
 
 class ChunkedLogProbsFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int):
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int,
+                max_chunk_logits: int):
+        ctx.max_chunk_logits = max_chunk_logits
         valid = targets != ignore_index
         safe_targets = torch.where(valid, targets, 0)
         weight32 = weight.float()
         lse = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
         target_logits = torch.empty_like(lse)
-        for rows in _row_chunks(hidden.shape[0], weight.shape[0]):
+        for rows in _row_chunks(hidden.shape[0], weight.shape[0], max_chunk_logits):
             lse[rows], target_logits[rows] = row_statistics(hidden[rows].float() @ weight32.T, safe_targets[rows])
         ctx.save_for_backward(hidden, weight, safe_targets, valid, lse)
         return torch.where(valid, target_logits - lse, 0.0)
@@ -51,9 +60,9 @@ class ChunkedLogProbsFunction(torch.autograd.Function):
         weight32 = weight.float()
         grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
         grad_weight = torch.zeros_like(weight32)
-        for rows in _row_chunks(hidden.shape[0], weight.shape[0]):
+        for rows in _row_chunks(hidden.shape[0], weight.shape[0], ctx.max_chunk_logits):
             hidden32 = hidden[rows].float()
             d_logits = logits_gradient_(hidden32 @ weight32.T, lse[rows], safe_targets[rows], grad_logp[rows])
             grad_hidden[rows] = d_logits @ weight32
             grad_weight.addmm_(d_logits.T, hidden32)
-        return grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype), None, None
+        return grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype), None, None, None
