@@ -38,6 +38,7 @@ class TrainConfig:
     eval_dataset: str | None = _option(None, "Held-out records, evaluated before and after training.")
     output_dir: str = _option("outputs/iopo", "Where metrics, rejected records and the final model are written.")
     cutoff_len: int = _option(1024, "Longest (prompt, response) sequence in tokens; prompts are cut from the start to fit.")
+    preprocessing_num_workers: int = _option(0, "Processes that tokenize a data set the first time it is used (it is then cached by content, tokenizer, cutoff_len and loss); 0: one per CPU core.")
     strict: bool = _option(False, "Fail on the first bad record instead of skipping it into rejected_records.jsonl.")
     # Objective
     loss: str = _option("iopo", "iopo: quadruples (x1, x2, y1, y2); dpo: (prompt, chosen, rejected) pairs.", LOSS_MODES)
@@ -107,6 +108,8 @@ class TrainConfig:
             raise ConfigError(f"deepspeed: {self.deepspeed}: no such file")
         if self.max_tokens_per_micro_batch < 0:
             raise ConfigError(f"max_tokens_per_micro_batch: must be >= 0, got {self.max_tokens_per_micro_batch}")
+        if self.preprocessing_num_workers < 0:
+            raise ConfigError(f"preprocessing_num_workers: must be >= 0, got {self.preprocessing_num_workers}")
         if self.max_chunk_logits < 0:
             raise ConfigError(f"max_chunk_logits: must be >= 0, got {self.max_chunk_logits}")
         if self.logprob_impl == "full_logits" and self.logprob_algorithm != "recompute":

@@ -17,7 +17,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,17 +28,18 @@ from .batching import micro_batches
 from .checkpoint import Checkpoints, StopRequest
 from .compat import optimizer_checks_gradients
 from .config import ConfigError, TrainConfig
-from .data import RejectionLog, check_data_file, load_examples
+from .data import RejectionLog, check_data_file
 from .distributed import all_reduce, barrier, init_distributed, is_main, rank, rank_batches, world_size
 from .engine import build_engine, deepspeed_config, full_state_dict, partitioned_loading, reference_engine
 from .kernels import resolve_impl
 from .kernels.example_chunked_loss import check_supported
 from .loss import OBJECTIVES, PreferenceLoss
-from .model import (apply_liger_kernels, apply_lora, enable_gradient_checkpointing, load_model, load_tokenizer,
-                    resolve_model_path)
+from .model import (apply_liger_kernels, apply_lora, cache_dir, enable_gradient_checkpointing, load_model,
+                    load_tokenizer, resolve_model_path)
 from .monitor import StepMetrics, plot_metrics, step_record
 from .packing import Example, pack_examples, packed_length
 from .preference_model import PreferenceModel
+from .prepared_data import prepared_examples
 from .reference_logps import LiveReference, cache_path, precompute
 
 
@@ -54,8 +55,8 @@ class Run:
     device: torch.device
     engine: object  # the DeepSpeed engine around the PreferenceModel
     scheduler: object
-    train_examples: list[Example]
-    eval_examples: list[Example]
+    train_examples: Sequence[Example]  # a list, or a prepared data set read as it is indexed
+    eval_examples: Sequence[Example]
     train_reference: Callable | None  # (batch, indices) -> reference scores; None: reference-free
     eval_reference: Callable | None
     layout: Callable  # examples -> Batch
@@ -112,7 +113,7 @@ def train(config: TrainConfig) -> dict[str, dict[str, float]]:
     return results
 
 
-def build(config: TrainConfig, *, examples: tuple[list[Example], list[Example]] | None = None,
+def build(config: TrainConfig, *, examples: tuple[Sequence[Example], Sequence[Example]] | None = None,
           make_model: Callable[[str], nn.Module] | None = None, layout: Callable = pack_examples,
           preference_model: type[PreferenceModel] = PreferenceModel) -> Run:
     """The run `config` describes: process group, data, engine, references, checkpoint to resume.
@@ -300,15 +301,15 @@ def _stop_after_nonfinite_steps(run: Run, step: int) -> None:
                                  f"(max_nonfinite_steps={run.config.max_nonfinite_steps})")
 
 
-def _load_data(config: TrainConfig, tokenizer, output_dir: Path, log) -> tuple[list[Example], list[Example]]:
+def _load_data(config: TrainConfig, tokenizer, output_dir: Path, log) -> tuple[Sequence[Example], Sequence[Example]]:
     rejection_log = RejectionLog(output_dir / "rejected_records.jsonl" if is_main() else None, strict=config.strict)
     loaded = []
     for path in (config.dataset, config.eval_dataset):
         if path is None:
             loaded.append([])
             continue
-        examples, stats = load_examples(path, tokenizer=tokenizer, loss=config.loss, cutoff_len=config.cutoff_len,
-                                        rejection_log=rejection_log)
+        examples, stats = prepared_examples(path, tokenizer, cache_dir(), loss=config.loss, cutoff_len=config.cutoff_len,
+                                            rejection_log=rejection_log, num_proc=config.preprocessing_num_workers)
         log(f"data: {stats.summary(rejection_log)}")
         loaded.append(examples)
     return loaded[0], loaded[1]

@@ -120,3 +120,15 @@ def test_packed_equivalence_check_passes_the_packed_path_and_would_fail_a_wrong_
          for e in examples]))
     rows, passed = check.check_model("llama (GQA, untied)", examples, weights, torch.float32, torch.device("cpu"), 0)
     assert not passed and rows[-1][-1] == "FAIL"
+
+
+def test_data_benchmark_smoke_prints_every_row(tmp_path):
+    run = run_script("bench_data.py", "--records", "300", "--baseline-records", "50", "--workers", "2",
+                     "--output-dir", str(tmp_path))
+
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    rows = table_rows(run.stdout)
+    assert len(rows) == 4, run.stdout
+    for row in rows:
+        assert_finite_and_positive(row[1:3])
+    assert "300 examples" in run.stdout and (tmp_path / "data-cpu.md").is_file()

@@ -1,0 +1,139 @@
+"""How long until the first step: tokenizing a TRACE-sized data set the first time, and from the cache.
+
+It writes --records synthetic IOPO records with TRACE's shape (an instruction of about 60 words and
+4-5 constraints, x2 with one constraint changed, responses of 150-300 words; deterministic from
+--seed) to a JSON Lines file, then measures with the embedded SmolLM2 tokenizer and its chat template:
+
+  - `iopo_fast.data.load_examples`, the one-process loader, on the first --baseline-records records
+    (its rate, records per second);
+  - `iopo_fast.prepared_data.prepared_examples` into an empty cache, with --workers processes (the
+    first start);
+  - the same call again, reading the cache (every later start and resume), and a pass over every
+    example it returns.
+
+Peak memory: the peak resident set of this process and, separately, of its largest worker process.
+Run it alone: on a loaded machine the times mean nothing.
+
+    python benchmarks/bench_data.py [--records 120000] [--workers 0] [--baseline-records 2000]
+        [--output-dir benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _results import versions
+
+from iopo_fast.data import load_examples
+from iopo_fast.model import DEFAULT_MODEL, load_tokenizer
+from iopo_fast.prepared_data import prepared_examples
+
+WORDS = ("water light river stone garden market music window paper story city forest engine cloud field "
+         "bridge signal planet letter memory winter season harbor valley mirror candle theory method").split()
+CONSTRAINTS = [
+    "Answer in exactly {n} sentences.", "Use at most {n} words.", "Include the keyword '{w}'.",
+    "Do not use the word '{w}'.", "Write the answer in lowercase.", "End with the phrase 'That is all.'",
+    "Give exactly {n} bullet points.", "Wrap the answer in JSON.", "Start with the word '{w}'.",
+]
+
+
+def synthetic_records(count: int, seed: int):
+    rng = random.Random(seed)
+
+    def words(n: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(n))
+
+    def constraint() -> str:
+        return rng.choice(CONSTRAINTS).format(n=rng.randint(2, 9), w=rng.choice(WORDS))
+
+    for _ in range(count):
+        task, constraints = words(rng.randint(40, 80)) + ".", [constraint() for _ in range(rng.randint(4, 5))]
+        changed = list(constraints)
+        changed[rng.randrange(len(changed))] = constraint()
+        yield {"x1": " ".join([task, *constraints]), "x2": " ".join([task, *changed]),
+               "y1": words(rng.randint(150, 300)) + ".", "y2": words(rng.randint(150, 300)) + "!"}
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "CPU"
+
+
+def peak_gib(who: int) -> float:
+    return resource.getrusage(who).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--records", type=int, default=120_000)
+    parser.add_argument("--workers", type=int, default=0, help="preprocessing_num_workers (0: one per core)")
+    parser.add_argument("--baseline-records", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-dir", type=Path, default=None, help="where to write the results (default: nowhere)")
+    args = parser.parse_args()
+    tokenizer = load_tokenizer(DEFAULT_MODEL)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        data = Path(scratch) / "trace-like.jsonl"
+        baseline_data = Path(scratch) / "baseline.jsonl"
+        with data.open("w") as file, baseline_data.open("w") as baseline:
+            for index, record in enumerate(synthetic_records(args.records, args.seed)):
+                line = json.dumps(record) + "\n"
+                file.write(line)
+                if index < args.baseline_records:
+                    baseline.write(line)
+        start = time.perf_counter()
+        load_examples(baseline_data, tokenizer)
+        baseline_rate = args.baseline_records / (time.perf_counter() - start)
+
+        start = time.perf_counter()
+        examples, stats = prepared_examples(data, tokenizer, Path(scratch) / "cache", num_proc=args.workers)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        examples, _ = prepared_examples(data, tokenizer, Path(scratch) / "cache", num_proc=args.workers)
+        cached = time.perf_counter() - start
+        start = time.perf_counter()
+        tokens = sum(len(sequence) for example in examples for sequence in (example.prompt1, example.response1))
+        read_all = time.perf_counter() - start
+
+    lines = [
+        "# Tokenizing a TRACE-sized data set: first start and cached start", "",
+        f"- device: {cpu_name()}, {len(os.sched_getaffinity(0))} cores",
+        f"- versions: {versions()}",
+        f"- command: `python {shlex.join(sys.argv)}`",
+        f"- data: {args.records} synthetic IOPO records (instructions of 40-80 words and 4-5 constraints, responses "
+        f"of 150-300 words), SmolLM2 tokenizer and chat template; {stats.examples} examples, "
+        f"{tokens / stats.examples:.0f} tokens per (x1, y1) on average", "",
+        "| what | seconds | records/s |", "|---|---|---|",
+        f"| `load_examples`, one process ({args.baseline_records} records) | "
+        f"{args.baseline_records / baseline_rate:.1f} | {baseline_rate:.0f} |",
+        f"| `prepared_examples`, first start (workers: {args.workers or 'one per core'}) | {first:.1f} | "
+        f"{args.records / first:.0f} |",
+        f"| `prepared_examples`, from the cache | {cached:.3f} | {args.records / cached:.0f} |",
+        f"| reading every example from the memory-mapped table | {read_all:.1f} | {args.records / read_all:.0f} |",
+        "",
+        f"Peak resident memory: this process {peak_gib(resource.RUSAGE_SELF):.2f} GiB, its largest worker "
+        f"{peak_gib(resource.RUSAGE_CHILDREN):.2f} GiB.",
+    ]
+    print("\n".join(lines))
+    if args.output_dir is not None:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        path = args.output_dir / "data-cpu.md"
+        path.write_text("\n".join(lines) + "\n")
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

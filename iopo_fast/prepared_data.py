@@ -1,0 +1,170 @@
+"""Tokenized data sets prepared once, in parallel, and cached as Arrow files that every rank memory-maps.
+
+`prepared_examples(path, tokenizer, ...)` gives the same examples, statistics and rejections as
+`data.load_examples` (its one-process twin, which the tests compare it with), but:
+
+- the records are validated, chat-templated and tokenized by `datasets`' batched `map` over
+  `num_proc` worker processes;
+- the result is saved under `<cache>/data/<key>/`, the key a digest of the data file's bytes, the
+  tokenizer (its name, vocabulary size, special tokens and chat template), `cutoff_len` and the loss
+  mode, so that a second start or a resume reads it instead of tokenizing again. An edited file or
+  another tokenizer gives another key; a directory without its completion marker (a preparation
+  killed half-way) is never read, and is rebuilt;
+- under several ranks, local rank 0 of each node prepares while the others wait, then all of them
+  memory-map the same files rather than each holding its own copy of the token lists.
+
+The rejected records are kept with the cache, so a cached start reports them (file, line, reason)
+exactly as the first one did.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from .data import (ChatEncoder, DataError, DataStats, RejectionLog, _parse_record, _read_records, _Rejected,
+                   _tokenize, check_data_file)
+from .distributed import barrier
+from .packing import DPOExample, Example, IOPOExample
+
+MIN_RECORDS_PER_WORKER = 100  # below it a worker process costs more than it saves
+# Bump when the prepared columns or the tokenization policy change: older caches are then not read.
+FORMAT_VERSION = 1
+COMPLETE = "complete.json"  # written last: its presence means the directory is whole
+
+
+class PreparedExamples(Sequence):
+    """The examples of a prepared data set, read from its memory-mapped Arrow table as they are indexed."""
+
+    def __init__(self, dataset, loss: str):
+        self.dataset, self.loss = dataset, loss
+        self.example_type = IOPOExample if loss == "iopo" else DPOExample
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Example:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self.example_type(*self.dataset[int(index)]["sequences"])
+
+
+def prepared_examples(path: str | Path, tokenizer, cache_root: str | Path, loss: str = "iopo",
+                      cutoff_len: int = 1024, rejection_log: RejectionLog | None = None,
+                      num_proc: int = 1) -> tuple[PreparedExamples, DataStats]:
+    """The examples of `path`, prepared into `cache_root` if they are not there yet (see the module docstring)."""
+    import datasets
+
+    check_data_file(path)
+    directory = Path(cache_root) / "data" / cache_key(path, tokenizer, loss, cutoff_len)
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0 and not (directory / COMPLETE).is_file():
+        _prepare(Path(path), tokenizer, loss, cutoff_len, directory, num_proc)
+    barrier()
+    summary = json.loads((directory / COMPLETE).read_text(encoding="utf-8"))
+    rejection_log = rejection_log if rejection_log is not None else RejectionLog()
+    rejected_before = Counter(rejection_log.reasons)
+    with (directory / "rejected.jsonl").open(encoding="utf-8") as rejected:
+        for line in rejected:
+            entry = json.loads(line)
+            rejection_log.reject(entry["source"], entry["reason"], entry["record"])
+    stats = DataStats(str(path), records=summary["records"], examples=summary["examples"],
+                      truncated=summary["truncated"], rejected=rejection_log.reasons - rejected_before)
+    if not stats.examples:
+        raise DataError(f"{path}: no usable examples ({stats.records} records, all rejected)")
+    table = datasets.load_from_disk(str(directory / "examples"))
+    return PreparedExamples(table, loss), stats
+
+
+def cache_key(path: str | Path, tokenizer, loss: str, cutoff_len: int) -> str:
+    """A digest of everything that decides the prepared examples."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(functools.partial(file.read, 1 << 20), b""):
+            digest.update(block)
+    settings = {"format": FORMAT_VERSION, "loss": loss, "cutoff_len": cutoff_len,
+                "tokenizer": tokenizer.name_or_path, "vocabulary": len(tokenizer),
+                "special_tokens": tokenizer.special_tokens_map, "chat_template": tokenizer.chat_template}
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:24]
+
+
+def _prepare(path: Path, tokenizer, loss: str, cutoff_len: int, directory: Path, num_proc: int) -> None:
+    """Tokenize `path` into `directory`, written whole or not at all (a kill leaves no marker)."""
+    import datasets
+
+    ChatEncoder(tokenizer)  # a tokenizer without a chat template fails here, once, not in every worker
+    records = {"source": [], "record": [], "problem": []}
+    for source, record, problem in _read_records(path):
+        records["source"].append(source)
+        records["record"].append(record if problem else json.dumps(record, ensure_ascii=False))
+        records["problem"].append(problem)
+    raw = datasets.Dataset.from_dict(records)
+    tokenized = raw.map(
+        functools.partial(_tokenize_batch, tokenizer=tokenizer, loss=loss, cutoff_len=cutoff_len),
+        batched=True, batch_size=64, num_proc=_workers(num_proc, len(raw)),
+        remove_columns=raw.column_names, desc=f"tokenizing {path.name}",
+        features=datasets.Features({
+            "source": datasets.Value("string"), "reason": datasets.Value("string"),
+            "record": datasets.Value("string"), "truncated": datasets.Value("bool"),
+            "sequences": datasets.Sequence(datasets.Sequence(datasets.Value("int32"))),
+        }),
+    )
+    good = tokenized.filter(lambda reason: not reason, input_columns="reason")
+    rejected = tokenized.filter(lambda reason: bool(reason), input_columns="reason")
+
+    staging = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    good.select_columns(["sequences"]).save_to_disk(str(staging / "examples"))
+    with (staging / "rejected.jsonl").open("w", encoding="utf-8") as file:
+        for row in rejected:
+            record = row["record"]
+            if not row["reason"].startswith("invalid JSON"):
+                record = json.loads(record)
+            file.write(json.dumps({"source": row["source"], "reason": row["reason"], "record": record},
+                                  ensure_ascii=False) + "\n")
+    summary = {"records": len(raw), "examples": len(good), "truncated": sum(good["truncated"])}
+    (staging / COMPLETE).write_text(json.dumps(summary) + "\n", encoding="utf-8")
+    shutil.rmtree(directory, ignore_errors=True)  # a half-written earlier attempt
+    os.replace(staging, directory)
+
+
+def _workers(num_proc: int, num_records: int) -> int | None:
+    """Worker processes for `num_records` (None: this process); `num_proc` 0 is one per CPU core."""
+    workers = min(num_proc or len(os.sched_getaffinity(0)), num_records // MIN_RECORDS_PER_WORKER)
+    return workers if workers > 1 else None
+
+
+def _tokenize_batch(batch: dict, tokenizer, loss: str, cutoff_len: int) -> dict:
+    """One output row per example, or per rejected record (with its reason), as `load_examples` forms them."""
+    encoder = ChatEncoder(tokenizer)
+    rows = {"source": [], "reason": [], "record": [], "truncated": [], "sequences": []}
+
+    def add(source, reason="", record="", truncated=False, sequences=()):
+        for column, value in zip(rows, (source, reason, record, truncated, list(sequences))):
+            rows[column].append(value)
+
+    for source, record, problem in zip(batch["source"], batch["record"], batch["problem"]):
+        if problem:
+            add(source, problem, record)
+            continue
+        try:
+            examples = [_tokenize(text, encoder, cutoff_len) for text in _parse_record(source, json.loads(record), loss)]
+        except _Rejected as rejection:
+            add(source, str(rejection), record)
+            continue
+        for example, truncated in examples:
+            add(source, truncated=truncated, sequences=_fields(example))
+    return rows
+
+
+def _fields(example: Example) -> list[list[int]]:
+    if isinstance(example, IOPOExample):
+        return [example.prompt1, example.prompt2, example.response1, example.response2]
+    return [example.prompt, example.chosen, example.rejected]

@@ -1,0 +1,95 @@
+"""Prepared data sets: the same examples, statistics and rejections as `load_examples` (the one-process
+twin), tokenized in worker processes, cached under a key that changes with what decides them."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+
+import pytest
+from conftest import DEMO_DATA
+
+import iopo_fast.prepared_data as prepared_data
+from iopo_fast.data import DataError, RejectionLog, load_examples
+from iopo_fast.prepared_data import COMPLETE, cache_key, prepared_examples
+
+BAD_LINES = ["{broken", json.dumps([1, 2]), json.dumps({"x1": "same", "x2": "same", "y1": "a", "y2": "b"}),
+             json.dumps({"x1": "a", "x2": "b", "y1": "c"}), ""]
+
+
+def mixed_file(tmp_path, count: int):
+    """`count` demo records with the bad lines scattered among them (a blank line included)."""
+    lines = (DEMO_DATA / "train.jsonl").read_text().splitlines()[:count]
+    rng = random.Random(count)
+    for bad in BAD_LINES:
+        lines.insert(rng.randrange(1, len(lines)), bad)  # after the first: "[1, 2]" first would read as an array
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def rejections(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("loss, num_proc, cutoff_len", [("iopo", 2, 100), ("dpo", 1, 1024)])
+def test_prepared_examples_equal_load_examples(tmp_path, smollm2_tokenizer, loss, num_proc, cutoff_len):
+    """With workers and a cutoff that truncates, and in DPO mode (two examples per record)."""
+    data = mixed_file(tmp_path, 300)
+    expected_log, log = RejectionLog(tmp_path / "expected.jsonl"), RejectionLog(tmp_path / "rejected.jsonl")
+    expected, expected_stats = load_examples(data, smollm2_tokenizer, loss, cutoff_len, expected_log)
+
+    examples, stats = prepared_examples(data, smollm2_tokenizer, tmp_path / "cache", loss, cutoff_len, log,
+                                        num_proc=num_proc)
+
+    assert list(examples) == expected and len(examples) == len(expected)
+    assert stats == expected_stats and stats.records == 300 + len(BAD_LINES) - 1
+    assert (stats.truncated > 0) == (cutoff_len == 100)
+    assert rejections(tmp_path / "rejected.jsonl") == rejections(tmp_path / "expected.jsonl")
+    assert [r["source"].split(":")[0] for r in rejections(tmp_path / "rejected.jsonl")] == [str(data)] * 4
+
+
+def test_a_second_start_reads_the_cache_and_reports_the_same_rejections(tmp_path, smollm2_tokenizer, monkeypatch):
+    data = mixed_file(tmp_path, 20)
+    first, first_stats = prepared_examples(data, smollm2_tokenizer, tmp_path / "cache",
+                                           rejection_log=RejectionLog(tmp_path / "first.jsonl"))
+    monkeypatch.setattr(prepared_data, "_prepare", lambda *args: pytest.fail("tokenized again"))
+    second, second_stats = prepared_examples(data, smollm2_tokenizer, tmp_path / "cache",
+                                             rejection_log=RejectionLog(tmp_path / "second.jsonl"))
+    assert list(second) == list(first) and second_stats == first_stats
+    assert rejections(tmp_path / "second.jsonl") == rejections(tmp_path / "first.jsonl")
+    first_rejection = rejections(tmp_path / "first.jsonl")[0]
+    with pytest.raises(DataError, match=f"^{first_rejection['source']}: "):  # strict mode stops at the first
+        prepared_examples(data, smollm2_tokenizer, tmp_path / "cache", rejection_log=RejectionLog(strict=True))
+
+
+def test_an_edited_record_or_other_settings_are_never_served_from_the_cache(tmp_path, smollm2_tokenizer):
+    data = mixed_file(tmp_path, 10)
+    cache = tmp_path / "cache"
+    before, _ = prepared_examples(data, smollm2_tokenizer, cache)
+    key = cache_key(data, smollm2_tokenizer, "iopo", 1024)
+    assert cache_key(data, smollm2_tokenizer, "iopo", 512) != key
+    assert cache_key(data, smollm2_tokenizer, "dpo", 1024) != key
+    other_template = type(smollm2_tokenizer).from_pretrained(smollm2_tokenizer.name_or_path)
+    other_template.chat_template = other_template.chat_template.replace("<|im_start|>", "<|im_start|> ")
+    assert cache_key(data, other_template, "iopo", 1024) != key
+
+    lines = data.read_text().splitlines()
+    record = json.loads(lines[0])
+    record["chosen"]["value"] += " Edited."
+    lines[0] = json.dumps(record)
+    data.write_text("\n".join(lines) + "\n")
+    after, _ = prepared_examples(data, smollm2_tokenizer, cache)
+    assert cache_key(data, smollm2_tokenizer, "iopo", 1024) != key
+    assert list(after) == load_examples(data, smollm2_tokenizer)[0] != list(before)
+
+
+def test_a_half_written_cache_is_rebuilt(tmp_path, smollm2_tokenizer):
+    data = mixed_file(tmp_path, 10)
+    examples, _ = prepared_examples(data, smollm2_tokenizer, tmp_path / "cache")
+    directory = tmp_path / "cache" / "data" / cache_key(data, smollm2_tokenizer, "iopo", 1024)
+    (directory / COMPLETE).unlink()  # killed before the marker was written
+    shutil.rmtree(directory / "examples")
+    rebuilt, _ = prepared_examples(data, smollm2_tokenizer, tmp_path / "cache")
+    assert list(rebuilt) == list(examples) and (directory / COMPLETE).is_file()
