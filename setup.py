@@ -35,7 +35,8 @@ setup(
         # The benchmarks compare with TRL 1.x's DPOTrainer; the tests run them on CPU.
         "trl": ["trl>=1.16,<2"],
         "tensorboard": ["tensorboard>=2.15"],
-        "dev": ["pytest>=8.0", "tensorboard>=2.15", "trl>=1.16,<2"],
+        "wandb": ["wandb>=0.19"],
+        "dev": ["pytest>=8.0", "tensorboard>=2.15", "wandb>=0.19", "trl>=1.16,<2"],
     },
     entry_points={"console_scripts": ["iopo-fast=iopo_fast.cli:main"]},
 )

@@ -58,8 +58,9 @@ def synthetic_records(count: int, seed: int):
 
     for _ in range(count):
         task, constraints = words(rng.randint(40, 80)) + ".", [constraint() for _ in range(rng.randint(4, 5))]
-        changed = list(constraints)
-        changed[rng.randrange(len(changed))] = constraint()
+        changed, position = list(constraints), rng.randrange(len(constraints))
+        while changed[position] == constraints[position]:  # x2 must differ from x1
+            changed[position] = constraint()
         yield {"x1": " ".join([task, *constraints]), "x2": " ".join([task, *changed]),
                "y1": words(rng.randint(150, 300)) + ".", "y2": words(rng.randint(150, 300)) + "!"}
 
@@ -118,11 +119,11 @@ def main() -> None:
         f"{tokens / stats.examples:.0f} tokens per (x1, y1) on average", "",
         "| what | seconds | records/s |", "|---|---|---|",
         f"| `load_examples`, one process ({args.baseline_records} records) | "
-        f"{args.baseline_records / baseline_rate:.1f} | {baseline_rate:.0f} |",
-        f"| `prepared_examples`, first start (workers: {args.workers or 'one per core'}) | {first:.1f} | "
+        f"{args.baseline_records / baseline_rate:.3g} | {baseline_rate:.0f} |",
+        f"| `prepared_examples`, first start (workers: {args.workers or 'one per core'}) | {first:.3g} | "
         f"{args.records / first:.0f} |",
-        f"| `prepared_examples`, from the cache | {cached:.3f} | {args.records / cached:.0f} |",
-        f"| reading every example from the memory-mapped table | {read_all:.1f} | {args.records / read_all:.0f} |",
+        f"| `prepared_examples`, from the cache | {cached:.3g} | {args.records / cached:.0f} |",
+        f"| reading every example from the memory-mapped table | {read_all:.3g} | {args.records / read_all:.0f} |",
         "",
         f"Peak resident memory: this process {peak_gib(resource.RUSAGE_SELF):.2f} GiB, its largest worker "
         f"{peak_gib(resource.RUSAGE_CHILDREN):.2f} GiB.",

@@ -35,7 +35,7 @@ class TrainConfig:
     # Model and data
     model_name_or_path: str = _option(DEFAULT_MODEL, "Hugging Face path or hub id; the default is the embedded SmolLM2-135M-Instruct.")
     dataset: str = _option("examples/data/train.jsonl", "Training records: JSON array or JSON Lines (formats in the README).")
-    eval_dataset: str | None = _option(None, "Held-out records, evaluated before and after training.")
+    eval_dataset: str | None = _option(None, "Held-out records, evaluated before and after training (and every eval_steps).")
     output_dir: str = _option("outputs/iopo", "Where metrics, rejected records and the final model are written.")
     cutoff_len: int = _option(1024, "Longest (prompt, response) sequence in tokens; prompts are cut from the start to fit.")
     preprocessing_num_workers: int = _option(0, "Processes that tokenize a data set the first time it is used (it is then cached by content, tokenizer, cutoff_len and loss); 0: one per CPU core.")
@@ -83,9 +83,11 @@ class TrainConfig:
     save_total_limit: int = _option(2, "Checkpoints kept; older ones are deleted once a newer one is complete.")
     resume: str = _option("auto", "auto: continue from the newest complete checkpoint in output_dir if there is one; never: start afresh.", ("auto", "never"))
     max_nonfinite_steps: int = _option(5, "A step with a non-finite loss is skipped; this many in a row stop the run.")
-    report_to: str = _option("none", "Also log the metrics to TensorBoard (output_dir/tensorboard).", ("none", "tensorboard"))
+    report_to: str = _option("none", "Also log the metrics to TensorBoard (output_dir/tensorboard) or Weights & Biases (wandb_project; WANDB_MODE=offline works without a network).", ("none", "tensorboard", "wandb"))
+    wandb_project: str = _option("iopo-fast", "The Weights & Biases project of report_to: wandb.")
     seed: int = _option(42, "Seed of the data order and of any random initialisation.")
     logging_steps: int = _option(1, "Write metrics.jsonl every this many steps.")
+    eval_steps: int = _option(0, "Evaluate the eval_dataset every this many steps, into metrics.jsonl as eval/<metric>; 0: before and after training only.")
 
     def __post_init__(self):
         for item in dataclasses.fields(self):
@@ -98,6 +100,10 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")
+        if self.eval_steps < 0:
+            raise ConfigError(f"eval_steps: must be >= 0, got {self.eval_steps}")
+        if self.eval_steps and self.eval_dataset is None:
+            raise ConfigError("eval_steps: needs an eval_dataset")
         if self.save_steps < 0:
             raise ConfigError(f"save_steps: must be >= 0, got {self.save_steps}")
         if self.offload_param and self.zero_stage != 3 and self.deepspeed is None:

@@ -3,8 +3,10 @@ memory, MFU and the final plot."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import resource
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,32 +28,67 @@ PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H20
 
 
 class MetricsLog:
-    """Appends one JSON object per logged step; on resume, drops the records after the resumed step."""
+    """Appends one JSON object per logged step to `metrics.jsonl`, and mirrors the numbers to TensorBoard or
+    Weights & Biases (`report_to`); on resume, drops the records after the resumed step."""
 
-    def __init__(self, output_dir: Path, resumed_step: int, tensorboard: bool):
+    def __init__(self, output_dir: Path, resumed_step: int, report_to: str = "none", run_config: dict | None = None,
+                 wandb_project: str = "iopo-fast"):
         self.path = output_dir / "metrics.jsonl"
         kept = []
         if resumed_step and self.path.is_file():
             kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
                     if line.strip() and json.loads(line)["step"] <= resumed_step]
         self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        self.writer = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(output_dir / "tensorboard"))
+        self.mirror = None
+        if report_to == "tensorboard":
+            self.mirror = _TensorBoard(output_dir)
+        elif report_to == "wandb":
+            self.mirror = _WandB(output_dir, wandb_project, run_config or {})
 
     def write(self, record: dict) -> None:
         with self.path.open("a", encoding="utf-8") as file:
             file.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for name, value in record.items():
-                if name != "step" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(name, value, record["step"])
+        if self.mirror is not None:
+            self.mirror.log({name: value for name, value in record.items()
+                             if name != "step" and isinstance(value, (int, float))}, record["step"])
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        if self.mirror is not None:
+            self.mirror.close()
+
+
+class _TensorBoard:
+    def __init__(self, output_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(output_dir / "tensorboard"))
+
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        for name, value in scalars.items():
+            self.writer.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _WandB:
+    """One Weights & Biases run per output_dir: a resumed training continues the same run."""
+
+    def __init__(self, output_dir: Path, project: str, run_config: dict):
+        import wandb
+
+        id_file = output_dir / "wandb" / "run_id"
+        id_file.parent.mkdir(parents=True, exist_ok=True)
+        if not id_file.is_file():
+            id_file.write_text(secrets.token_hex(8), encoding="utf-8")
+        self.run = wandb.init(project=project, dir=str(output_dir), id=id_file.read_text(encoding="utf-8"),
+                              resume="allow", config=run_config)
+
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        self.run.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
 
 
 def step_record(run: Run, step: int, examples: list[Example], indices: list[int], plan: list[list[int]],
@@ -91,16 +128,19 @@ class StepMetrics:
     def __init__(self, run: Run):
         self.run = run
         self.accuracy = OBJECTIVES[run.config.loss].accuracy
-        self.log = MetricsLog(Path(run.config.output_dir), run.state["step"], run.config.report_to == "tensorboard")
+        self.log = MetricsLog(Path(run.config.output_dir), run.state["step"], run.config.report_to,
+                              dataclasses.asdict(run.config), run.config.wandb_project)
         self.progress = tqdm(desc="train", dynamic_ncols=True, initial=run.state["step"], total=run.total_steps)
 
     def write(self, record: dict) -> None:
-        """Show `record`, and write it every `logging_steps`, at the last step and when the step was skipped."""
+        """Show `record`, and write it every `logging_steps`, at the last step, when the step was skipped and
+        when it was evaluated."""
         self.progress.update(1)
         self.progress.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record.get(self.accuracy, 0):.2f}",
                                   tok_s=f"{record['tokens_per_sec']:.0f}")
         step = record["step"]
-        if step % self.run.config.logging_steps == 0 or step == self.run.total_steps or "skipped" in record:
+        if (step % self.run.config.logging_steps == 0 or step == self.run.total_steps or "skipped" in record
+                or "eval/loss" in record):
             self.log.write(record)
 
     def close(self) -> None:
@@ -162,8 +202,12 @@ def plot_metrics(metrics_file: Path, output_file: Path) -> None:
         return
     steps = [r["step"] for r in records]
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4))
-    loss_axes.plot(steps, [r["loss"] for r in records])
-    loss_axes.set(xlabel="step", ylabel="loss", title="training loss")
+    loss_axes.plot(steps, [r["loss"] for r in records], label="training")
+    evaluated = [r for r in records if "eval/loss" in r]
+    if evaluated:
+        loss_axes.plot([r["step"] for r in evaluated], [r["eval/loss"] for r in evaluated], "o-", label="held-out")
+        loss_axes.legend()
+    loss_axes.set(xlabel="step", ylabel="loss", title="loss")
     for name in sorted(k for k in records[0] if k.startswith("accuracies/")):
         accuracy_axes.plot(steps, [r.get(name) for r in records], label=name.removeprefix("accuracies/"))
     accuracy_axes.set(xlabel="step", ylabel="fraction of examples", title="accuracies", ylim=(-0.05, 1.05))

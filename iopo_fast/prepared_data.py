@@ -105,22 +105,26 @@ def _prepare(path: Path, tokenizer, loss: str, cutoff_len: int, directory: Path,
         records["record"].append(record if problem else json.dumps(record, ensure_ascii=False))
         records["problem"].append(problem)
     raw = datasets.Dataset.from_dict(records)
+    del records
+    staging = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    # The token lists go to Arrow files in the staging directory, memory-mapped rather than held here.
     tokenized = raw.map(
         functools.partial(_tokenize_batch, tokenizer=tokenizer, loss=loss, cutoff_len=cutoff_len),
         batched=True, batch_size=64, num_proc=_workers(num_proc, len(raw)),
         remove_columns=raw.column_names, desc=f"tokenizing {path.name}",
+        cache_file_name=str(staging / "tokenized.arrow"),
         features=datasets.Features({
             "source": datasets.Value("string"), "reason": datasets.Value("string"),
             "record": datasets.Value("string"), "truncated": datasets.Value("bool"),
             "sequences": datasets.Sequence(datasets.Sequence(datasets.Value("int32"))),
         }),
     )
-    good = tokenized.filter(lambda reason: not reason, input_columns="reason")
-    rejected = tokenized.filter(lambda reason: bool(reason), input_columns="reason")
-
-    staging = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    good = tokenized.filter(lambda reason: not reason, input_columns="reason",
+                            cache_file_name=str(staging / "good.arrow"))
+    rejected = tokenized.filter(lambda reason: bool(reason), input_columns="reason",
+                                cache_file_name=str(staging / "rejected.arrow"))
     good.select_columns(["sequences"]).save_to_disk(str(staging / "examples"))
     with (staging / "rejected.jsonl").open("w", encoding="utf-8") as file:
         for row in rejected:
@@ -130,6 +134,8 @@ def _prepare(path: Path, tokenizer, loss: str, cutoff_len: int, directory: Path,
             file.write(json.dumps({"source": row["source"], "reason": row["reason"], "record": record},
                                   ensure_ascii=False) + "\n")
     summary = {"records": len(raw), "examples": len(good), "truncated": sum(good["truncated"])}
+    for intermediate in staging.glob("*.arrow"):
+        intermediate.unlink()
     (staging / COMPLETE).write_text(json.dumps(summary) + "\n", encoding="utf-8")
     shutil.rmtree(directory, ignore_errors=True)  # a half-written earlier attempt
     os.replace(staging, directory)
@@ -155,7 +161,8 @@ def _tokenize_batch(batch: dict, tokenizer, loss: str, cutoff_len: int) -> dict:
             add(source, problem, record)
             continue
         try:
-            examples = [_tokenize(text, encoder, cutoff_len) for text in _parse_record(source, json.loads(record), loss)]
+            texts = _parse_record(source, json.loads(record), loss)
+            examples = [_tokenize(text, encoder, cutoff_len) for text in texts]
         except _Rejected as rejection:
             add(source, str(rejection), record)
             continue

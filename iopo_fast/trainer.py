@@ -96,6 +96,8 @@ def train(config: TrainConfig) -> dict[str, dict[str, float]]:
     try:
         for step in range(run.state["step"] + 1, run.total_steps + 1):
             record = train_step(run, step)
+            if config.eval_steps and step % config.eval_steps == 0 and step < run.total_steps:
+                record.update({f"eval/{name}": value for name, value in evaluate(run).items()})
             if metrics is not None:
                 metrics.write(record)
             _stop_after_nonfinite_steps(run, step)

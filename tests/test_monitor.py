@@ -10,12 +10,12 @@ from iopo_fast.monitor import MetricsLog, device_peak_flops, plot_metrics, step_
 
 
 def test_a_resumed_log_drops_the_steps_after_the_checkpoint_and_mirrors_to_tensorboard(tmp_path):
-    log = MetricsLog(tmp_path, resumed_step=0, tensorboard=False)
+    log = MetricsLog(tmp_path, resumed_step=0)
     for step in (1, 2, 3):
         log.write({"step": step, "loss": 1.0 / step})
     log.close()
 
-    resumed = MetricsLog(tmp_path, resumed_step=2, tensorboard=True)  # killed after step 3, resumed from 2
+    resumed = MetricsLog(tmp_path, resumed_step=2, report_to="tensorboard")  # killed after step 3, resumed from 2
     resumed.write({"step": 3, "loss": 0.25, "skipped": "non-finite loss"})
     resumed.close()
 
@@ -25,6 +25,32 @@ def test_a_resumed_log_drops_the_steps_after_the_checkpoint_and_mirrors_to_tenso
 
     events = EventAccumulator(str(next((tmp_path / "tensorboard").iterdir()))).Reload()
     assert [(e.step, e.value) for e in events.Scalars("loss")] == [(3, 0.25)]
+
+
+def test_wandb_run_gets_the_numbers_and_a_resumed_log_continues_the_same_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logged = []
+
+    def recorded(log: MetricsLog) -> MetricsLog:
+        run_log = log.mirror.run.log
+        log.mirror.run.log = lambda values, step: (logged.append((values, step)), run_log(values, step=step))
+        return log
+
+    log = recorded(MetricsLog(tmp_path, resumed_step=0, report_to="wandb", run_config={"pref_beta": 0.1}))
+    log.write({"step": 1, "loss": 0.7, "eval/loss": 0.69, "skipped": "non-finite loss", "examples": [3, 1]})
+    log.write({"step": 2, "loss": 0.5})
+    run_id, beta = log.mirror.run.id, log.mirror.run.config["pref_beta"]
+    log.close()
+    resumed = recorded(MetricsLog(tmp_path, resumed_step=2, report_to="wandb"))
+    resumed.write({"step": 3, "loss": 0.25})
+    assert resumed.mirror.run.id == run_id and beta == 0.1
+    resumed.close()
+
+    assert logged == [({"loss": 0.7, "eval/loss": 0.69}, 1), ({"loss": 0.5}, 2), ({"loss": 0.25}, 3)]
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert [path.name.rsplit("-", 1)[1] for path in runs] == [run_id] * 2
+    assert all((run / f"run-{run_id}.wandb").stat().st_size > 0 for run in runs)
 
 
 def test_step_flops_count_forward_backward_weight_gradients_and_the_reference_tokens():

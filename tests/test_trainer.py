@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_MODELS, random_iopo_examples, tiny_llama, training_config
+from conftest import DEMO_DATA, TINY_MODELS, random_iopo_examples, tiny_llama, training_config
 from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_grad
 from transformers import AutoModelForCausalLM
 
@@ -177,3 +177,13 @@ def test_lora_run_trains_only_the_adapters_and_exports_them_merged(tmp_path, tin
     for name, weight in base_weights.items():
         adapted = name.endswith("proj.weight")  # lora_target "all": every linear layer but the LM head
         assert torch.equal(merged_weights[name], weight) != adapted, name
+
+
+def test_eval_steps_write_held_out_metrics_during_training(tmp_path, tiny_model_dir):
+    results = train(training_config(tiny_model_dir, tmp_path, eval_dataset=str(DEMO_DATA / "eval.jsonl"),
+                                    eval_steps=2, max_steps=5, logging_steps=10))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    # Written at every evaluation (steps 2 and 4) and at the last step, whatever logging_steps says.
+    assert [r["step"] for r in records] == [2, 4, 5]
+    assert [("eval/loss" in r, "eval/accuracies/group" in r) for r in records] == [(True, True)] * 2 + [(False, False)]
+    assert records[0]["eval/loss"] != records[1]["eval/loss"] and results["after"]["loss"] != records[1]["eval/loss"]
