@@ -34,8 +34,9 @@ def _option(default, help: str, choices: tuple[str, ...] | None = None):
 class TrainConfig:
     # Model and data
     model_name_or_path: str = _option(DEFAULT_MODEL, "Hugging Face path or hub id; the default is the embedded SmolLM2-135M-Instruct.")
-    dataset: str = _option("examples/data/train.jsonl", "Training records: JSON array or JSON Lines (formats in the README).")
-    eval_dataset: str | None = _option(None, "Held-out records, evaluated before and after training (and every eval_steps).")
+    dataset: str = _option("examples/data/train.jsonl", "Training records: a .jsonl, .json or .parquet file, a folder of them, a saved datasets data set, a Hub data set (name or name:split), or a name in dataset_dir/dataset_info.json (formats in the README).")
+    eval_dataset: str | None = _option(None, "Held-out records, the same kinds as dataset; evaluated before and after training (and every eval_steps).")
+    dataset_dir: str | None = _option(None, "A folder with LLaMA-Factory's dataset_info.json: dataset and eval_dataset may then be its entry names.")
     output_dir: str = _option("outputs/iopo", "Where metrics, rejected records and the final model are written.")
     cutoff_len: int = _option(1024, "Longest (prompt, response) sequence in tokens; prompts are cut from the start to fit.")
     preprocessing_num_workers: int = _option(0, "Processes that tokenize a data set the first time it is used (it is then cached by content, tokenizer, cutoff_len and loss); 0: one per CPU core.")

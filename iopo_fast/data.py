@@ -1,6 +1,7 @@
 """Training records on disk to token-id examples.
 
-Accepted record formats (a JSON array, or JSON Lines with one record per line):
+Accepted record formats (in any source `iopo_fast.sources` reads: JSON Lines, a JSON array, Parquet, a
+folder of those, a saved or Hub `datasets` data set, a LLaMA-Factory `dataset_info.json` entry):
 
 - the original IOPO release: `{"conversations": [{"from": "human", "value": x1}, {"from": "human",
   "value": x2}], "chosen": {"from": "gpt", "value": y1}, "rejected": {"from": "gpt", "value": y2}}`;
@@ -29,13 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .packing import DPOExample, Example, IOPOExample
+from .sources import DataError, DataSource, check_source, read_records, resolve_source
 
 MIN_PROMPT_TOKENS = 8
 LOSS_MODES = ("iopo", "dpo")
-
-
-class DataError(ValueError):
-    """A data problem that stops the run; its message is one line naming the file and the reason."""
 
 
 @dataclass
@@ -93,21 +91,24 @@ class DataStats:
 
 
 def load_examples(
-    path: str | Path,
+    path: str | Path | DataSource,
     tokenizer,
     loss: str = "iopo",
     cutoff_len: int = 1024,
     rejection_log: RejectionLog | None = None,
 ) -> tuple[list[Example], DataStats]:
-    """Read, validate, tokenize and truncate the records of `path` into IOPO or DPO examples."""
+    """Read, validate, tokenize and truncate the records of `path` (any `sources.resolve_source` name) into
+    IOPO or DPO examples."""
     if loss not in LOSS_MODES:
         raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(LOSS_MODES)}")
     rejection_log = rejection_log if rejection_log is not None else RejectionLog()
     encoder = ChatEncoder(tokenizer)
-    stats = DataStats(str(path))
+    data_source = resolve_source(path)
+    check_source(data_source)
+    stats = DataStats(str(data_source))
     rejected_before = Counter(rejection_log.reasons)
     examples: list[Example] = []
-    for source, record, invalid_json in _read_records(Path(path)):
+    for source, record, invalid_json in read_records(data_source):
         stats.records += 1
         if invalid_json:
             rejection_log.reject(source, invalid_json, record)
@@ -128,34 +129,6 @@ def load_examples(
 
 class _Rejected(Exception):
     """Raised inside this module for a record that cannot be used; the message is the reason."""
-
-
-def check_data_file(path: str | Path) -> None:
-    if not Path(path).is_file():
-        raise DataError(f"{path}: no such data file")
-
-
-def _read_records(path: Path):
-    """Yield (source, record, problem) for every record: the parsed value and "", or the raw line
-    and why it is not valid JSON."""
-    check_data_file(path)
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}:{error.lineno}: invalid JSON array: {error.msg}") from None
-        for index, record in enumerate(records):
-            yield f"{path}[{index}]", record, ""
-        return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        source = f"{path}:{number}"
-        try:
-            yield source, json.loads(line), ""
-        except json.JSONDecodeError as error:
-            yield source, line, f"invalid JSON: {error.msg} at column {error.colno}"
 
 
 def _parse_record(source: str, record: object, loss: str) -> list[TextExample]:

@@ -28,8 +28,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from .data import (ChatEncoder, DataError, DataStats, RejectionLog, _parse_record, _read_records, _Rejected,
-                   _tokenize, check_data_file)
+from .data import ChatEncoder, DataStats, RejectionLog, _parse_record, _Rejected, _tokenize
+from .sources import DataError, DataSource, check_source, read_records, resolve_source
 from .distributed import barrier
 from .packing import DPOExample, Example, IOPOExample
 
@@ -55,16 +55,17 @@ class PreparedExamples(Sequence):
         return self.example_type(*self.dataset[int(index)]["sequences"])
 
 
-def prepared_examples(path: str | Path, tokenizer, cache_root: str | Path, loss: str = "iopo",
+def prepared_examples(path: str | Path | DataSource, tokenizer, cache_root: str | Path, loss: str = "iopo",
                       cutoff_len: int = 1024, rejection_log: RejectionLog | None = None,
                       num_proc: int = 1) -> tuple[PreparedExamples, DataStats]:
     """The examples of `path`, prepared into `cache_root` if they are not there yet (see the module docstring)."""
     import datasets
 
-    check_data_file(path)
-    directory = Path(cache_root) / "data" / cache_key(path, tokenizer, loss, cutoff_len)
+    source = resolve_source(path)
+    check_source(source)
+    directory = Path(cache_root) / "data" / cache_key(source, tokenizer, loss, cutoff_len)
     if int(os.environ.get("LOCAL_RANK", "0")) == 0 and not (directory / COMPLETE).is_file():
-        _prepare(Path(path), tokenizer, loss, cutoff_len, directory, num_proc)
+        _prepare(source, tokenizer, loss, cutoff_len, directory, num_proc)
     barrier()
     summary = json.loads((directory / COMPLETE).read_text(encoding="utf-8"))
     rejection_log = rejection_log if rejection_log is not None else RejectionLog()
@@ -73,20 +74,17 @@ def prepared_examples(path: str | Path, tokenizer, cache_root: str | Path, loss:
         for line in rejected:
             entry = json.loads(line)
             rejection_log.reject(entry["source"], entry["reason"], entry["record"])
-    stats = DataStats(str(path), records=summary["records"], examples=summary["examples"],
+    stats = DataStats(str(source), records=summary["records"], examples=summary["examples"],
                       truncated=summary["truncated"], rejected=rejection_log.reasons - rejected_before)
     if not stats.examples:
-        raise DataError(f"{path}: no usable examples ({stats.records} records, all rejected)")
+        raise DataError(f"{source}: no usable examples ({stats.records} records, all rejected)")
     table = datasets.load_from_disk(str(directory / "examples"))
     return PreparedExamples(table, loss), stats
 
 
-def cache_key(path: str | Path, tokenizer, loss: str, cutoff_len: int) -> str:
-    """A digest of everything that decides the prepared examples."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(functools.partial(file.read, 1 << 20), b""):
-            digest.update(block)
+def cache_key(path: str | Path | DataSource, tokenizer, loss: str, cutoff_len: int) -> str:
+    """A digest of everything that decides the prepared examples (a Hub data set: its name and split)."""
+    digest = hashlib.sha256(resolve_source(path).fingerprint())
     settings = {"format": FORMAT_VERSION, "loss": loss, "cutoff_len": cutoff_len,
                 "tokenizer": tokenizer.name_or_path, "vocabulary": len(tokenizer),
                 "special_tokens": tokenizer.special_tokens_map, "chat_template": tokenizer.chat_template}
@@ -94,15 +92,15 @@ def cache_key(path: str | Path, tokenizer, loss: str, cutoff_len: int) -> str:
     return digest.hexdigest()[:24]
 
 
-def _prepare(path: Path, tokenizer, loss: str, cutoff_len: int, directory: Path, num_proc: int) -> None:
-    """Tokenize `path` into `directory`, written whole or not at all (a kill leaves no marker)."""
+def _prepare(source: DataSource, tokenizer, loss: str, cutoff_len: int, directory: Path, num_proc: int) -> None:
+    """Tokenize `source` into `directory`, written whole or not at all (a kill leaves no marker)."""
     import datasets
 
     ChatEncoder(tokenizer)  # a tokenizer without a chat template fails here, once, not in every worker
     records = {"source": [], "record": [], "problem": []}
-    for source, record, problem in _read_records(path):
-        records["source"].append(source)
-        records["record"].append(record if problem else json.dumps(record, ensure_ascii=False))
+    for where, record, problem in read_records(source):
+        records["source"].append(where)
+        records["record"].append(record if problem else json.dumps(record, ensure_ascii=False, default=str))
         records["problem"].append(problem)
     raw = datasets.Dataset.from_dict(records)
     del records
@@ -113,7 +111,7 @@ def _prepare(path: Path, tokenizer, loss: str, cutoff_len: int, directory: Path,
     tokenized = raw.map(
         functools.partial(_tokenize_batch, tokenizer=tokenizer, loss=loss, cutoff_len=cutoff_len),
         batched=True, batch_size=64, num_proc=_workers(num_proc, len(raw)),
-        remove_columns=raw.column_names, desc=f"tokenizing {path.name}",
+        remove_columns=raw.column_names, desc=f"tokenizing {source}",
         cache_file_name=str(staging / "tokenized.arrow"),
         features=datasets.Features({
             "source": datasets.Value("string"), "reason": datasets.Value("string"),

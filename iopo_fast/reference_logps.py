@@ -18,7 +18,6 @@ import torch
 
 from .distributed import all_reduce, is_main, rank_batches
 from .packing import Batch, Example, pack_examples
-from .preference_model import PreferenceModel
 
 
 class LiveReference:

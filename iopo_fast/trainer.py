@@ -28,7 +28,7 @@ from .batching import micro_batches
 from .checkpoint import Checkpoints, StopRequest
 from .compat import optimizer_checks_gradients
 from .config import ConfigError, TrainConfig
-from .data import RejectionLog, check_data_file
+from .data import RejectionLog
 from .distributed import all_reduce, barrier, init_distributed, is_main, rank, rank_batches, world_size
 from .engine import build_engine, deepspeed_config, full_state_dict, partitioned_loading, reference_engine
 from .kernels import resolve_impl
@@ -41,6 +41,7 @@ from .packing import Example, pack_examples, packed_length
 from .preference_model import PreferenceModel
 from .prepared_data import prepared_examples
 from .reference_logps import LiveReference, cache_path, precompute
+from .sources import check_source, resolve_source
 
 
 class NonFiniteLossError(RuntimeError):
@@ -134,8 +135,9 @@ def build(config: TrainConfig, *, examples: tuple[Sequence[Example], Sequence[Ex
 
     tokenizer = None
     if examples is None:
-        for path in filter(None, (config.dataset, config.eval_dataset)):
-            check_data_file(path)  # before the tokenizer loads, which can take a while
+        for dataset in filter(None, (config.dataset, config.eval_dataset)):
+            # Before the tokenizer loads, which takes a while.
+            check_source(resolve_source(dataset, config.dataset_dir))
         tokenizer = load_tokenizer(config.model_name_or_path)
         examples = _load_data(config, tokenizer, output_dir, log)
     train_examples, eval_examples = examples
@@ -310,7 +312,7 @@ def _load_data(config: TrainConfig, tokenizer, output_dir: Path, log) -> tuple[S
         if path is None:
             loaded.append([])
             continue
-        examples, stats = prepared_examples(path, tokenizer, cache_dir(), loss=config.loss, cutoff_len=config.cutoff_len,
+        examples, stats = prepared_examples(resolve_source(path, config.dataset_dir), tokenizer, cache_dir(), loss=config.loss, cutoff_len=config.cutoff_len,
                                             rejection_log=rejection_log, num_proc=config.preprocessing_num_workers)
         log(f"data: {stats.summary(rejection_log)}")
         loaded.append(examples)

@@ -180,8 +180,12 @@ def test_lora_run_trains_only_the_adapters_and_exports_them_merged(tmp_path, tin
 
 
 def test_eval_steps_write_held_out_metrics_during_training(tmp_path, tiny_model_dir):
-    results = train(training_config(tiny_model_dir, tmp_path, eval_dataset=str(DEMO_DATA / "eval.jsonl"),
-                                    eval_steps=2, max_steps=5, logging_steps=10))
+    """With the held-out set named through a LLaMA-Factory dataset_info.json."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "dataset_info.json").write_text(json.dumps({"demo_eval": {
+        "file_name": str(DEMO_DATA / "eval.jsonl"), "ranking": True, "formatting": "sharegpt"}}))
+    results = train(training_config(tiny_model_dir, tmp_path, eval_dataset="demo_eval",
+                                    dataset_dir=str(tmp_path / "data"), eval_steps=2, max_steps=5, logging_steps=10))
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     # Written at every evaluation (steps 2 and 4) and at the last step, whatever logging_steps says.
     assert [r["step"] for r in records] == [2, 4, 5]
