@@ -34,8 +34,9 @@ def _option(default, help: str, choices: tuple[str, ...] | None = None):
 class TrainConfig:
     # Model and data
     model_name_or_path: str = _option(DEFAULT_MODEL, "Hugging Face path or hub id; the default is the embedded SmolLM2-135M-Instruct.")
-    dataset: str = _option("examples/data/train.jsonl", "Training records: a .jsonl, .json or .parquet file, a folder of them, a saved datasets data set, a Hub data set (name or name:split), or a name in dataset_dir/dataset_info.json (formats in the README).")
+    dataset: str = _option("examples/data/train.jsonl", "Training records, or several data sets mixed, comma-separated (see interleave_probs): a .jsonl, .json or .parquet file, a folder of them, a saved datasets data set, a Hub data set (name or name:split), or a name in dataset_dir/dataset_info.json (formats in the README).")
     eval_dataset: str | None = _option(None, "Held-out records, the same kinds as dataset; evaluated before and after training (and every eval_steps).")
+    interleave_probs: str | None = _option(None, "With several comma-separated datasets: the fraction of the training examples each gives, comma-separated (e.g. 0.7,0.3); as many examples as these proportions allow without repeating one. None: every example of every data set.")
     dataset_dir: str | None = _option(None, "A folder with LLaMA-Factory's dataset_info.json: dataset and eval_dataset may then be its entry names.")
     output_dir: str = _option("outputs/iopo", "Where metrics, rejected records and the final model are written.")
     cutoff_len: int = _option(1024, "Longest (prompt, response) sequence in tokens; prompts are cut from the start to fit.")
@@ -90,6 +91,20 @@ class TrainConfig:
     logging_steps: int = _option(1, "Write metrics.jsonl every this many steps.")
     eval_steps: int = _option(0, "Evaluate the eval_dataset every this many steps, into metrics.jsonl as eval/<metric>; 0: before and after training only.")
 
+    def mixture_proportions(self) -> list[float] | None:
+        """`interleave_probs` as floats, one per comma-separated `dataset`; None without it."""
+        if self.interleave_probs is None:
+            return None
+        try:
+            proportions = [float(p) for p in str(self.interleave_probs).split(",")]
+        except ValueError:
+            raise ConfigError(f"interleave_probs: expected comma-separated numbers, got {self.interleave_probs!r}") from None
+        count = len(self.dataset.split(","))
+        if len(proportions) != count or min(proportions) <= 0 or abs(sum(proportions) - 1) > 1e-6:
+            raise ConfigError(f"interleave_probs: {count} positive fractions summing to 1 are needed (one per dataset), "
+                              f"got {self.interleave_probs!r}")
+        return proportions
+
     def __post_init__(self):
         for item in dataclasses.fields(self):
             choices = item.metadata["choices"]
@@ -101,6 +116,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")
+        if self.interleave_probs is not None:
+            self.mixture_proportions()  # checked here, used by the loader
         if self.eval_steps < 0:
             raise ConfigError(f"eval_steps: must be >= 0, got {self.eval_steps}")
         if self.eval_steps and self.eval_dataset is None:

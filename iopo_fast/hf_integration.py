@@ -3,8 +3,9 @@
 `use_packed_attention(model)` registers `ATTENTION_NAME` in transformers' `AttentionInterface` and
 `AttentionMaskInterface` and makes it the model's attention implementation, once, through
 `set_attn_implementation`. The packing metadata reaches the attention through the model's forward
-kwargs; nothing of the modeling code is forked. For a packed forward the mask function returns None, so no `[S, S]` mask is
-ever built; any other forward (unpacked batches, generation) runs PyTorch SDPA with its usual mask.
+kwargs; nothing of the modeling code is forked. For a packed forward the mask function returns None,
+so no `[S, S]` mask is ever built; any other forward (unpacked batches, generation) runs PyTorch SDPA
+with its usual mask.
 The kwargs travel with each decoder layer's inputs, so gradient checkpointing recomputes a layer
 with the same packed attention.
 

@@ -14,7 +14,7 @@
   memory-map the same files rather than each holding its own copy of the token lists.
 
 The rejected records are kept with the cache, so a cached start reports them (file, line, reason)
-exactly as the first one did.
+exactly as the first one did. `MixedExamples` draws from several prepared data sets in fixed proportions.
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from .data import ChatEncoder, DataStats, RejectionLog, _parse_record, _Rejected, _tokenize
-from .sources import DataError, DataSource, check_source, read_records, resolve_source
 from .distributed import barrier
 from .packing import DPOExample, Example, IOPOExample
+from .sources import DataError, DataSource, check_source, read_records, resolve_source
 
 MIN_RECORDS_PER_WORKER = 100  # below it a worker process costs more than it saves
 # Bump when the prepared columns or the tokenization policy change: older caches are then not read.
@@ -53,6 +55,34 @@ class PreparedExamples(Sequence):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         return self.example_type(*self.dataset[int(index)]["sequences"])
+
+
+class MixedExamples(Sequence):
+    """Examples drawn from several data sets in fixed proportions (`interleave_probs`), none repeated.
+
+    Each data set's examples are taken in a seeded random order; the mixture is as large as the proportions
+    allow without repeating an example (the data set that runs out first bounds it, LLaMA-Factory's
+    `interleave_under`), and without proportions it is every example of every data set.
+    """
+
+    def __init__(self, parts: list[Sequence[Example]], proportions: list[float] | None = None, seed: int = 0):
+        if proportions is None:
+            counts = [len(part) for part in parts]
+        else:
+            total = min(len(part) / share for part, share in zip(parts, proportions))
+            counts = [int(share * total) for share in proportions]
+        self.parts = parts
+        self.index = []  # (part, position) of every example of the mixture
+        for number, (part, count) in enumerate(zip(parts, counts)):
+            order = torch.randperm(len(part), generator=torch.Generator().manual_seed(seed * 1_000_003 + number))
+            self.index += [(number, int(position)) for position in order[:count]]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, index: int) -> Example:
+        part, position = self.index[index]
+        return self.parts[part][position]
 
 
 def prepared_examples(path: str | Path | DataSource, tokenizer, cache_root: str | Path, loss: str = "iopo",

@@ -39,7 +39,7 @@ from .model import (apply_liger_kernels, apply_lora, cache_dir, enable_gradient_
 from .monitor import StepMetrics, plot_metrics, step_record
 from .packing import Example, pack_examples, packed_length
 from .preference_model import PreferenceModel
-from .prepared_data import prepared_examples
+from .prepared_data import MixedExamples, prepared_examples
 from .reference_logps import LiveReference, cache_path, precompute
 from .sources import check_source, resolve_source
 
@@ -135,9 +135,9 @@ def build(config: TrainConfig, *, examples: tuple[Sequence[Example], Sequence[Ex
 
     tokenizer = None
     if examples is None:
-        for dataset in filter(None, (config.dataset, config.eval_dataset)):
+        for name in _names(config.dataset) + _names(config.eval_dataset):
             # Before the tokenizer loads, which takes a while.
-            check_source(resolve_source(dataset, config.dataset_dir))
+            check_source(resolve_source(name, config.dataset_dir))
         tokenizer = load_tokenizer(config.model_name_or_path)
         examples = _load_data(config, tokenizer, output_dir, log)
     train_examples, eval_examples = examples
@@ -306,17 +306,27 @@ def _stop_after_nonfinite_steps(run: Run, step: int) -> None:
 
 
 def _load_data(config: TrainConfig, tokenizer, output_dir: Path, log) -> tuple[Sequence[Example], Sequence[Example]]:
+    """The train and eval examples; comma-separated data sets are mixed (`interleave_probs`)."""
     rejection_log = RejectionLog(output_dir / "rejected_records.jsonl" if is_main() else None, strict=config.strict)
     loaded = []
-    for path in (config.dataset, config.eval_dataset):
-        if path is None:
-            loaded.append([])
-            continue
-        examples, stats = prepared_examples(resolve_source(path, config.dataset_dir), tokenizer, cache_dir(), loss=config.loss, cutoff_len=config.cutoff_len,
-                                            rejection_log=rejection_log, num_proc=config.preprocessing_num_workers)
-        log(f"data: {stats.summary(rejection_log)}")
-        loaded.append(examples)
+    for names, proportions in ((_names(config.dataset), config.mixture_proportions()),
+                               (_names(config.eval_dataset), None)):
+        parts = []
+        for name in names:
+            examples, stats = prepared_examples(resolve_source(name, config.dataset_dir), tokenizer, cache_dir(),
+                                                loss=config.loss, cutoff_len=config.cutoff_len,
+                                                rejection_log=rejection_log, num_proc=config.preprocessing_num_workers)
+            log(f"data: {stats.summary(rejection_log)}")
+            parts.append(examples)
+        if len(parts) > 1 or proportions is not None:
+            parts = [MixedExamples(parts, proportions, config.seed)]
+            log(f"data: {len(parts[0])} examples mixed from {', '.join(names)}")
+        loaded.append(parts[0] if parts else [])
     return loaded[0], loaded[1]
+
+
+def _names(datasets: str | None) -> list[str]:
+    return [name.strip() for name in datasets.split(",")] if datasets else []
 
 
 def _checkpoint_to_resume(checkpoints: Checkpoints, config: TrainConfig, examples_per_step: int) -> Path | None:

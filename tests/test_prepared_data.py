@@ -12,7 +12,8 @@ from conftest import DEMO_DATA
 
 import iopo_fast.prepared_data as prepared_data
 from iopo_fast.data import DataError, RejectionLog, load_examples
-from iopo_fast.prepared_data import COMPLETE, cache_key, prepared_examples
+from iopo_fast.config import ConfigError, TrainConfig
+from iopo_fast.prepared_data import COMPLETE, MixedExamples, cache_key, prepared_examples
 
 BAD_LINES = ["{broken", json.dumps([1, 2]), json.dumps({"x1": "same", "x2": "same", "y1": "a", "y2": "b"}),
              json.dumps({"x1": "a", "x2": "b", "y1": "c"}), ""]
@@ -93,3 +94,23 @@ def test_a_half_written_cache_is_rebuilt(tmp_path, smollm2_tokenizer):
     shutil.rmtree(directory / "examples")
     rebuilt, _ = prepared_examples(data, smollm2_tokenizer, tmp_path / "cache")
     assert list(rebuilt) == list(examples) and (directory / COMPLETE).is_file()
+
+
+@pytest.mark.parametrize("proportions", [None, [0.25, 0.75]])
+def test_mixed_data_sets_keep_their_proportions_and_repeat_nothing(proportions):
+    small, large = [f"a{i}" for i in range(30)], [f"b{i}" for i in range(200)]
+    mixed = MixedExamples([small, large], proportions, seed=3)
+    drawn = list(mixed)
+    assert len(set(drawn)) == len(drawn)
+    from_small = sum(name.startswith("a") for name in drawn)
+    if proportions is None:
+        assert sorted(drawn) == sorted(small + large)
+    else:  # the small set bounds the mixture: all 30 of it are a quarter, so 90 of the large one
+        assert (from_small, len(drawn)) == (30, 120)
+    assert drawn != list(MixedExamples([small, large], proportions, seed=4))
+
+
+@pytest.mark.parametrize("value, message", [("0.5,0.6", "summing to 1"), ("1", "one per dataset"), ("a,b", "numbers")])
+def test_bad_interleave_probs_are_config_errors(value, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(dataset="a.jsonl,b.jsonl", interleave_probs=value)

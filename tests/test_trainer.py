@@ -191,3 +191,11 @@ def test_eval_steps_write_held_out_metrics_during_training(tmp_path, tiny_model_
     assert [r["step"] for r in records] == [2, 4, 5]
     assert [("eval/loss" in r, "eval/accuracies/group" in r) for r in records] == [(True, True)] * 2 + [(False, False)]
     assert records[0]["eval/loss"] != records[1]["eval/loss"] and results["after"]["loss"] != records[1]["eval/loss"]
+
+
+def test_comma_separated_datasets_are_mixed_in_their_proportions(tmp_path, tiny_model_dir, capsys):
+    both = f"{DEMO_DATA / 'eval.jsonl'},{DEMO_DATA / 'train.jsonl'}"  # 40 and 300 examples
+    run = build(training_config(tiny_model_dir, tmp_path, dataset=both, interleave_probs="0.5,0.5"))
+    assert len(run.train_examples) == 80  # the 40 of the smaller set are half of the mixture
+    assert "80 examples mixed from" in capsys.readouterr().out
+    assert len(build(training_config(tiny_model_dir, tmp_path / "all", dataset=both)).train_examples) == 340
