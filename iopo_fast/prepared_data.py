@@ -9,7 +9,8 @@
   tokenizer (its name, vocabulary size, special tokens and chat template), `cutoff_len` and the loss
   mode, so that a second start or a resume reads it instead of tokenizing again. An edited file or
   another tokenizer gives another key; a directory without its completion marker (a preparation
-  killed half-way) is never read, and is rebuilt;
+  killed half-way), or whose files no longer match the digests the marker lists, is never read, and
+  is rebuilt;
 - under several ranks, local rank 0 of each node prepares while the others wait, then all of them
   memory-map the same files rather than each holding its own copy of the token lists.
 
@@ -94,7 +95,7 @@ def prepared_examples(path: str | Path | DataSource, tokenizer, cache_root: str 
     source = resolve_source(path)
     check_source(source)
     directory = Path(cache_root) / "data" / cache_key(source, tokenizer, loss, cutoff_len)
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0 and not (directory / COMPLETE).is_file():
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0 and not _is_whole(directory):
         _prepare(source, tokenizer, loss, cutoff_len, directory, num_proc)
     barrier()
     summary = json.loads((directory / COMPLETE).read_text(encoding="utf-8"))
@@ -110,6 +111,28 @@ def prepared_examples(path: str | Path | DataSource, tokenizer, cache_root: str 
         raise DataError(f"{source}: no usable examples ({stats.records} records, all rejected)")
     table = datasets.load_from_disk(str(directory / "examples"))
     return PreparedExamples(table, loss), stats
+
+
+def _is_whole(directory: Path) -> bool:
+    """A prepared directory written to the end and unchanged since: its marker lists the digest of every file
+    (a damaged or half-written cache is prepared again; reading a damaged Arrow file could crash)."""
+    try:
+        written = json.loads((directory / COMPLETE).read_text(encoding="utf-8"))["files"]
+        return written == _file_digests(directory)
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _file_digests(directory: Path) -> dict[str, str]:
+    """The sha256 of every file of a prepared directory but its marker."""
+    digests = {}
+    for file in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != COMPLETE):
+        digest = hashlib.sha256()
+        with open(file, "rb") as content:
+            for block in iter(functools.partial(content.read, 1 << 20), b""):
+                digest.update(block)
+        digests[str(file.relative_to(directory))] = digest.hexdigest()
+    return digests
 
 
 def cache_key(path: str | Path | DataSource, tokenizer, loss: str, cutoff_len: int) -> str:
@@ -164,6 +187,7 @@ def _prepare(source: DataSource, tokenizer, loss: str, cutoff_len: int, director
     summary = {"records": len(raw), "examples": len(good), "truncated": sum(good["truncated"])}
     for intermediate in staging.glob("*.arrow"):
         intermediate.unlink()
+    summary["files"] = _file_digests(staging)
     (staging / COMPLETE).write_text(json.dumps(summary) + "\n", encoding="utf-8")
     shutil.rmtree(directory, ignore_errors=True)  # a half-written earlier attempt
     os.replace(staging, directory)

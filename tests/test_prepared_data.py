@@ -86,14 +86,23 @@ def test_an_edited_record_or_other_settings_are_never_served_from_the_cache(tmp_
     assert list(after) == load_examples(data, smollm2_tokenizer)[0] != list(before)
 
 
-def test_a_half_written_cache_is_rebuilt(tmp_path, smollm2_tokenizer):
+@pytest.mark.parametrize("damage", ["no marker", "truncated table", "garbled table", "no rejections"])
+def test_a_half_written_or_damaged_cache_is_rebuilt(tmp_path, smollm2_tokenizer, damage):
     data = mixed_file(tmp_path, 10)
-    examples, _ = prepared_examples(data, smollm2_tokenizer, tmp_path / "cache")
+    expected = list(prepared_examples(data, smollm2_tokenizer, tmp_path / "cache")[0])  # read before the damage
     directory = tmp_path / "cache" / "data" / cache_key(data, smollm2_tokenizer, "iopo", 1024)
-    (directory / COMPLETE).unlink()  # killed before the marker was written
-    shutil.rmtree(directory / "examples")
+    table = next((directory / "examples").glob("*.arrow"))
+    if damage == "no marker":  # killed before the marker was written
+        (directory / COMPLETE).unlink()
+        shutil.rmtree(directory / "examples")
+    elif damage == "truncated table":
+        table.write_bytes(table.read_bytes()[: table.stat().st_size // 2])
+    elif damage == "garbled table":
+        table.write_bytes(b"\0" * table.stat().st_size)
+    else:
+        (directory / "rejected.jsonl").unlink()
     rebuilt, _ = prepared_examples(data, smollm2_tokenizer, tmp_path / "cache")
-    assert list(rebuilt) == list(examples) and (directory / COMPLETE).is_file()
+    assert list(rebuilt) == expected and (directory / COMPLETE).is_file()
 
 
 @pytest.mark.parametrize("proportions", [None, [0.25, 0.75]])
