@@ -203,6 +203,12 @@ class ChatEncoder:
         self.end_of_turn = tokenizer.eos_token
 
     def encode(self, system: str | None, prompt: str, response: str) -> tuple[list[int], list[int]]:
+        prompt_text, response_text = self.texts(system, prompt, response)
+        # Encode the two parts separately so that the split never depends on a merge across it.
+        return self._ids(prompt_text), self._ids(response_text)
+
+    def texts(self, system: str | None, prompt: str, response: str) -> tuple[str, str]:
+        """The templated prompt (up to the assistant header) and response (up to its end of turn)."""
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         prompt_text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         full_text = self.tokenizer.apply_chat_template(
@@ -214,22 +220,45 @@ class ChatEncoder:
         end = response_text.rfind(self.end_of_turn) if self.end_of_turn else -1
         if end >= 0:
             response_text = response_text[: end + len(self.end_of_turn)]
-        # Encode the two parts separately so that the split never depends on a merge across it.
-        return self._ids(prompt_text), self._ids(response_text)
+        return prompt_text, response_text
+
+    def encode_many(self, conversations: list[tuple[str | None, str, str]]) -> list[tuple[list[int], list[int]]]:
+        """`encode` of many conversations, their texts tokenized in one batch (without the character
+        offsets `tokenizer(...)` also computes, where the tokenizer has a Rust backend)."""
+        texts = [part for conversation in conversations for part in self.texts(*conversation)]
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None and hasattr(backend, "encode_batch_fast"):
+            ids = [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
+        else:
+            ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return list(zip(ids[0::2], ids[1::2]))
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _tokenize(text: TextExample, encoder: ChatEncoder, cutoff_len: int) -> tuple[Example, bool]:
-    """Token ids of `text`, truncated by the module's policy; returns (example, whether truncated)."""
-    # A response's ids do not depend on its prompt, so y_j is encoded once, after its own prompt
-    # (the last one when there is a single prompt), and shared by the sequences that hold it.
-    pairs = [encoder.encode(text.system, prompt, response) for prompt, response in zip(text.prompts, text.responses)]
-    prompts = [prompt for prompt, _ in pairs]
-    responses = [response for _, response in pairs]
+def conversations(text: TextExample) -> list[tuple[str | None, str, str]]:
+    """The (system, prompt, response) conversations whose encodings an example is made of.
+
+    A response's ids do not depend on its prompt, so y_j is encoded once, after its own prompt (the last
+    one when there is a single prompt), and shared by the sequences that hold it.
+    """
+    pairs = [(text.system, prompt, response) for prompt, response in zip(text.prompts, text.responses)]
     if len(text.prompts) == 1:
-        responses.append(encoder.encode(text.system, text.prompts[0], text.responses[1])[1])
+        pairs.append((text.system, text.prompts[0], text.responses[1]))
+    return pairs
+
+
+def _tokenize(text: TextExample, encoder: ChatEncoder, cutoff_len: int) -> tuple[Example, bool]:
+    """Token ids of `text`, one conversation at a time."""
+    return assemble(text, [encoder.encode(*conversation) for conversation in conversations(text)], cutoff_len)
+
+
+def assemble(text: TextExample, encoded: list[tuple[list[int], list[int]]], cutoff_len: int) -> tuple[Example, bool]:
+    """The example of `text` from the (prompt ids, response ids) of its `conversations`, truncated by the
+    module's policy; returns (example, whether truncated)."""
+    prompts = [prompt for prompt, _ in encoded[: len(text.prompts)]]
+    responses = [response for _, response in encoded]
 
     longest_response = max(len(response) for response in responses)
     if max(len(prompt) for prompt in prompts) + longest_response > cutoff_len:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from .data import ChatEncoder, DataStats, RejectionLog, _parse_record, _Rejected, _tokenize
+from .data import ChatEncoder, DataStats, RejectionLog, _parse_record, _Rejected, assemble, conversations
 from .distributed import barrier
 from .packing import DPOExample, Example, IOPOExample
 from .sources import DataError, DataSource, check_source, read_records, resolve_source
@@ -200,7 +200,8 @@ def _workers(num_proc: int, num_records: int) -> int | None:
 
 
 def _tokenize_batch(batch: dict, tokenizer, loss: str, cutoff_len: int) -> dict:
-    """One output row per example, or per rejected record (with its reason), as `load_examples` forms them."""
+    """One output row per example, or per rejected record (with its reason), as `load_examples` forms them;
+    the texts of the whole batch are tokenized in one call."""
     encoder = ChatEncoder(tokenizer)
     rows = {"source": [], "reason": [], "record": [], "truncated": [], "sequences": []}
 
@@ -208,13 +209,23 @@ def _tokenize_batch(batch: dict, tokenizer, loss: str, cutoff_len: int) -> dict:
         for column, value in zip(rows, (source, reason, record, truncated, list(sequences))):
             rows[column].append(value)
 
+    parsed = []  # (source, record, its TextExamples, or the reason it is rejected)
     for source, record, problem in zip(batch["source"], batch["record"], batch["problem"]):
-        if problem:
-            add(source, problem, record)
+        try:
+            parsed.append((source, record, problem or _parse_record(source, json.loads(record), loss)))
+        except _Rejected as rejection:
+            parsed.append((source, record, str(rejection)))
+    texts = [text for _, _, outcome in parsed if not isinstance(outcome, str) for text in outcome]
+    encoded = iter(encoder.encode_many([c for text in texts for c in conversations(text)]))
+
+    for source, record, outcome in parsed:
+        if isinstance(outcome, str):
+            add(source, outcome, record)
             continue
         try:
-            texts = _parse_record(source, json.loads(record), loss)
-            examples = [_tokenize(text, encoder, cutoff_len) for text in texts]
+            # Every conversation's ids are taken before a rejection, so the next record reads its own.
+            pieces = [(text, [next(encoded) for _ in conversations(text)]) for text in outcome]
+            examples = [assemble(text, ids, cutoff_len) for text, ids in pieces]
         except _Rejected as rejection:
             add(source, str(rejection), record)
             continue
