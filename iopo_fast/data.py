@@ -136,15 +136,15 @@ def _parse_record(source: str, record: object, loss: str) -> list[TextExample]:
     if not isinstance(record, dict):
         raise _Rejected("not a JSON object")
     system = _optional_string(record, "system")
-    if "conversations" in record:
+    if record.get("conversations") is not None:
         turns = record["conversations"]
         if not isinstance(turns, list) or len(turns) != 2:
             raise _Rejected("'conversations' must hold exactly two human turns (x1, x2)")
         x1, x2 = (_message_text(dict(enumerate(turns)), i, f"conversations[{i}]") for i in range(2))
         y1, y2 = (_message_text(record, key, key) for key in ("chosen", "rejected"))
-    elif "x1" in record or "x2" in record:
+    elif record.get("x1") is not None or record.get("x2") is not None:
         x1, x2, y1, y2 = (_required_string(record, name) for name in ("x1", "x2", "y1", "y2"))
-    elif "prompt" in record:
+    elif record.get("prompt") is not None:
         prompt, chosen, rejected = (_required_string(record, name) for name in ("prompt", "chosen", "rejected"))
         if loss == "iopo":
             raise _Rejected("a DPO record (prompt/chosen/rejected) has no second instruction: train it with loss: dpo")
@@ -227,7 +227,9 @@ class ChatEncoder:
         offsets `tokenizer(...)` also computes, where the tokenizer has a Rust backend)."""
         texts = [part for conversation in conversations for part in self.texts(*conversation)]
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if backend is not None and hasattr(backend, "encode_batch_fast"):
+        # The backend alone, where transformers would add nothing: no truncation or padding set on it.
+        if (backend is not None and hasattr(backend, "encode_batch_fast") and backend.truncation is None
+                and backend.padding is None):
             ids = [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
         else:
             ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]

@@ -95,14 +95,15 @@ def packed_hidden_states(model: nn.Module, batch: PackedBatch, attention_backend
 
 
 def check_supported(config, batch: PackedBatch | None = None) -> None:
-    """Refuse model configurations whose attention the packed path would compute wrongly."""
+    """Refuse model configurations whose attention the packed path would compute wrongly: their type, and,
+    given a batch, a sliding window shorter than its longest sequence."""
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise NotImplementedError(
             f"packed batches support model types {', '.join(SUPPORTED_MODEL_TYPES)}, not {config.model_type!r}"
         )
     window = getattr(config, "sliding_window", None)
     uses_window = window is not None and getattr(config, "use_sliding_window", True)
-    if uses_window and (batch is None or batch.max_seqlen_k > window):
+    if uses_window and batch is not None and batch.max_seqlen_k > window:
         raise NotImplementedError(f"{config.model_type}: sliding-window attention (window {window}) is not supported")
 
 

@@ -122,6 +122,10 @@ def apply_lora(model, rank: int, alpha: float, dropout: float, target: str):
     from peft import LoraConfig, get_peft_model
 
     modules = "all-linear" if target == "all" else [name.strip() for name in target.split(",") if name.strip()]
+    head = next(name for name, module in model.named_modules() if module is model.get_output_embeddings())
+    if modules != "all-linear" and any(head.endswith(name) for name in modules):
+        # The fused head reads the base weight alone: an adapter there would train and never be used.
+        raise ModelError(f"lora_target={target!r}: the LM head ({head}) cannot take adapters")
     lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=modules, task_type="CAUSAL_LM")
     try:
         return get_peft_model(model, lora)

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +39,7 @@ from .sources import DataError, DataSource, check_source, read_records, resolve_
 
 MIN_RECORDS_PER_WORKER = 100  # below it a worker process costs more than it saves
 # Bump when the prepared columns or the tokenization policy change: older caches are then not read.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 COMPLETE = "complete.json"  # written last: its presence means the directory is whole
 
 
@@ -71,7 +72,7 @@ class MixedExamples(Sequence):
             counts = [len(part) for part in parts]
         else:
             total = min(len(part) / share for part, share in zip(parts, proportions))
-            counts = [int(share * total) for share in proportions]
+            counts = [int(share * total + 1e-9) for share in proportions]  # 0.3 * 100 is 29.999...
         self.parts = parts
         self.index = []  # (part, position) of every example of the mixture
         for number, (part, count) in enumerate(zip(parts, counts)):
@@ -140,6 +141,7 @@ def cache_key(path: str | Path | DataSource, tokenizer, loss: str, cutoff_len: i
     digest = hashlib.sha256(resolve_source(path).fingerprint())
     settings = {"format": FORMAT_VERSION, "loss": loss, "cutoff_len": cutoff_len,
                 "tokenizer": tokenizer.name_or_path, "vocabulary": len(tokenizer),
+                "backend": _backend_digest(tokenizer),
                 "special_tokens": tokenizer.special_tokens_map, "chat_template": tokenizer.chat_template}
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:24]
@@ -157,7 +159,7 @@ def _prepare(source: DataSource, tokenizer, loss: str, cutoff_len: int, director
         records["problem"].append(problem)
     raw = datasets.Dataset.from_dict(records)
     del records
-    staging = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
+    staging = directory.with_name(f".{directory.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     # The token lists go to Arrow files in the staging directory, memory-mapped rather than held here.
@@ -191,6 +193,12 @@ def _prepare(source: DataSource, tokenizer, loss: str, cutoff_len: int, director
     (staging / COMPLETE).write_text(json.dumps(summary) + "\n", encoding="utf-8")
     shutil.rmtree(directory, ignore_errors=True)  # a half-written earlier attempt
     os.replace(staging, directory)
+
+
+def _backend_digest(tokenizer) -> str | None:
+    """A digest of the whole tokenizer (vocabulary, merges, normalizer) where it has a Rust backend."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return hashlib.sha256(backend.to_str().encode()).hexdigest() if backend is not None else None
 
 
 def _workers(num_proc: int, num_records: int) -> int | None:

@@ -66,3 +66,12 @@ def scores_and_grads(model, score, weights):
 def test_missing_local_model_is_a_one_line_error(tmp_path):
     with pytest.raises(ModelError, match="no such model directory"):
         load_tokenizer(str(tmp_path / "absent"))
+
+
+def test_lora_on_the_lm_head_is_refused():
+    from conftest import tiny_llama
+
+    from iopo_fast.model import apply_lora
+
+    with pytest.raises(ModelError, match="the LM head .*lm_head.* cannot take adapters"):
+        apply_lora(tiny_llama(), rank=4, alpha=8.0, dropout=0.0, target="q_proj,lm_head")

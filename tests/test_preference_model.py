@@ -171,9 +171,11 @@ def counted(forward, calls: list):
     return forward_and_count
 
 
-def test_unsupported_attention_is_refused(generator):
+def test_a_sliding_window_shorter_than_a_sequence_is_refused_and_a_longer_one_runs(generator):
     model = TINY_MODELS["mistral"]()
-    model.config.sliding_window = 4
-    examples = random_iopo_examples(2, model.config.vocab_size, generator)
+    model.config.sliding_window = 9  # as Mistral-7B-v0.1 sets one, with no use_sliding_window flag
+    preference_model = PreferenceModel(model)
+    short = [IOPOExample([1] * 4, [2] * 4, [3], [4])]  # the longest sequence: 4 + 1 + 1 keys
+    assert preference_model(pack_examples(short)).scores.shape == (1, 4)
     with pytest.raises(NotImplementedError, match="sliding-window attention"):
-        PreferenceModel(model)(pack_examples([IOPOExample([1] * 9, [2], [3], [4])] + examples))
+        preference_model(pack_examples([IOPOExample([1] * 9, [2], [3], [4])] + short))

@@ -119,6 +119,11 @@ def test_mixed_data_sets_keep_their_proportions_and_repeat_nothing(proportions):
     assert drawn != list(MixedExamples([small, large], proportions, seed=4))
 
 
+def test_proportions_that_round_badly_lose_no_example():
+    mixed = MixedExamples([list(range(30)), list(range(70))], [0.3, 0.7])
+    assert len(mixed) == 100
+
+
 @pytest.mark.parametrize("value, message", [("0.5,0.6", "summing to 1"), ("1", "one per dataset"), ("a,b", "numbers")])
 def test_bad_interleave_probs_are_config_errors(value, message):
     with pytest.raises(ConfigError, match=message):

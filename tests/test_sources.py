@@ -102,3 +102,16 @@ def test_a_hub_name_without_a_network_is_a_one_line_error(tmp_path, monkeypatch,
         load_examples("someone/some-data:test", smollm2_tokenizer)
     assert "\n" not in str(error.value) and time.perf_counter() - started < 60
     shutil.rmtree(tmp_path / "hf", ignore_errors=True)
+
+
+def test_a_table_mixing_record_formats_reads_every_row(tmp_path, jsonl, smollm2_tokenizer):
+    """A Parquet or Hub table holds every column in every row, None where a record has none."""
+    import datasets
+
+    flat = [{"x1": r["conversations"][0]["value"], "x2": r["conversations"][1]["value"], "y1": r["chosen"]["value"],
+             "y2": r["rejected"]["value"]} for r in RECORDS[6:]]
+    columns = ("conversations", "chosen", "rejected", "x1", "x2", "y1", "y2")
+    rows = [{column: record.get(column) for column in columns} for record in RECORDS[:6] + flat]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "mixed.parquet"))
+    examples, stats = load_examples(tmp_path / "mixed.parquet", smollm2_tokenizer)
+    assert examples == load_examples(jsonl, smollm2_tokenizer)[0] and not stats.rejected
