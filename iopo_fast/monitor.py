@@ -114,9 +114,8 @@ def step_record(run: Run, step: int, examples: list[Example], indices: list[int]
         record["fill_ratio"] = fill_ratio(examples, [g for g in plan if g], config.max_tokens_per_micro_batch)
     peak_flops = device_peak_flops(run.device)
     if peak_flops:
-        parameters = [_numel(p) for p in run.model.parameters()]
-        trainable = sum(n for n, p in zip(parameters, run.model.parameters()) if p.requires_grad)
-        flops = step_flops(sum(parameters), trainable / sum(parameters), stream_tokens,
+        parameters, trainable = run.parameter_counts
+        flops = step_flops(parameters, trainable / parameters, stream_tokens,
                            stream_tokens if config.reference == "live" else 0)
         record["mfu"] = flops / (seconds * peak_flops * world_size())
     return record
@@ -154,7 +153,7 @@ def _gathered(indices: list[int], per_rank: int) -> list[int]:
     return all_reduce(gathered).flatten().tolist()
 
 
-def _numel(parameter: torch.Tensor) -> int:
+def whole_numel(parameter: torch.Tensor) -> int:
     """The whole parameter's size, also when ZeRO-3 holds only a partition of it here."""
     return parameter.ds_numel if hasattr(parameter, "ds_numel") else parameter.numel()
 

@@ -35,7 +35,7 @@ import torch
 from .data import ChatEncoder, DataStats, RejectionLog, _parse_record, _Rejected, assemble, conversations
 from .distributed import barrier
 from .packing import DPOExample, Example, IOPOExample
-from .sources import DataError, DataSource, check_source, read_records, resolve_source
+from .sources import DataError, DataSource, check_source, hash_file, read_records, resolve_source
 
 MIN_RECORDS_PER_WORKER = 100  # below it a worker process costs more than it saves
 # Bump when the prepared columns or the tokenization policy change: older caches are then not read.
@@ -47,15 +47,13 @@ class PreparedExamples(Sequence):
     """The examples of a prepared data set, read from its memory-mapped Arrow table as they are indexed."""
 
     def __init__(self, dataset, loss: str):
-        self.dataset, self.loss = dataset, loss
+        self.dataset = dataset
         self.example_type = IOPOExample if loss == "iopo" else DPOExample
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Example:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
         return self.example_type(*self.dataset[int(index)]["sequences"])
 
 
@@ -126,14 +124,8 @@ def _is_whole(directory: Path) -> bool:
 
 def _file_digests(directory: Path) -> dict[str, str]:
     """The sha256 of every file of a prepared directory but its marker."""
-    digests = {}
-    for file in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != COMPLETE):
-        digest = hashlib.sha256()
-        with open(file, "rb") as content:
-            for block in iter(functools.partial(content.read, 1 << 20), b""):
-                digest.update(block)
-        digests[str(file.relative_to(directory))] = digest.hexdigest()
-    return digests
+    return {str(file.relative_to(directory)): hash_file(hashlib.sha256(), file).hexdigest()
+            for file in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != COMPLETE)}
 
 
 def cache_key(path: str | Path | DataSource, tokenizer, loss: str, cutoff_len: int) -> str:

@@ -58,12 +58,18 @@ class DataSource:
         files = sorted(p for p in self.path.rglob("*") if p.is_file()) if self.path.is_dir() else [self.path]
         for file in files if self.is_local else []:
             digest.update(str(file.relative_to(self.path) if self.path.is_dir() else file.name).encode())
-            with open(file, "rb") as content:
-                for block in iter(lambda: content.read(1 << 20), b""):
-                    digest.update(block)
+            hash_file(digest, file)
         if not self.is_local:
             digest.update(self.location.encode())
         return digest.digest()
+
+
+def hash_file(digest, path: Path):
+    """`digest` (a hashlib object) updated with the bytes of `path`, read block by block."""
+    with open(path, "rb") as content:
+        for block in iter(lambda: content.read(1 << 20), b""):
+            digest.update(block)
+    return digest
 
 
 def resolve_source(dataset: str | Path | DataSource, dataset_dir: str | Path | None = None) -> DataSource:

@@ -16,8 +16,8 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,13 +30,14 @@ from .compat import optimizer_checks_gradients
 from .config import ConfigError, TrainConfig
 from .data import RejectionLog
 from .distributed import all_reduce, barrier, init_distributed, is_main, rank, rank_batches, world_size
-from .engine import build_engine, deepspeed_config, full_state_dict, partitioned_loading, reference_engine
+from .engine import (build_engine, deepspeed_config, full_state_dict, partitioned_loading, partitions_parameters,
+                     reference_engine)
 from .kernels import resolve_impl
 from .kernels.example_chunked_loss import check_supported
 from .loss import OBJECTIVES, PreferenceLoss
 from .model import (apply_liger_kernels, apply_lora, cache_dir, enable_gradient_checkpointing, load_model,
                     load_tokenizer, resolve_model_path)
-from .monitor import StepMetrics, plot_metrics, step_record
+from .monitor import StepMetrics, plot_metrics, step_record, whole_numel
 from .packing import Example, pack_examples, packed_length
 from .preference_model import PreferenceModel
 from .prepared_data import MixedExamples, prepared_examples
@@ -79,6 +80,12 @@ class Run:
     @property
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.train_examples) / self.examples_per_step)
+
+    @functools.cached_property
+    def parameter_counts(self) -> tuple[int, int]:
+        """(all, trainable) parameters of the model, each counted whole also where ZeRO-3 partitions it."""
+        counts = [(whole_numel(p), p.requires_grad) for p in self.model.parameters()]
+        return sum(n for n, _ in counts), sum(n for n, trainable in counts if trainable)
 
     @functools.cached_property
     def order(self) -> ExampleOrder:
@@ -361,9 +368,13 @@ def _fast_paths(config: TrainConfig, device: torch.device) -> str:
             check_supported(device, _model_dtype(config))
     except (ValueError, RuntimeError) as error:
         raise ConfigError(str(error)) from None
-    liger = "on" if config.liger_kernels and torch.cuda.is_available() else "off"
     return (f"packed attention {attention}, log-probs {logprobs} ({config.logprob_algorithm}), "
-            f"Liger model kernels {liger}")
+            f"Liger model kernels {'on' if _liger_runs(config) else 'off'}")
+
+
+def _liger_runs(config: TrainConfig) -> bool:
+    """Whether Liger's model kernels take effect (they run on CUDA only)."""
+    return config.liger_kernels and torch.cuda.is_available()
 
 
 def _resolved_paths(config: TrainConfig, device: torch.device) -> tuple[str, str]:
@@ -409,8 +420,7 @@ def _live_reference(config: TrainConfig, engine, load, wrap, ds_config: dict, de
     if lora or config.reference == "precomputed":
         return LiveReference(engine.module, disable_adapter=lora)
     model = wrap(load("reference").requires_grad_(False)).eval()
-    return LiveReference(reference_engine(model, ds_config) if ds_config["zero_optimization"].get("stage") == 3
-                         else model.to(device))
+    return LiveReference(reference_engine(model, ds_config) if partitions_parameters(ds_config) else model.to(device))
 
 
 def _precompute_references(run: Run, live: LiveReference) -> None:
@@ -418,7 +428,7 @@ def _precompute_references(run: Run, live: LiveReference) -> None:
     config = run.config
     attention, logprobs = _resolved_paths(config, run.device)
     settings = {"dtype": str(_model_dtype(config)), "attention": attention, "logprobs": logprobs,
-                "liger": config.liger_kernels and torch.cuda.is_available(), "finetuning": config.finetuning_type}
+                "liger": _liger_runs(config), "finetuning": config.finetuning_type}
     model_path = resolve_model_path(config.model_name_or_path)
     started = time.perf_counter()
     run.model.eval()
