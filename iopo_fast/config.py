@@ -89,6 +89,8 @@ class TrainConfig:
     wandb_project: str = _option("iopo-fast", "The Weights & Biases project of report_to: wandb.")
     seed: int = _option(42, "Seed of the data order and of any random initialisation.")
     logging_steps: int = _option(1, "Write metrics.jsonl every this many steps.")
+    eval_benchmarks: str | None = _option(None, "Instruction-following benchmarks run on the initial and on the trained model (`iopo-fast eval`), comma-separated: demo, demo:PATH, ifbench, jsonl:PATH; results in output_dir/eval/before and output_dir/eval/after.")
+    eval_max_new_tokens: int = _option(256, "Longest response generated for eval_benchmarks, in tokens (greedy decoding, per_device_eval_batch_size prompts at a time).")
     eval_steps: int = _option(0, "Evaluate the eval_dataset every this many steps, into metrics.jsonl as eval/<metric>; 0: before and after training only.")
 
     def mixture_proportions(self) -> list[float] | None:
@@ -105,6 +107,15 @@ class TrainConfig:
                               f"got {self.interleave_probs!r}")
         return proportions
 
+    def benchmark_list(self) -> list[str]:
+        """`eval_benchmarks` as a list; empty without it."""
+        benchmarks = [name.strip() for name in (self.eval_benchmarks or "").split(",") if name.strip()]
+        for spec in benchmarks:
+            name, _, path = spec.partition(":")
+            if name not in ("demo", "ifbench", "jsonl") or (name == "jsonl" and not path) or (name == "ifbench" and path):
+                raise ConfigError(f"eval_benchmarks: {spec!r} is not demo, demo:PATH, ifbench or jsonl:PATH")
+        return benchmarks
+
     def __post_init__(self):
         for item in dataclasses.fields(self):
             choices = item.metadata["choices"]
@@ -112,12 +123,13 @@ class TrainConfig:
                 raise ConfigError(f"{item.name}: {getattr(self, item.name)!r} is not one of {', '.join(map(str, choices))}")
         positive = ("cutoff_len", "per_device_train_batch_size", "gradient_accumulation_steps",
                     "per_device_eval_batch_size", "logging_steps", "pref_beta", "learning_rate", "lora_rank",
-                    "save_total_limit", "max_nonfinite_steps")
+                    "save_total_limit", "max_nonfinite_steps", "eval_max_new_tokens")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")
         if self.interleave_probs is not None:
             self.mixture_proportions()  # checked here, used by the loader
+        self.benchmark_list()  # checked here, used before and after training
         if self.eval_steps < 0:
             raise ConfigError(f"eval_steps: must be >= 0, got {self.eval_steps}")
         if self.eval_steps and self.eval_dataset is None:

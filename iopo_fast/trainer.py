@@ -93,9 +93,14 @@ class Run:
 
 
 def train(config: TrainConfig) -> dict[str, dict[str, float]]:
-    """Train with `config`; returns the held-out metrics before and after (empty without eval data)."""
+    """Train with `config`; returns the held-out metrics before and after (empty without eval data), and
+    the instruction-following benchmarks before and after under "benchmarks" (with eval_benchmarks)."""
+    init_distributed()
+    before = _benchmark(config, config.model_name_or_path, "before")  # before the engine: one model in memory
     run = build(config)
     results = run.state["results"]
+    if before is not None:
+        results["benchmarks"] = {"before": before}
     if run.eval_examples and "before" not in results:
         results["before"] = evaluate(run)
         run.log(f"eval before training: {_describe(run, results['before'])}")
@@ -272,11 +277,14 @@ def finish(run: Run) -> None:
         run.log(f"eval before training: {_describe(run, results['before'])}")
         run.log(f"eval after training:  {_describe(run, results['after'])}")
     output_dir = Path(run.config.output_dir)
+    export(run)
+    after = _benchmark(run.config, str(output_dir / "model"), "after")
+    if after is not None:
+        results.setdefault("benchmarks", {})["after"] = after
     if is_main():
-        if run.eval_examples:
+        if results:
             (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
         plot_metrics(output_dir / "metrics.jsonl", output_dir / "training.png")
-    export(run)
 
 
 def export(run: Run) -> None:
@@ -300,6 +308,25 @@ def export(run: Run) -> None:
             tokenizer.save_pretrained(output_dir / "model")
         run.log(f"model saved to {output_dir / 'model'}")
     barrier()
+
+
+def _benchmark(config: TrainConfig, model: str, stage: str) -> dict | None:
+    """`iopo-fast eval` of `model` on the eval_benchmarks, into output_dir/eval/<stage>, on the main rank
+    while the others wait; None on the other ranks and without eval_benchmarks."""
+    if not config.benchmark_list():
+        return None
+    summaries = None
+    if is_main():
+        from .evaluation.generation import GenerationSettings
+        from .evaluation.run import evaluate_model
+
+        settings = GenerationSettings(max_new_tokens=config.eval_max_new_tokens, seed=config.seed,
+                                      batch_size=config.per_device_eval_batch_size)
+        print(f"instruction following {stage} training:", flush=True)
+        summaries = evaluate_model(model, config.benchmark_list(), Path(config.output_dir) / "eval" / stage, settings,
+                                   replace_stale=True, log=functools.partial(print, flush=True))
+    barrier()
+    return summaries
 
 
 def _stop_after_nonfinite_steps(run: Run, step: int) -> None:

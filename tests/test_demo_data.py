@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from iopo_fast.evaluation import demo_constraints as checks
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "make_demo_data.py"
 DATA_DIR = REPO / "examples" / "data"
@@ -25,7 +27,7 @@ def import_script():
 
 
 demo = import_script()
-Constraint = demo.Constraint
+Constraint = checks.Constraint
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +80,10 @@ def test_each_response_breaks_the_other_instruction(splits):
     for record in all_records(splits):
         x1, x2, y1, y2 = demo.record_texts(record)
         assert x1 != x2 and y1 != y2
-        assert all(c.check(y1) for c in demo.parse_constraints(x1))
-        assert not all(c.check(y1) for c in demo.parse_constraints(x2))
-        assert all(c.check(y2) for c in demo.parse_constraints(x2))
-        assert not all(c.check(y2) for c in demo.parse_constraints(x1))
+        assert all(c.check(y1) for c in checks.parse_constraints(x1))
+        assert not all(c.check(y1) for c in checks.parse_constraints(x2))
+        assert all(c.check(y2) for c in checks.parse_constraints(x2))
+        assert not all(c.check(y2) for c in checks.parse_constraints(x1))
 
 
 def test_swapped_or_malformed_records_are_reported(splits):
@@ -104,14 +106,14 @@ def test_train_and_eval_share_no_instruction_pair_or_topic(splits):
 def test_instructions_and_responses_are_short(splits):
     for record in all_records(splits):
         x1, x2, y1, y2 = demo.record_texts(record)
-        assert max(map(demo.count_words, (x1, x2))) <= 40
-        assert max(map(demo.count_words, (y1, y2))) <= 35
+        assert max(map(checks.count_words, (x1, x2))) <= 40
+        assert max(map(checks.count_words, (y1, y2))) <= 35
 
 
 def test_every_constraint_kind_occurs_in_the_data(splits):
     kinds = {c.kind for record in all_records(splits) for x in demo.record_texts(record)[:2]
-             for c in demo.parse_constraints(x)}
-    assert kinds == set(demo.KINDS)
+             for c in checks.parse_constraints(x)}
+    assert kinds == set(checks.KINDS)
 
 
 RIGHT_AND_WRONG_RESPONSES = [
@@ -137,7 +139,7 @@ def test_each_kind_accepts_a_right_response_and_catches_a_wrong_one(constraint, 
 
 
 def test_the_right_and_wrong_table_covers_every_kind():
-    assert {constraint.kind for constraint, _, _ in RIGHT_AND_WRONG_RESPONSES} == set(demo.KINDS)
+    assert {constraint.kind for constraint, _, _ in RIGHT_AND_WRONG_RESPONSES} == set(checks.KINDS)
 
 
 def test_wrong_responses_built_from_generated_ones_are_caught(splits):
@@ -151,7 +153,7 @@ def test_wrong_responses_built_from_generated_ones_are_caught(splits):
     spoiled = 0
     for record in all_records(splits):
         x1, _, y1, _ = demo.record_texts(record)
-        for constraint in demo.parse_constraints(x1):
+        for constraint in checks.parse_constraints(x1):
             if constraint.kind in spoilers:
                 assert not constraint.check(spoilers[constraint.kind](y1, *constraint.args))
                 spoiled += 1
@@ -163,14 +165,14 @@ def test_descriptions_read_back_as_the_same_constraints():
                    Constraint("ending", ("¡Buena suerte!",)), Constraint("include", ("énergie",)),
                    Constraint("language", ("Spanish",)), Constraint("lowercase")]
     instruction = " ".join(["Give tips for saving money.", *(c.describe() for c in constraints)])
-    assert demo.parse_constraints(instruction) == constraints
+    assert checks.parse_constraints(instruction) == constraints
 
 
 def test_every_topic_sentence_is_recognised_in_its_own_language():
     for topic in demo.TOPICS:
         for language, sentences in topic.sentences.items():
             for sentence in sentences:
-                assert demo.detect_language(sentence) == language, sentence
+                assert checks.detect_language(sentence) == language, sentence
 
 
 def test_there_are_enough_distinct_topics():

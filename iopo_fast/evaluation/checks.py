@@ -1,0 +1,98 @@
+"""The constraint vocabulary of the evaluation, and the verdict of one constraint on one response.
+
+A constraint is an instruction id and its arguments:
+
+- `demo:<kind>` (`demo:max_words`, `demo:language`, ...), the demo data's kinds, arguments
+  `{"args": [...]}` in the order of the kind's template (`demo_constraints.KINDS`);
+- IFBench's 58 ids (`count:word_count_range`, ...) and IFEval's 25 (`keywords:existence`, ...),
+  with the keyword arguments of their reference checkers (`offline_resources.checker_classes`).
+
+Verdicts follow IFBench's `evaluation_lib`: an empty response meets nothing; *strict* checks the
+response as written; *loose* also accepts it with its first and/or last line removed and/or its
+asterisks removed (eight variants). A check whose NLTK resource is not on the machine is
+`unsupported`, never guessed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .demo_constraints import KINDS, Constraint
+
+MET, FAILED, UNSUPPORTED, UNJUDGED = "met", "failed", "unsupported", "unjudged"
+DEMO_PREFIX = "demo:"
+
+
+class CheckError(ValueError):
+    """A constraint id that is not in the vocabulary, or arguments its checker does not take."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One constraint of a prompt: its id, its arguments and the program that tells whether a response meets it.
+
+    `follows` may raise `LookupError` when it needs an NLTK resource that is not installed.
+    """
+
+    id: str
+    kwargs: dict = field(compare=False)
+    follows: Callable[[str], bool] = field(compare=False, repr=False)
+
+    def verdicts(self, response: str) -> tuple[str, str]:
+        """(strict, loose) verdicts of this constraint on `response`."""
+        try:
+            strict = bool(response.strip()) and self.follows(response)
+            loose = strict or any(variant.strip() and self.follows(variant) for variant in loose_variants(response))
+        except LookupError:
+            return UNSUPPORTED, UNSUPPORTED
+        return (MET if strict else FAILED), (MET if loose else FAILED)
+
+
+def loose_variants(response: str) -> list[str]:
+    """IFBench's loose variants of a response: first and/or last line removed, and/or asterisks removed."""
+    lines = response.split("\n")
+    trimmed = ["\n".join(lines[1:]).strip(), "\n".join(lines[:-1]).strip(), "\n".join(lines[1:-1]).strip()]
+    return [response.replace("*", ""), *trimmed, *(text.replace("*", "") for text in trimmed)]
+
+
+def make_check(instruction_id: str, kwargs: dict | None, prompt: str) -> Check:
+    """The `Check` of one constraint of `prompt`; `CheckError` for an unknown id or arguments it does not take."""
+    kwargs = {key: value for key, value in (kwargs or {}).items() if value is not None}
+    if instruction_id.startswith(DEMO_PREFIX):
+        return _demo_check(instruction_id, kwargs)
+    from .offline_resources import checker_classes, offline_checkers
+
+    checker_class = checker_classes().get(instruction_id)
+    if checker_class is None:
+        raise CheckError(f"unknown constraint id {instruction_id!r} (demo:<kind>, or an IFBench or IFEval id)")
+    checker = checker_class(instruction_id)
+    try:
+        with offline_checkers():
+            checker.build_description(**kwargs)
+            if "prompt" in (checker.get_instruction_args() or {}):
+                checker.build_description(prompt=prompt)  # checks that compare the response with the prompt
+    except (TypeError, ValueError) as error:
+        raise CheckError(f"{instruction_id}: arguments {kwargs} are not accepted: {error}") from None
+
+    def follows(response: str) -> bool:
+        with offline_checkers():  # the checkers call nltk.download before they tokenize
+            return checker.check_following(response)
+
+    return Check(instruction_id, kwargs, follows)
+
+
+def _demo_check(instruction_id: str, kwargs: dict) -> Check:
+    kind = instruction_id.removeprefix(DEMO_PREFIX)
+    if kind not in KINDS:
+        raise CheckError(f"unknown constraint id {instruction_id!r}: the demo kinds are {', '.join(KINDS)}")
+    args = tuple(kwargs.get("args", ()))
+    expected = KINDS[kind].template.count("{}")
+    if set(kwargs) - {"args"} or len(args) != expected:
+        raise CheckError(f"{instruction_id}: takes {{\"args\": [...]}} with {expected} values, got {kwargs}")
+    return Check(instruction_id, kwargs, Constraint(kind, args).check)
+
+
+def demo_check(constraint: Constraint) -> Check:
+    """The `Check` of a demo constraint read from an instruction's text."""
+    return _demo_check(DEMO_PREFIX + constraint.kind, {"args": list(constraint.args)})

@@ -1,0 +1,92 @@
+"""What a model follows: accuracies with 95% bootstrap intervals, at the instruction and constraint level.
+
+- Instruction-level accuracy: the share of prompts whose response meets every constraint.
+- Constraint-level accuracy: the share of constraints met, over all prompts.
+- Per constraint type: the share met of the constraints with that id.
+
+A constraint that is `unsupported` (its checker's resource is missing) or `unjudged` has no verdict: it
+is counted, not scored. A prompt with a failed constraint has failed whatever its other verdicts; a
+prompt whose other constraints are all met but one has no verdict is undecided and is counted apart.
+Intervals resample prompts (constraints of one prompt move together) for the first two, and the
+constraints of the type for the third: the 2.5th and 97.5th percentiles of 1000 resamples.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from .checks import FAILED, MET
+
+RESAMPLES = 1000
+
+
+def summarize(rows: list[dict], mode: str, seed: int = 0) -> dict:
+    """The accuracies of scored responses (`rows[i]["checks"][j][mode]` is a verdict) in one mode."""
+    rng = np.random.default_rng(seed)
+    verdicts = [[check[mode] for check in row["checks"]] for row in rows]
+    decided = [[verdict == MET for verdict in row if verdict in (MET, FAILED)] for row in verdicts]
+    prompt_outcomes = [_prompt_outcome(row) for row in verdicts]
+    instruction = [outcome for outcome in prompt_outcomes if outcome is not None]
+    by_type: dict[str, list[bool]] = defaultdict(list)
+    for row in rows:
+        for check in row["checks"]:
+            if check[mode] in (MET, FAILED):
+                by_type[check["id"]].append(check[mode] == MET)
+    no_verdict = defaultdict(int)
+    for row in verdicts:
+        for verdict in row:
+            if verdict not in (MET, FAILED):
+                no_verdict[verdict] += 1
+    return {
+        "instruction_level": _accuracy(instruction, rng),
+        "constraint_level": _ratio_of_sums([sum(row) for row in decided], [len(row) for row in decided], rng),
+        "per_constraint": {name: _accuracy(values, rng) for name, values in sorted(by_type.items())},
+        "prompts": len(rows),
+        "undecided_prompts": prompt_outcomes.count(None),
+        "constraints": sum(map(len, verdicts)),
+        "constraints_without_verdict": dict(sorted(no_verdict.items())),
+        "empty_responses": sum(not row["response"].strip() for row in rows),
+    }
+
+
+def _prompt_outcome(verdicts: list[str]) -> bool | None:
+    if FAILED in verdicts:
+        return False
+    return True if all(verdict == MET for verdict in verdicts) else None
+
+
+def _accuracy(values: list[bool], rng: np.random.Generator) -> dict:
+    return _ratio_of_sums([int(value) for value in values], [1] * len(values), rng)
+
+
+def _ratio_of_sums(hits: list[int], totals: list[int], rng: np.random.Generator) -> dict:
+    """sum(hits) / sum(totals), with a percentile bootstrap interval over the units (resampled with replacement)."""
+    hits_array, totals_array = np.asarray(hits, dtype=float), np.asarray(totals, dtype=float)
+    if totals_array.sum() == 0:
+        return {"accuracy": None, "low": None, "high": None, "count": 0}
+    draws = rng.integers(0, len(hits_array), size=(RESAMPLES, len(hits_array)))
+    resampled_totals = totals_array[draws].sum(axis=1)
+    ratios = hits_array[draws].sum(axis=1) / np.where(resampled_totals > 0, resampled_totals, np.nan)
+    low, high = np.nanpercentile(ratios, [2.5, 97.5])
+    return {"accuracy": float(hits_array.sum() / totals_array.sum()), "low": float(low), "high": float(high),
+            "count": int(totals_array.sum())}
+
+
+def format_table(summaries: dict[str, dict[str, dict]]) -> str:
+    """A printable table: one row per (model or stage, benchmark, mode), instruction- and constraint-level."""
+    lines = [f"{'':<28} {'instruction-level':>26} {'constraint-level':>26}  no verdict"]
+    for label, by_mode in summaries.items():
+        for mode, summary in by_mode.items():
+            missing = sum(summary["constraints_without_verdict"].values())
+            lines.append(f"{label + ' ' + mode:<28} {_cell(summary['instruction_level']):>26} "
+                         f"{_cell(summary['constraint_level']):>26}  {missing}")
+    return "\n".join(lines)
+
+
+def _cell(accuracy: dict) -> str:
+    if accuracy["accuracy"] is None:
+        return "n/a (0)"
+    return (f"{100 * accuracy['accuracy']:.1f} [{100 * accuracy['low']:.1f}, {100 * accuracy['high']:.1f}] "
+            f"n={accuracy['count']}")

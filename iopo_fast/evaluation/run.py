@@ -1,0 +1,137 @@
+"""`iopo-fast eval`: generate responses to each benchmark's prompts, check every constraint, report.
+
+For each benchmark, in `output_dir/<benchmark>/`:
+
+- `responses.jsonl`: one line per prompt, its response and every constraint's strict and loose verdict.
+  Responses are appended batch by batch as they are generated: an interrupted evaluation, run again
+  with the same model and settings, generates only the prompts that have no response yet.
+- `generation.json`: the model (with a fingerprint of its files), the generation settings and the
+  backend; responses written under other settings or another model are never mixed in.
+- `summary.json`: accuracies in both modes (`report.summarize`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .benchmarks import EvalItem, benchmark_name, load_benchmark
+from .generation import GenerationSettings, TransformersGenerator
+from .report import format_table, summarize
+
+MODES = ("strict", "loose")
+
+
+class EvaluationError(RuntimeError):
+    """Existing results that cannot be continued; the message says why and what to do."""
+
+
+def evaluate_model(model: str, benchmarks: list[str], output_dir: str | Path, settings: GenerationSettings,
+                   limit: int | None = None, make_generator: Callable | None = None, replace_stale: bool = False,
+                   log=print) -> dict:
+    """Evaluate `model` on each benchmark; returns {benchmark: {"strict": summary, "loose": summary}}.
+
+    `limit` takes the first prompts of each benchmark only. `make_generator(model, settings)` builds the
+    generator (default: `TransformersGenerator`); it is built only if some response is missing. Responses
+    in `output_dir` of another model or other settings are an `EvaluationError`, or with `replace_stale`
+    are discarded (a training run's own output folder, where a new run replaces an old one).
+    """
+    make_generator = make_generator or TransformersGenerator
+    items = {spec: load_benchmark(spec)[:limit] for spec in benchmarks}  # every benchmark is read before the model loads
+    identity = {"model": model, "model_fingerprint": model_fingerprint(model), "generation": settings.as_dict()}
+    generator = None
+    results = {}
+    for spec, benchmark_items in items.items():
+        name, folder = benchmark_name(spec), Path(output_dir) / benchmark_name(spec)
+        benchmark_identity = {**identity, "benchmark": spec}
+        responses = _responses_so_far(folder, benchmark_identity, replace_stale)
+        pending = [item for item in benchmark_items if item.key not in responses]
+        if pending:
+            generator = generator or make_generator(model, settings)
+            log(f"{name}: generating {len(pending)} responses with {generator.backend} "
+                f"({len(benchmark_items) - len(pending)} already written)")
+            _write_json(folder / "generation.json", benchmark_identity)
+            _generate(generator, pending, folder / "responses.jsonl", responses, settings.batch_size)
+        rows = [score(item, responses[item.key]) for item in benchmark_items]
+        _write_lines(folder / "responses.jsonl", rows)
+        results[name] = {mode: summarize(rows, mode) for mode in MODES}
+        _write_json(folder / "summary.json", {**benchmark_identity, "summary": results[name]})
+    log(format_table(results))
+    return results
+
+
+def score(item: EvalItem, response: str) -> dict:
+    """One line of responses.jsonl: the prompt, the response and each constraint's verdicts."""
+    verdicts = [check.verdicts(response) for check in item.checks]
+    return {"key": item.key, "prompt": item.prompt, "response": response,
+            "checks": [{"id": check.id, "kwargs": check.kwargs, "strict": strict, "loose": loose}
+                       for check, (strict, loose) in zip(item.checks, verdicts)]}
+
+
+def model_fingerprint(model: str) -> str:
+    """A digest of a model directory's file names, sizes and modification times; the name for a hub id."""
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return model
+    files = sorted(file for file in path.rglob("*") if file.is_file())
+    stats = [(str(file.relative_to(path)), file.stat().st_size, file.stat().st_mtime_ns) for file in files]
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
+
+
+def _responses_so_far(folder: Path, identity: dict, replace_stale: bool) -> dict[str, str]:
+    """The responses already generated under exactly these settings (`generation.json`), by prompt key."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path, identity_file = folder / "responses.jsonl", folder / "generation.json"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    stale = lines and (not identity_file.is_file() or json.loads(identity_file.read_text()) != identity)
+    if stale and replace_stale:
+        path.unlink()
+        return {}
+    if stale:
+        raise EvaluationError(f"{folder} holds responses of another model or other generation settings "
+                              f"(see {identity_file}): choose another output folder or delete it")
+    responses, kept = {}, []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the last line of a run that was killed while writing it: generated again
+        responses[row["key"]] = row["response"]
+        kept.append(row)
+    if len(kept) != len(lines):
+        _write_lines(path, kept)
+    return responses
+
+
+def _generate(generator, items: list[EvalItem], path: Path, responses: dict[str, str], batch_size: int) -> None:
+    """Generate batch by batch, appending each batch's responses to `path` (flushed to disk) as it finishes."""
+    with path.open("a", encoding="utf-8") as file, tqdm(total=len(items), desc="generating", unit="prompt") as bar:
+        for start in range(0, len(items), batch_size):
+            batch = items[start:start + batch_size]
+            for item, response in zip(batch, generator([item.prompt for item in batch])):
+                responses[item.key] = response
+                file.write(json.dumps({"key": item.key, "prompt": item.prompt, "response": response},
+                                      ensure_ascii=False) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+            bar.update(len(batch))
+
+
+def _write_lines(path: Path, rows: list[dict]) -> None:
+    _replace(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def _write_json(path: Path, value: dict) -> None:
+    _replace(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename, so a kill leaves the old or the new file."""
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(text, encoding="utf-8")
+    os.replace(staging, path)
