@@ -63,8 +63,12 @@ def main(argv: list[str] | None = None) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluation.run import evaluate_model  # imported here: it pulls in torch
 
-    output = args.output or str(Path("eval") / Path(args.model.rstrip("/")).name)
+    model = Path(args.model.rstrip("/"))
+    # A run's exported model is output_dir/model: named after its run.
+    output = args.output or str(Path("eval") / (model.parent.name if model.name == "model" else model.name))
     try:
+        if args.limit is not None and args.limit <= 0:
+            raise ValueError(f"--limit must be positive, got {args.limit}")
         settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.seed, args.batch_size)
         evaluate_model(args.model, args.benchmarks, output, settings, limit=args.limit)
     except (*EVALUATION_ERRORS, ModelError, ValueError) as error:

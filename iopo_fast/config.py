@@ -109,11 +109,14 @@ class TrainConfig:
 
     def benchmark_list(self) -> list[str]:
         """`eval_benchmarks` as a list; empty without it."""
+        from .evaluation.benchmarks import BenchmarkError, parse_benchmark
+
         benchmarks = [name.strip() for name in (self.eval_benchmarks or "").split(",") if name.strip()]
         for spec in benchmarks:
-            name, _, path = spec.partition(":")
-            if name not in ("demo", "ifbench", "jsonl") or (name == "jsonl" and not path) or (name == "ifbench" and path):
-                raise ConfigError(f"eval_benchmarks: {spec!r} is not demo, demo:PATH, ifbench or jsonl:PATH")
+            try:
+                parse_benchmark(spec)
+            except BenchmarkError as error:
+                raise ConfigError(f"eval_benchmarks: {error}") from None
         return benchmarks
 
     def __post_init__(self):

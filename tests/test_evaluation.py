@@ -154,10 +154,10 @@ def test_report_counts_verdicts_and_bootstraps_intervals():
     ]
     summary = summarize(rows, "strict")
     instruction, constraint = summary["instruction_level"], summary["constraint_level"]
-    assert (instruction["accuracy"], instruction["count"]) == (1 / 3, 3)  # the third prompt is undecided
+    assert (instruction["accuracy"], instruction["count"]) == (1 / 2, 2)  # prompts 2 and 3 are undecided
     assert (constraint["accuracy"], constraint["count"]) == (3 / 5, 5)
     assert summary["per_constraint"]["x"]["accuracy"] == 0.5 and summary["per_constraint"]["y"]["count"] == 1
-    assert summary["undecided_prompts"] == 1 and summary["constraints_without_verdict"] == {UNSUPPORTED: 2}
+    assert summary["undecided_prompts"] == 2 and summary["constraints_without_verdict"] == {UNSUPPORTED: 2}
     assert summary["empty_responses"] == 1
     assert 0 <= instruction["low"] < instruction["accuracy"] < instruction["high"] <= 1
     assert summarize([], "strict")["instruction_level"]["accuracy"] is None
@@ -171,6 +171,12 @@ def test_benchmark_files_with_bad_lines_name_file_and_line(tmp_path):
         json.dumps({**good, "kwargs": []}): "as many kwargs",
         json.dumps({**good, "key": "b", "instruction_id_list": ["demo:whisper"]}): "unknown constraint id 'demo:whisper'",
         json.dumps(good): "key 'a' is used twice",
+        json.dumps({**good, "key": "c", "kwargs": None}): "as many kwargs",
+        json.dumps({**good, "key": "d", "instruction_id_list": ["keywords:existence"], "kwargs": [{}]}):
+            "arguments keywords are missing",
+        json.dumps({**good, "key": "e", "instruction_id_list": [7]}): "an id string and a kwargs object",
+        json.dumps({**good, "key": "f", "instruction_id_list": ["demo:max_words"], "kwargs": [{"args": ["five"]}]}):
+            "with 1 values of type int",
     }
     for line, reason in cases.items():
         path = tmp_path / "prompts.jsonl"
@@ -202,7 +208,7 @@ def test_evaluate_a_model_end_to_end_and_resume_after_an_interruption(tmp_path, 
     written = (tmp_path / "demo" / "responses.jsonl").read_text().splitlines()
     assert len(written) == 4
     with (tmp_path / "demo" / "responses.jsonl").open("a") as file:
-        file.write('{"key": "4:x1", "resp')  # the line being written when the process was killed
+        file.write('{"key": "3:x1", "prompt": "Describe')  # the line being written when the process was killed
     CountingGenerator.answered, CountingGenerator.fail_after_batches = [], None
 
     results = evaluate_model(str(tiny_model_dir), [DEMO], tmp_path, settings, limit=6, make_generator=CountingGenerator)
@@ -214,6 +220,8 @@ def test_evaluate_a_model_end_to_end_and_resume_after_an_interruption(tmp_path, 
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert summary["summary"] == json.loads(json.dumps(results["demo"]))
     assert summary["summary"]["strict"]["prompts"] == 6
+    evaluate_model(str(tiny_model_dir), [DEMO], tmp_path, settings, limit=2, make_generator=CountingGenerator)
+    assert (tmp_path / "demo" / "responses.jsonl").read_text().count("\n") == 6  # a smaller limit keeps the others
     other_settings = GenerationSettings(max_new_tokens=5, batch_size=2)
     with pytest.raises(EvaluationError, match="other generation settings"):
         evaluate_model(str(tiny_model_dir), [DEMO], tmp_path, other_settings, limit=6)
@@ -225,9 +233,24 @@ def test_evaluate_a_model_end_to_end_and_resume_after_an_interruption(tmp_path, 
 
 
 def test_generation_is_greedy_batched_with_left_padding(tiny_model_dir):
-    generator = TransformersGenerator(str(tiny_model_dir), GenerationSettings(max_new_tokens=6, batch_size=2))
+    generator = TransformersGenerator(str(tiny_model_dir), GenerationSettings(max_new_tokens=6, batch_size=2),
+                                      device=torch.device("cpu"))
     prompts = ["Hi.", "Name three rivers of Europe, in lowercase, as a list."]
-    assert generator(prompts) == [generator([prompts[0]])[0], generator([prompts[1]])[0]]
+    batched = generator(prompts)
+    assert all(batched) and batched[0] != batched[1]
+    assert batched == [generator([prompts[0]])[0], generator([prompts[1]])[0]]
+
+
+def test_a_response_holding_a_line_separator_is_kept_on_resume(tmp_path, tiny_model_dir):
+    class Separator(CountingGenerator):
+        def __call__(self, prompts):
+            type(self).answered += prompts
+            return ["a\u2028b"] * len(prompts)
+
+    Separator.answered, Separator.fail_after_batches = [], None
+    for _ in range(2):
+        evaluate_model(str(tiny_model_dir), [DEMO], tmp_path, GenerationSettings(), limit=2, make_generator=Separator)
+    assert len(Separator.answered) == 2
 
 
 def test_lora_adapters_of_a_run_are_evaluated_on_their_base_model(tmp_path, tiny_model_dir):
@@ -240,7 +263,7 @@ def test_lora_adapters_of_a_run_are_evaluated_on_their_base_model(tmp_path, tiny
     model.save_pretrained(tmp_path / "adapter")
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "adapter")
     settings = GenerationSettings(max_new_tokens=6)
-    adapted = TransformersGenerator(str(tmp_path / "adapter"), settings)
+    adapted = TransformersGenerator(str(tmp_path / "adapter"), settings, device=torch.device("cpu"))
     merged = model.merge_and_unload()
     assert all(torch.equal(value, merged.state_dict()[name]) for name, value in adapted.model.state_dict().items())
 

@@ -206,7 +206,10 @@ def test_eval_benchmarks_judge_the_initial_and_the_trained_model(tmp_path, tiny_
         assert summary == results["benchmarks"][stage]["demo"]
         assert summary["strict"]["prompts"] == 80  # x1 and x2 of the 40 held-out records
     assert json.loads((output_dir / "eval_results.json").read_text())["benchmarks"] == results["benchmarks"]
-    assert train(config)["benchmarks"]["after"]  # a new run's model replaces the old run's responses
+    first_model = json.loads((output_dir / "eval" / "after" / "demo" / "generation.json").read_text())
+    train(config)  # a new run's model replaces the old run's responses
+    second_model = json.loads((output_dir / "eval" / "after" / "demo" / "generation.json").read_text())
+    assert second_model["model_fingerprint"] != first_model["model_fingerprint"]
 
 
 def test_comma_separated_datasets_are_mixed_in_their_proportions(tmp_path, tiny_model_dir, capsys):

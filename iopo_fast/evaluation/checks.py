@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from .demo_constraints import KINDS, Constraint
 
-MET, FAILED, UNSUPPORTED, UNJUDGED = "met", "failed", "unsupported", "unjudged"
+MET, FAILED, UNSUPPORTED = "met", "failed", "unsupported"
 DEMO_PREFIX = "demo:"
 
 
@@ -56,9 +56,11 @@ def loose_variants(response: str) -> list[str]:
     return [response.replace("*", ""), *trimmed, *(text.replace("*", "") for text in trimmed)]
 
 
-def make_check(instruction_id: str, kwargs: dict | None, prompt: str) -> Check:
+def make_check(instruction_id: str, kwargs: dict, prompt: str) -> Check:
     """The `Check` of one constraint of `prompt`; `CheckError` for an unknown id or arguments it does not take."""
-    kwargs = {key: value for key, value in (kwargs or {}).items() if value is not None}
+    if not isinstance(instruction_id, str) or not isinstance(kwargs, dict):
+        raise CheckError(f"a constraint is an id string and a kwargs object, got {instruction_id!r} and {kwargs!r}")
+    kwargs = {key: value for key, value in kwargs.items() if value is not None}
     if instruction_id.startswith(DEMO_PREFIX):
         return _demo_check(instruction_id, kwargs)
     from .offline_resources import checker_classes, offline_checkers
@@ -70,10 +72,15 @@ def make_check(instruction_id: str, kwargs: dict | None, prompt: str) -> Check:
     try:
         with offline_checkers():
             checker.build_description(**kwargs)
-            if "prompt" in (checker.get_instruction_args() or {}):
+            arguments = checker.get_instruction_args() or {}
+            if "prompt" in arguments:
                 checker.build_description(prompt=prompt)  # checks that compare the response with the prompt
     except (TypeError, ValueError) as error:
         raise CheckError(f"{instruction_id}: arguments {kwargs} are not accepted: {error}") from None
+    # A reference checker draws an argument it is not given at random: a constraint must state them all.
+    missing = sorted(arguments.keys() - kwargs.keys() - {"prompt"})
+    if missing:
+        raise CheckError(f"{instruction_id}: arguments {', '.join(missing)} are missing from {kwargs}")
 
     def follows(response: str) -> bool:
         with offline_checkers():  # the checkers call nltk.download before they tokenize
@@ -86,10 +93,14 @@ def _demo_check(instruction_id: str, kwargs: dict) -> Check:
     kind = instruction_id.removeprefix(DEMO_PREFIX)
     if kind not in KINDS:
         raise CheckError(f"unknown constraint id {instruction_id!r}: the demo kinds are {', '.join(KINDS)}")
-    args = tuple(kwargs.get("args", ()))
-    expected = KINDS[kind].template.count("{}")
-    if set(kwargs) - {"args"} or len(args) != expected:
-        raise CheckError(f"{instruction_id}: takes {{\"args\": [...]}} with {expected} values, got {kwargs}")
+    args, expected = kwargs.get("args", ()), KINDS[kind].template.count("{}")
+    try:
+        if set(kwargs) - {"args"} or not isinstance(args, list | tuple) or len(args) != expected:
+            raise ValueError
+        args = tuple(KINDS[kind].arg_type(arg) for arg in args)
+    except (TypeError, ValueError):
+        raise CheckError(f"{instruction_id}: takes {{\"args\": [...]}} with {expected} values "
+                         f"of type {KINDS[kind].arg_type.__name__}, got {kwargs}") from None
     return Check(instruction_id, kwargs, Constraint(kind, args).check)
 
 

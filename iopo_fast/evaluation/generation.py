@@ -18,7 +18,7 @@ from ..model import ModelError, load_model, load_tokenizer
 class GenerationSettings:
     """How responses are sampled; greedy when `temperature` is 0."""
 
-    max_new_tokens: int = 512
+    max_new_tokens: int = 256
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
@@ -56,7 +56,7 @@ class TransformersGenerator:
         torch.manual_seed(settings.seed)
 
     def __call__(self, prompts: list[str]) -> list[str]:
-        """One response per prompt, the prompt's tokens and special tokens removed."""
+        """One response per prompt: the generated text without special tokens and surrounding whitespace."""
         texts = [self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                                     add_generation_prompt=True) for prompt in prompts]
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)

@@ -4,9 +4,10 @@
 - Constraint-level accuracy: the share of constraints met, over all prompts.
 - Per constraint type: the share met of the constraints with that id.
 
-A constraint that is `unsupported` (its checker's resource is missing) or `unjudged` has no verdict: it
-is counted, not scored. A prompt with a failed constraint has failed whatever its other verdicts; a
-prompt whose other constraints are all met but one has no verdict is undecided and is counted apart.
+A constraint that is `unsupported` (its checker's resource is missing) has no verdict: it is counted,
+not scored. A prompt with such a constraint is left out of the instruction level whatever its other
+verdicts (keeping it only when another constraint fails would bias the accuracy down), and counted
+as undecided.
 Intervals resample prompts (constraints of one prompt move together) for the first two, and the
 constraints of the type for the third: the 2.5th and 97.5th percentiles of 1000 resamples.
 """
@@ -52,9 +53,10 @@ def summarize(rows: list[dict], mode: str, seed: int = 0) -> dict:
 
 
 def _prompt_outcome(verdicts: list[str]) -> bool | None:
-    if FAILED in verdicts:
-        return False
-    return True if all(verdict == MET for verdict in verdicts) else None
+    """Whether every constraint is met; None when one has no verdict."""
+    if not all(verdict in (MET, FAILED) for verdict in verdicts):
+        return None
+    return FAILED not in verdicts
 
 
 def _accuracy(values: list[bool], rng: np.random.Generator) -> dict:

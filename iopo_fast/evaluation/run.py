@@ -42,25 +42,30 @@ def evaluate_model(model: str, benchmarks: list[str], output_dir: str | Path, se
     are discarded (a training run's own output folder, where a new run replaces an old one).
     """
     make_generator = make_generator or TransformersGenerator
+    names = [benchmark_name(spec) for spec in benchmarks]
+    if len(set(names)) < len(names):
+        raise EvaluationError(f"benchmarks {benchmarks} would share a results folder: give each a distinct name")
     items = {spec: load_benchmark(spec)[:limit] for spec in benchmarks}  # every benchmark is read before the model loads
     identity = {"model": model, "model_fingerprint": model_fingerprint(model), "generation": settings.as_dict()}
     generator = None
     results = {}
     for spec, benchmark_items in items.items():
-        name, folder = benchmark_name(spec), Path(output_dir) / benchmark_name(spec)
+        name = benchmark_name(spec)
+        folder = Path(output_dir) / name
         benchmark_identity = {**identity, "benchmark": spec}
         responses = _responses_so_far(folder, benchmark_identity, replace_stale)
-        pending = [item for item in benchmark_items if item.key not in responses]
+        # A response is reused only for the same prompt: an edited benchmark file has its changed prompts answered anew.
+        pending = [item for item in benchmark_items if responses.get(item.key, {}).get("prompt") != item.prompt]
         if pending:
             generator = generator or make_generator(model, settings)
             log(f"{name}: generating {len(pending)} responses with {generator.backend} "
                 f"({len(benchmark_items) - len(pending)} already written)")
             _write_json(folder / "generation.json", benchmark_identity)
             _generate(generator, pending, folder / "responses.jsonl", responses, settings.batch_size)
-        rows = [score(item, responses[item.key]) for item in benchmark_items]
-        _write_lines(folder / "responses.jsonl", rows)
+        rows = [score(item, responses.pop(item.key)["response"]) for item in benchmark_items]
+        _write_lines(folder / "responses.jsonl", rows + list(responses.values()))  # and those beyond `limit`
         results[name] = {mode: summarize(rows, mode) for mode in MODES}
-        _write_json(folder / "summary.json", {**benchmark_identity, "summary": results[name]})
+        _write_json(folder / "summary.json", {**benchmark_identity, "limit": limit, "summary": results[name]})
     log(format_table(results))
     return results
 
@@ -78,16 +83,17 @@ def model_fingerprint(model: str) -> str:
     path = Path(model).expanduser()
     if not path.is_dir():
         return model
-    files = sorted(file for file in path.rglob("*") if file.is_file())
-    stats = [(str(file.relative_to(path)), file.stat().st_size, file.stat().st_mtime_ns) for file in files]
+    files = {str(file.relative_to(path)): file.stat() for file in sorted(path.rglob("*")) if file.is_file()}
+    stats = [(name, stat.st_size, stat.st_mtime_ns) for name, stat in files.items()]
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
 
 
-def _responses_so_far(folder: Path, identity: dict, replace_stale: bool) -> dict[str, str]:
-    """The responses already generated under exactly these settings (`generation.json`), by prompt key."""
+def _responses_so_far(folder: Path, identity: dict, replace_stale: bool) -> dict[str, dict]:
+    """The rows already generated under exactly these settings (`generation.json`), by prompt key."""
     folder.mkdir(parents=True, exist_ok=True)
     path, identity_file = folder / "responses.jsonl", folder / "generation.json"
-    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    # Not splitlines: a response may hold U+2028, which json.dumps(ensure_ascii=False) writes as is.
+    lines = [line for line in path.read_text(encoding="utf-8").split("\n") if line] if path.is_file() else []
     stale = lines and (not identity_file.is_file() or json.loads(identity_file.read_text()) != identity)
     if stale and replace_stale:
         path.unlink()
@@ -95,28 +101,26 @@ def _responses_so_far(folder: Path, identity: dict, replace_stale: bool) -> dict
     if stale:
         raise EvaluationError(f"{folder} holds responses of another model or other generation settings "
                               f"(see {identity_file}): choose another output folder or delete it")
-    responses, kept = {}, []
+    responses = {}
     for line in lines:
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+            responses[row["key"]] = {"key": row["key"], "prompt": row["prompt"], "response": row["response"]}
+        except (json.JSONDecodeError, KeyError, TypeError):
             continue  # the last line of a run that was killed while writing it: generated again
-        responses[row["key"]] = row["response"]
-        kept.append(row)
-    if len(kept) != len(lines):
-        _write_lines(path, kept)
+    if len(responses) != len(lines):
+        _write_lines(path, list(responses.values()))
     return responses
 
 
-def _generate(generator, items: list[EvalItem], path: Path, responses: dict[str, str], batch_size: int) -> None:
+def _generate(generator, items: list[EvalItem], path: Path, responses: dict[str, dict], batch_size: int) -> None:
     """Generate batch by batch, appending each batch's responses to `path` (flushed to disk) as it finishes."""
     with path.open("a", encoding="utf-8") as file, tqdm(total=len(items), desc="generating", unit="prompt") as bar:
         for start in range(0, len(items), batch_size):
             batch = items[start:start + batch_size]
             for item, response in zip(batch, generator([item.prompt for item in batch])):
-                responses[item.key] = response
-                file.write(json.dumps({"key": item.key, "prompt": item.prompt, "response": response},
-                                      ensure_ascii=False) + "\n")
+                responses[item.key] = {"key": item.key, "prompt": item.prompt, "response": response}
+                file.write(json.dumps(responses[item.key], ensure_ascii=False) + "\n")
             file.flush()
             os.fsync(file.fileno())
             bar.update(len(batch))
