@@ -61,13 +61,13 @@ class Checkpoints:
         barrier()
         final = self.root / name
         if is_main():
-            _write_atomically(staging / "trainer_state.json", json.dumps(trainer_state, indent=2) + "\n")
+            write_atomically(staging / "trainer_state.json", json.dumps(trainer_state, indent=2) + "\n")
             _fsync_tree(staging)
             if final.exists():  # a checkpoint of this step from an earlier, interrupted attempt
                 shutil.rmtree(final)
             staging.rename(final)
             _fsync(self.root)
-            _write_atomically(self.root / "latest", name + "\n")
+            write_atomically(self.root / "latest", name + "\n")
             self._remove_old()
         barrier()
         return final
@@ -123,7 +123,8 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` through a synced temporary file and a rename: a kill leaves the old or the new file."""
     temporary = path.with_name(f".{path.name}.tmp")
     with temporary.open("w", encoding="utf-8") as file:
         file.write(text)

@@ -11,7 +11,7 @@ from .data import DataError
 from .evaluation.benchmarks import BenchmarkError
 from .evaluation.generation import GenerationSettings
 from .evaluation.offline_resources import MissingEvaluationPackage
-from .evaluation.run import EvaluationError
+from .evaluation.run import EvaluationError, evaluate_model
 from .model import ModelError
 
 EVALUATION_ERRORS = (BenchmarkError, EvaluationError, MissingEvaluationPackage)
@@ -61,8 +61,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluation.run import evaluate_model  # imported here: it pulls in torch
-
     model = Path(args.model.rstrip("/"))
     # A run's exported model is output_dir/model: named after its run.
     output = args.output or str(Path("eval") / (model.parent.name if model.name == "model" else model.name))

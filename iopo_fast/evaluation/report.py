@@ -8,38 +8,36 @@ A constraint that is `unsupported` (its checker's resource is missing) has no ve
 not scored. A prompt with such a constraint is left out of the instruction level whatever its other
 verdicts (keeping it only when another constraint fails would bias the accuracy down), and counted
 as undecided.
+
 Intervals resample prompts (constraints of one prompt move together) for the first two, and the
 constraints of the type for the third: the 2.5th and 97.5th percentiles of 1000 resamples.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 
 from .checks import FAILED, MET
 
 RESAMPLES = 1000
+DECIDED = (MET, FAILED)
 
 
 def summarize(rows: list[dict], mode: str, seed: int = 0) -> dict:
     """The accuracies of scored responses (`rows[i]["checks"][j][mode]` is a verdict) in one mode."""
     rng = np.random.default_rng(seed)
     verdicts = [[check[mode] for check in row["checks"]] for row in rows]
-    decided = [[verdict == MET for verdict in row if verdict in (MET, FAILED)] for row in verdicts]
+    decided = [[verdict == MET for verdict in row if verdict in DECIDED] for row in verdicts]
     prompt_outcomes = [_prompt_outcome(row) for row in verdicts]
     instruction = [outcome for outcome in prompt_outcomes if outcome is not None]
     by_type: dict[str, list[bool]] = defaultdict(list)
     for row in rows:
         for check in row["checks"]:
-            if check[mode] in (MET, FAILED):
+            if check[mode] in DECIDED:
                 by_type[check["id"]].append(check[mode] == MET)
-    no_verdict = defaultdict(int)
-    for row in verdicts:
-        for verdict in row:
-            if verdict not in (MET, FAILED):
-                no_verdict[verdict] += 1
+    no_verdict = Counter(verdict for row in verdicts for verdict in row if verdict not in DECIDED)
     return {
         "instruction_level": _accuracy(instruction, rng),
         "constraint_level": _ratio_of_sums([sum(row) for row in decided], [len(row) for row in decided], rng),
@@ -54,7 +52,7 @@ def summarize(rows: list[dict], mode: str, seed: int = 0) -> dict:
 
 def _prompt_outcome(verdicts: list[str]) -> bool | None:
     """Whether every constraint is met; None when one has no verdict."""
-    if not all(verdict in (MET, FAILED) for verdict in verdicts):
+    if not all(verdict in DECIDED for verdict in verdicts):
         return None
     return FAILED not in verdicts
 

@@ -6,7 +6,7 @@ For each benchmark, in `output_dir/<benchmark>/`:
   Responses are appended batch by batch as they are generated: an interrupted evaluation, run again
   with the same model and settings, generates only the prompts that have no response yet.
 - `generation.json`: the model (with a fingerprint of its files), the generation settings and the
-  backend; responses written under other settings or another model are never mixed in.
+  benchmark; responses written under other settings or another model are never mixed in.
 - `summary.json`: accuracies in both modes (`report.summarize`).
 """
 
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..checkpoint import write_atomically
 from .benchmarks import EvalItem, benchmark_name, load_benchmark
 from .generation import GenerationSettings, TransformersGenerator
 from .report import format_table, summarize
@@ -127,15 +128,8 @@ def _generate(generator, items: list[EvalItem], path: Path, responses: dict[str,
 
 
 def _write_lines(path: Path, rows: list[dict]) -> None:
-    _replace(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    write_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def _write_json(path: Path, value: dict) -> None:
-    _replace(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
-
-
-def _replace(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename, so a kill leaves the old or the new file."""
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(text, encoding="utf-8")
-    os.replace(staging, path)
+    write_atomically(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
