@@ -105,8 +105,9 @@ def random_dpo_examples(count: int, vocab_size: int, generator: torch.Generator)
 
 @pytest.fixture
 def generator() -> torch.Generator:
-    """A freshly seeded generator: every test run draws new random inputs (the seed is printed)."""
-    seed = secrets.randbelow(2**31)
+    """A freshly seeded generator: every test run draws new random inputs (the seed is printed; set
+    IOPO_TEST_SEED to replay one)."""
+    seed = int(os.environ.get("IOPO_TEST_SEED") or secrets.randbelow(2**31))
     print(f"random seed: {seed}")
     return torch.Generator().manual_seed(seed)
 

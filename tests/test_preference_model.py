@@ -34,15 +34,18 @@ def adopt(model, **settings):
     return PreferenceModel(model, **settings), original
 
 
-def assert_same_grads(preference_model, original, loss, expected_loss, rtol=1e-4, atol=1e-5):
-    """d loss / d parameter of the adopted model against d expected_loss / d parameter of the original."""
+def assert_same_grads(preference_model, original, loss, expected_loss, tolerance=1e-5):
+    """d loss / d parameter of the adopted model against d expected_loss / d parameter of the original, as
+    DESIGN.md measures whole-model gradients: relative error as a norm per parameter (fp32 summation order
+    alone moves single elements of a gradient as large as 10 by more than 1e-6)."""
     parameters = dict(preference_model.model.named_parameters())
     expected_parameters = dict(original.named_parameters())
     assert parameters.keys() == expected_parameters.keys()
     grads = torch.autograd.grad(loss, list(parameters.values()))
     expected_grads = torch.autograd.grad(expected_loss, list(expected_parameters.values()))
     for name, grad, expected in zip(parameters, grads, expected_grads, strict=True):
-        torch.testing.assert_close(grad, expected, rtol=rtol, atol=atol, msg=name)
+        relative_error = ((grad - expected).norm() / expected.norm()).item()
+        assert relative_error <= tolerance, f"{name}: relative error {relative_error:.2e} > {tolerance:.0e}"
 
 
 @pytest.mark.parametrize("family", TINY_MODELS)
@@ -158,8 +161,7 @@ def test_gradient_checkpointing_recomputes_each_layer_with_the_same_gradients(ge
     scores = preference_model(pack_examples(examples)).scores
     assert len(calls) == len(model.model.layers)
     expected = reference.sequence_logps(original, examples)
-    assert_same_grads(preference_model, original, (scores * weights).sum(), (expected * weights).sum(),
-                      rtol=1e-5, atol=1e-6)
+    assert_same_grads(preference_model, original, (scores * weights).sum(), (expected * weights).sum())
     assert len(calls) == len(model.model.layers) * (2 if checkpointing else 1)
 
 
