@@ -114,9 +114,12 @@ class TrainConfig:
         benchmarks = [name.strip() for name in (self.eval_benchmarks or "").split(",") if name.strip()]
         for spec in benchmarks:
             try:
-                parse_benchmark(spec)
+                kind, _ = parse_benchmark(spec)
             except BenchmarkError as error:
                 raise ConfigError(f"eval_benchmarks: {error}") from None
+            if kind == "judge":
+                raise ConfigError(f"eval_benchmarks: {spec} needs an LLM judge: run it on the trained model "
+                                  f"with `iopo-fast eval MODEL --benchmarks {spec} --judge-url ... --judge-model ...`")
         return benchmarks
 
     def __post_init__(self):

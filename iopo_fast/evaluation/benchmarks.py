@@ -8,6 +8,9 @@ A benchmark is named `name` or `name:path`:
 - `jsonl:path`, a user's own prompts: one JSON object per line, `{"key": ..., "prompt": ...,
   "instruction_id_list": [...], "kwargs": [{...}, ...]}` (IFBench's and IFEval's format), the ids
   from the vocabulary of `checks` (`demo:<kind>`, IFBench, IFEval), every argument stated.
+- `judge:path`, constraints in words, for an LLM judge (`judge`): TRACE's evaluation file as released
+  (`messages`, `constraints_splits`, `levels2`), or one JSON object per line `{"key": ..., "prompt":
+  ..., "constraints": ["...", ...], "constraint_types": ["...", ...]}` (types optional).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from .checks import Check, CheckError, demo_check, make_check
 from .demo_constraints import parse_constraints
+from .judge import JudgedConstraint
 
 DEFAULT_DEMO_EVAL = "examples/data/eval.jsonl"
 
@@ -29,18 +33,20 @@ class BenchmarkError(ValueError):
 
 @dataclass(frozen=True)
 class EvalItem:
-    """One prompt to answer, and the constraints its response must meet."""
+    """One prompt to answer, and the constraints its response must meet: checked by program or by a judge."""
 
     key: str
     prompt: str
     checks: tuple[Check, ...]
+    judged: tuple[JudgedConstraint, ...] = ()
 
 
 def parse_benchmark(spec: str) -> tuple[str, str]:
-    """(kind, path) of a benchmark named `demo`, `demo:PATH`, `ifbench` or `jsonl:PATH`."""
+    """(kind, path) of a benchmark named `demo`, `demo:PATH`, `ifbench`, `jsonl:PATH` or `judge:PATH`."""
     kind, _, path = spec.partition(":")
-    if kind not in ("demo", "ifbench", "jsonl") or (kind == "ifbench" and path) or (kind == "jsonl" and not path):
-        raise BenchmarkError(f"unknown benchmark {spec!r}: expected demo, demo:PATH, ifbench or jsonl:PATH")
+    valid = kind == "demo" or (kind == "ifbench" and not path) or (kind in ("jsonl", "judge") and path)
+    if not valid:
+        raise BenchmarkError(f"unknown benchmark {spec!r}: expected demo, demo:PATH, ifbench, jsonl:PATH or judge:PATH")
     return kind, path
 
 
@@ -51,13 +57,15 @@ def load_benchmark(spec: str) -> list[EvalItem]:
         return demo_items(Path(path or DEFAULT_DEMO_EVAL))
     if kind == "ifbench":
         return ifbench_items()
+    if kind == "judge":
+        return judged_items(Path(path))
     return constraint_file_items(Path(path))
 
 
 def benchmark_name(spec: str) -> str:
-    """The folder name of a benchmark's results: `demo`, `ifbench`, or the jsonl file's stem."""
+    """The folder name of a benchmark's results: `demo`, `ifbench`, or the file's stem."""
     kind, path = parse_benchmark(spec)
-    return Path(path).stem if kind == "jsonl" else kind
+    return Path(path).stem if kind in ("jsonl", "judge") else kind
 
 
 def demo_items(path: Path) -> list[EvalItem]:
@@ -106,6 +114,37 @@ def constraint_file_items(path: Path) -> list[EvalItem]:
         except CheckError as error:
             raise BenchmarkError(f"{where}: {error}") from None
         items.append(EvalItem(key, record["prompt"], checks))
+    return items
+
+
+def judged_items(path: Path) -> list[EvalItem]:
+    """Prompts whose constraints are stated in words, for the LLM judge: TRACE's format or ours."""
+    items, keys = [], set()
+    for line_number, record in _json_lines(path):
+        where = f"{path}:{line_number}"
+        if not isinstance(record, dict):
+            raise BenchmarkError(f"{where}: not a JSON object")
+        if "constraints_splits" in record:  # TRACE: the user turn, its constraints and their types (levels2)
+            users = [turn.get("content") for turn in record.get("messages") or () if isinstance(turn, dict)
+                     and turn.get("role") == "user"]
+            prompt, key = (users[-1] if users else None), record.get("id", line_number)
+            texts, types = record["constraints_splits"], record.get("levels2")
+        else:
+            prompt, key = record.get("prompt"), record.get("key", line_number)
+            texts, types = record.get("constraints"), record.get("constraint_types")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise BenchmarkError(f"{where}: no prompt (a user message in TRACE's messages, or prompt)")
+        if not isinstance(texts, list) or not texts or not all(isinstance(text, str) and text.strip() for text in texts):
+            raise BenchmarkError(f"{where}: needs its constraints as a non-empty list of non-empty strings")
+        types = types if types is not None else ["constraint"] * len(texts)
+        if not isinstance(types, list) or len(types) != len(texts) or not all(isinstance(t, str) and t for t in types):
+            raise BenchmarkError(f"{where}: the constraint types must be as many strings as the constraints")
+        key = str(key)
+        if key in keys:
+            raise BenchmarkError(f"{where}: key {key!r} is used twice")
+        keys.add(key)
+        judged = tuple(JudgedConstraint(text.strip(), kind) for text, kind in zip(texts, types))
+        items.append(EvalItem(key, prompt, (), judged))
     return items
 
 

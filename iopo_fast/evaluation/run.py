@@ -7,7 +7,9 @@ For each benchmark, in `output_dir/<benchmark>/`:
   with the same model and settings, generates only the prompts that have no response yet.
 - `generation.json`: the model (with a fingerprint of its files), the generation settings and the
   benchmark; responses written under other settings or another model are never mixed in.
-- `summary.json`: accuracies in both modes (`report.summarize`).
+- `judge-cache.jsonl`, for constraints in words: the LLM judge's answers by request (`endpoint`), so an
+  interrupted judging resumes and a rerun asks nothing again.
+- `summary.json`: accuracies in both modes (`report.summarize`), and the judge's settings if one was asked.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -23,6 +25,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import write_atomically
 from .benchmarks import EvalItem, benchmark_name, load_benchmark
 from .generation import GenerationSettings, TransformersGenerator
+from .judge import Judge, Judgment
 from .report import format_table, summarize
 
 MODES = ("strict", "loose")
@@ -34,19 +37,26 @@ class EvaluationError(RuntimeError):
 
 def evaluate_model(model: str, benchmarks: list[str], output_dir: str | Path, settings: GenerationSettings,
                    limit: int | None = None, make_generator: Callable | None = None, replace_stale: bool = False,
-                   log=print) -> dict:
+                   judge: Judge | None = None, log=print) -> dict:
     """Evaluate `model` on each benchmark; returns {benchmark: {"strict": summary, "loose": summary}}.
 
     `limit` takes the first prompts of each benchmark only. `make_generator(model, settings)` builds the
     generator (default: `TransformersGenerator`); it is built only if some response is missing. Responses
     in `output_dir` of another model or other settings are an `EvaluationError`, or with `replace_stale`
-    are discarded (a training run's own output folder, where a new run replaces an old one).
+    are discarded (a training run's own output folder, where a new run replaces an old one). `judge` gives
+    the verdicts of constraints stated in words (`judge:PATH` benchmarks).
     """
     make_generator = make_generator or TransformersGenerator
     names = [benchmark_name(spec) for spec in benchmarks]
     if len(set(names)) < len(names):
         raise EvaluationError(f"benchmarks {benchmarks} would share a results folder: give each a distinct name")
     items = {spec: load_benchmark(spec)[:limit] for spec in benchmarks}  # every benchmark is read before the model loads
+    unjudged = [spec for spec, benchmark_items in items.items() if any(item.judged for item in benchmark_items)]
+    if unjudged and judge is None:
+        raise EvaluationError(f"{', '.join(unjudged)}: constraints in words need an LLM judge "
+                              f"(--judge-url and --judge-model)")
+    if unjudged:
+        judge.check_reachable()  # before the generation, which may take hours
     identity = {"model": model, "model_fingerprint": model_fingerprint(model), "generation": settings.as_dict()}
     generator = None
     results = {}
@@ -63,20 +73,38 @@ def evaluate_model(model: str, benchmarks: list[str], output_dir: str | Path, se
                 f"({len(benchmark_items) - len(pending)} already written)")
             _write_json(folder / "generation.json", benchmark_identity)
             _generate(generator, pending, folder / "responses.jsonl", responses, settings.batch_size)
-        rows = [score(item, responses.pop(item.key)["response"]) for item in benchmark_items]
+        texts = [responses.pop(item.key)["response"] for item in benchmark_items]
+        judged = spec in unjudged
+        judgments = (_judge(judge, benchmark_items, texts, folder / "judge-cache.jsonl") if judged
+                     else [[] for _ in benchmark_items])
+        rows = [score(*row) for row in zip(benchmark_items, texts, judgments)]
         _write_lines(folder / "responses.jsonl", rows + list(responses.values()))  # and those beyond `limit`
         results[name] = {mode: summarize(rows, mode) for mode in MODES}
-        _write_json(folder / "summary.json", {**benchmark_identity, "limit": limit, "summary": results[name]})
+        judge_settings = {"judge": judge.describe()} if judged else {}
+        _write_json(folder / "summary.json",
+                    {**benchmark_identity, **judge_settings, "limit": limit, "summary": results[name]})
     log(format_table(results))
     return results
 
 
-def score(item: EvalItem, response: str) -> dict:
-    """One line of responses.jsonl: the prompt, the response and each constraint's verdicts."""
+def score(item: EvalItem, response: str, judgments: Sequence[Judgment] = ()) -> dict:
+    """One line of responses.jsonl: the prompt, the response and each constraint's verdicts (a judged
+    constraint has one verdict, the same in both modes, and the judge's answer beside it)."""
     verdicts = [check.verdicts(response) for check in item.checks]
-    return {"key": item.key, "prompt": item.prompt, "response": response,
-            "checks": [{"id": check.id, "kwargs": check.kwargs, "strict": strict, "loose": loose}
-                       for check, (strict, loose) in zip(item.checks, verdicts)]}
+    checks = [{"id": check.id, "kwargs": check.kwargs, "strict": strict, "loose": loose}
+              for check, (strict, loose) in zip(item.checks, verdicts)]
+    checks += [{"id": constraint.id, "constraint": constraint.text, "strict": judgment.verdict,
+                "loose": judgment.verdict, "judge_answer": judgment.answer}
+               for constraint, judgment in zip(item.judged, judgments, strict=True)]
+    return {"key": item.key, "prompt": item.prompt, "response": response, "checks": checks}
+
+
+def _judge(judge: Judge, items: list[EvalItem], responses: list[str], cache_path: Path) -> list[list[Judgment]]:
+    """The judge's verdicts on every judged constraint of every response, grouped by item."""
+    cases = [(item.prompt, constraint, response) for item, response in zip(items, responses)
+             for constraint in item.judged]
+    judgments = iter(judge.judge(cases, cache_path))
+    return [[next(judgments) for _ in item.judged] for item in items]
 
 
 def model_fingerprint(model: str) -> str:
