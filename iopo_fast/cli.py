@@ -10,7 +10,7 @@ from .config import ConfigError, load_config, options_markdown
 from .data import DataError
 from .evaluation.benchmarks import BenchmarkError
 from .endpoint import EndpointError, EndpointSettings
-from .evaluation.generation import GenerationSettings
+from .evaluation.generation import BACKENDS, GenerationSettings, generator_class
 from .evaluation.judge import Judge, JudgeError, load_judge_prompt
 from .evaluation.offline_resources import MissingEvaluationPackage
 from .evaluation.run import EvaluationError, evaluate_model
@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     eval_parser.add_argument("--seed", type=int, default=GenerationSettings.seed)
     eval_parser.add_argument("--batch-size", type=int, default=GenerationSettings.batch_size)
     eval_parser.add_argument("--limit", type=int, help="only the first N prompts of each benchmark")
+    eval_parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                             help="auto: vLLM when it is installed and a GPU is present, else transformers")
     judge_options = eval_parser.add_argument_group("LLM judge (judge:PATH benchmarks), any OpenAI-compatible endpoint")
     judge_options.add_argument("--judge-url", help="e.g. http://localhost:8000/v1")
     judge_options.add_argument("--judge-model", help="the model name the endpoint serves")
@@ -84,7 +86,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         if args.limit is not None and args.limit <= 0:
             raise ValueError(f"--limit must be positive, got {args.limit}")
         settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.seed, args.batch_size)
-        evaluate_model(args.model, args.benchmarks, output, settings, limit=args.limit, judge=_judge(args))
+        evaluate_model(args.model, args.benchmarks, output, settings, limit=args.limit,
+                       make_generator=generator_class(args.backend), judge=_judge(args))
     except (*EVALUATION_ERRORS, ModelError, ValueError) as error:
         print(f"iopo-fast: error: {error}", file=sys.stderr)
         return 2

@@ -86,6 +86,20 @@ def test_two_ranks_with_zero3_match_one_rank_with_the_same_global_batch(tiny_mod
         assert sorted(two) == sorted(one)
 
 
+def test_an_evaluation_failing_on_the_main_rank_stops_every_rank(tiny_model_dir, tmp_path):
+    """The main rank evaluates alone; when it fails, the other rank stops too instead of waiting for it."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"key": "q1", "prompt": "Say hi."}\n')  # no constraints: the evaluation refuses it
+    settings = two_rank_settings(tiny_model_dir, tmp_path / "two", eval_benchmarks=f"jsonl:{prompts}")
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(settings))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "iopo_fast.cli", "train", str(tmp_path / "two.yaml")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=fresh_process_env())
+    assert result.returncode != 0
+    assert f"iopo-fast: error: {prompts}:1: needs instruction_id_list" in result.stderr
+    assert "iopo-fast: error: the evaluation before training failed on the main rank" in result.stderr
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

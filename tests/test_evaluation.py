@@ -17,9 +17,10 @@ from conftest import DEMO_DATA, fresh_process_env
 from iopo_fast.evaluation import offline_resources
 from iopo_fast.evaluation.benchmarks import BenchmarkError, load_benchmark
 from iopo_fast.evaluation.checks import FAILED, MET, UNSUPPORTED, CheckError, make_check
-from iopo_fast.evaluation.generation import GenerationSettings, TransformersGenerator
+from iopo_fast.evaluation.generation import GenerationSettings, TransformersGenerator, _model_directory, generator_class
 from iopo_fast.evaluation.report import summarize
 from iopo_fast.evaluation.run import EvaluationError, evaluate_model, score
+from iopo_fast.model import ModelError
 
 DEMO = f"demo:{DEMO_DATA / 'eval.jsonl'}"
 DEMO_CASES = [  # (id, args, a response that meets it, one that does not)
@@ -266,6 +267,22 @@ def test_lora_adapters_of_a_run_are_evaluated_on_their_base_model(tmp_path, tiny
     adapted = TransformersGenerator(str(tmp_path / "adapter"), settings, device=torch.device("cpu"))
     merged = model.merge_and_unload()
     assert all(torch.equal(value, merged.state_dict()[name]) for name, value in adapted.model.state_dict().items())
+    with _model_directory(str(tmp_path / "adapter")) as directory:  # what the vLLM backend loads
+        saved = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.bfloat16).state_dict()
+        assert (Path(directory) / "tokenizer_config.json").is_file()
+    assert not Path(directory).exists()
+    assert all(torch.equal(value, merged.state_dict()[name].bfloat16()) for name, value in saved.items())
+    with _model_directory(str(tiny_model_dir)) as directory:
+        assert directory == str(tiny_model_dir)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only choice of backend")
+def test_backend_is_transformers_without_vllm_and_a_gpu(tmp_path, tiny_model_dir):
+    assert generator_class("auto") is TransformersGenerator and generator_class("transformers") is TransformersGenerator
+    with pytest.raises(ModelError, match="the vllm backend needs vLLM"):
+        generator_class("vllm")
+    result = run_cli(str(tiny_model_dir), "--backend", "vllm", "--output", str(tmp_path / "out"))
+    assert result.returncode == 2 and result.stderr.count("iopo-fast: error: the vllm backend needs vLLM") == 1
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

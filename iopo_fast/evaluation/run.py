@@ -5,8 +5,9 @@ For each benchmark, in `output_dir/<benchmark>/`:
 - `responses.jsonl`: one line per prompt, its response and every constraint's strict and loose verdict.
   Responses are appended batch by batch as they are generated: an interrupted evaluation, run again
   with the same model and settings, generates only the prompts that have no response yet.
-- `generation.json`: the model (with a fingerprint of its files), the generation settings and the
-  benchmark; responses written under other settings or another model are never mixed in.
+- `generation.json`: the model (with a fingerprint of its files), the backend, the generation settings
+  and the benchmark; responses written under other settings, another backend or another model are
+  never mixed in.
 - `judge-cache.jsonl`, for constraints in words: the LLM judge's answers by request (`endpoint`), so an
   interrupted judging resumes and a rerun asks nothing again.
 - `summary.json`: accuracies in both modes (`report.summarize`), and the judge's settings if one was asked.
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import write_atomically
 from .benchmarks import EvalItem, benchmark_name, load_benchmark
-from .generation import GenerationSettings, TransformersGenerator
+from .generation import GenerationSettings, generator_class
 from .judge import Judge, Judgment
 from .report import format_table, summarize
 
@@ -41,12 +42,14 @@ def evaluate_model(model: str, benchmarks: list[str], output_dir: str | Path, se
     """Evaluate `model` on each benchmark; returns {benchmark: {"strict": summary, "loose": summary}}.
 
     `limit` takes the first prompts of each benchmark only. `make_generator(model, settings)` builds the
-    generator (default: `TransformersGenerator`); it is built only if some response is missing. Responses
+    generator (default: `generator_class("auto")`), a callable from prompts to responses; it is built only if
+    some response is missing. Its `backend` names it, and its `batch_size` (if it has one) is how many
+    prompts it is given at a time. Responses
     in `output_dir` of another model or other settings are an `EvaluationError`, or with `replace_stale`
     are discarded (a training run's own output folder, where a new run replaces an old one). `judge` gives
     the verdicts of constraints stated in words (`judge:PATH` benchmarks).
     """
-    make_generator = make_generator or TransformersGenerator
+    make_generator = make_generator or generator_class("auto")
     names = [benchmark_name(spec) for spec in benchmarks]
     if len(set(names)) < len(names):
         raise EvaluationError(f"benchmarks {benchmarks} would share a results folder: give each a distinct name")
@@ -57,7 +60,8 @@ def evaluate_model(model: str, benchmarks: list[str], output_dir: str | Path, se
                               f"(--judge-url and --judge-model)")
     if unjudged:
         judge.check_reachable()  # before the generation, which may take hours
-    identity = {"model": model, "model_fingerprint": model_fingerprint(model), "generation": settings.as_dict()}
+    identity = {"model": model, "model_fingerprint": model_fingerprint(model), "backend": make_generator.backend,
+                "generation": settings.as_dict()}
     generator = None
     results = {}
     for spec, benchmark_items in items.items():
@@ -72,7 +76,8 @@ def evaluate_model(model: str, benchmarks: list[str], output_dir: str | Path, se
             log(f"{name}: generating {len(pending)} responses with {generator.backend} "
                 f"({len(benchmark_items) - len(pending)} already written)")
             _write_json(folder / "generation.json", benchmark_identity)
-            _generate(generator, pending, folder / "responses.jsonl", responses, settings.batch_size)
+            _generate(generator, pending, folder / "responses.jsonl", responses,
+                      getattr(generator, "batch_size", settings.batch_size))
         texts = [responses.pop(item.key)["response"] for item in benchmark_items]
         judged = spec in unjudged
         judgments = (_judge(judge, benchmark_items, texts, folder / "judge-cache.jsonl") if judged
