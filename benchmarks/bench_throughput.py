@@ -231,7 +231,7 @@ def synthetic_examples(scenario: Scenario, count: int, vocab_size: int, seed: in
 def dpo_pairs(examples):
     """The two DPO pairs that carry each IOPO example's four sequences: (x1: y1 over y2), (x2: y2 over y1)."""
     return [DPOExample(prompt, chosen, rejected) for example in examples
-            for prompt, chosen, rejected, _, _ in example.packs()]
+            for prompt, ((chosen, _), (rejected, _)) in example.packs()]
 
 
 def word_tokenizer(vocab_size: int):

@@ -5,12 +5,12 @@ path is tested against.
 """
 
 from . import reference
-from .loss import DPO, IOPO, OBJECTIVES, Objective, PreferenceLoss, dpo_loss, iopo_loss
-from .packing import Batch, DPOExample, IOPOExample, PackedBatch, PaddedBatch, pack_examples, pad_examples
+from .loss import DPO, IOPO, OBJECTIVES, SFT, Objective, PreferenceLoss, SFTLoss, dpo_loss, iopo_loss
+from .packing import Batch, DPOExample, IOPOExample, PackedBatch, PaddedBatch, SFTExample, pack_examples, pad_examples
 from .preference_model import FusedLMHead, PreferenceModel, PreferenceOutput
 
 __all__ = [
-    "DPO", "IOPO", "OBJECTIVES", "Batch", "DPOExample", "FusedLMHead", "IOPOExample", "Objective", "PackedBatch",
-    "PaddedBatch", "PreferenceLoss", "PreferenceModel", "PreferenceOutput", "dpo_loss", "iopo_loss", "pack_examples",
-    "pad_examples", "reference",
+    "DPO", "IOPO", "OBJECTIVES", "SFT", "Batch", "DPOExample", "FusedLMHead", "IOPOExample", "Objective",
+    "PackedBatch", "PaddedBatch", "PreferenceLoss", "PreferenceModel", "PreferenceOutput", "SFTExample", "SFTLoss",
+    "dpo_loss", "iopo_loss", "pack_examples", "pad_examples", "reference",
 ]

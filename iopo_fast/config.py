@@ -43,7 +43,7 @@ class TrainConfig:
     preprocessing_num_workers: int = _option(0, "Processes that tokenize a data set the first time it is used (it is then cached by content, tokenizer, cutoff_len and loss); 0: one per CPU core.")
     strict: bool = _option(False, "Fail on the first bad record instead of skipping it into rejected_records.jsonl.")
     # Objective
-    loss: str = _option("iopo", "iopo: quadruples (x1, x2, y1, y2); dpo: (prompt, chosen, rejected) pairs.", LOSS_MODES)
+    loss: str = _option("iopo", "iopo: quadruples (x1, x2, y1, y2); dpo: (prompt, chosen, rejected) pairs; sft: the preferred responses alone ((x1, y1) and (x2, y2), or (prompt, chosen)), negative log-likelihood per token, no reference model.", LOSS_MODES)
     reference: str = _option("live", "live: the initial model scored beside the policy (with LoRA, the policy with its adapters disabled); precomputed: scored once before training and cached in output_dir, no second model in memory; none: reference-free.", ("live", "precomputed", "none"))
     pref_beta: float = _option(0.1, "beta of the Bradley-Terry loss.")
     pref_loss: str = _option("sigmoid", "Loss of the margin z.", LOSS_TYPES)
@@ -106,6 +106,11 @@ class TrainConfig:
             raise ConfigError(f"interleave_probs: {count} positive fractions summing to 1 are needed (one per dataset), "
                               f"got {self.interleave_probs!r}")
         return proportions
+
+    @property
+    def reference_mode(self) -> str:
+        """`reference`, or none with the SFT loss, which has no reference model."""
+        return "none" if self.loss == "sft" else self.reference
 
     def benchmark_list(self) -> list[str]:
         """`eval_benchmarks` as a list; empty without it."""

@@ -6,10 +6,11 @@ folder of those, a saved or Hub `datasets` data set, a LLaMA-Factory `dataset_in
 - the original IOPO release: `{"conversations": [{"from": "human", "value": x1}, {"from": "human",
   "value": x2}], "chosen": {"from": "gpt", "value": y1}, "rejected": {"from": "gpt", "value": y2}}`;
 - flat IOPO: `{"x1": ..., "x2": ..., "y1": ..., "y2": ...}`;
-- DPO: `{"prompt": ..., "chosen": ..., "rejected": ...}` (DPO mode only).
+- DPO: `{"prompt": ..., "chosen": ..., "rejected": ...}` (DPO and SFT modes only).
 
 Every format takes an optional `"system"` string. In DPO mode an IOPO record gives the two DPO pairs
-that carry its four sequences: (x1: y1 over y2) and (x2: y2 over y1).
+that carry its four sequences: (x1: y1 over y2) and (x2: y2 over y1). In SFT mode it gives its two
+responses that follow their own instruction, (x1, y1) and (x2, y2); a DPO record gives (x, y_w).
 
 A record that cannot be used is rejected with its file, line (or array index) and reason: skipped and
 written to the rejection log by default, or raised as `DataError` in strict mode. Good records are
@@ -29,16 +30,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .packing import DPOExample, Example, IOPOExample
+from .packing import DPOExample, Example, IOPOExample, SFTExample
 from .sources import DataError, DataSource, check_source, read_records, resolve_source
 
 MIN_PROMPT_TOKENS = 8
-LOSS_MODES = ("iopo", "dpo")
+LOSS_MODES = ("iopo", "dpo", "sft")
 
 
 @dataclass
 class TextExample:
-    """One example as strings: prompts (x1, x2) or (x,), responses (y1, y2) or (y_w, y_l)."""
+    """One example as strings: prompts (x1, x2) or (x,), responses (y1, y2), (y_w, y_l) or (y,)."""
 
     source: str
     system: str | None
@@ -98,7 +99,7 @@ def load_examples(
     rejection_log: RejectionLog | None = None,
 ) -> tuple[list[Example], DataStats]:
     """Read, validate, tokenize and truncate the records of `path` (any `sources.resolve_source` name) into
-    IOPO or DPO examples."""
+    IOPO, DPO or SFT examples (`loss`)."""
     if loss not in LOSS_MODES:
         raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(LOSS_MODES)}")
     rejection_log = rejection_log if rejection_log is not None else RejectionLog()
@@ -149,6 +150,8 @@ def _parse_record(source: str, record: object, loss: str) -> list[TextExample]:
         if loss == "iopo":
             raise _Rejected("a DPO record (prompt/chosen/rejected) has no second instruction: train it with loss: dpo")
         _check_distinct(("chosen", chosen), ("rejected", rejected))
+        if loss == "sft":
+            return [TextExample(source, system, (prompt,), (chosen,))]
         return [TextExample(source, system, (prompt,), (chosen, rejected))]
     else:
         raise _Rejected("unrecognised record: expected conversations/chosen/rejected, x1/x2/y1/y2 or prompt/chosen/rejected")
@@ -156,6 +159,8 @@ def _parse_record(source: str, record: object, loss: str) -> list[TextExample]:
     _check_distinct(("y1", y1), ("y2", y2))
     if loss == "dpo":
         return [TextExample(source, system, (x1,), (y1, y2)), TextExample(source, system, (x2,), (y2, y1))]
+    if loss == "sft":
+        return [TextExample(source, system, (x1,), (y1,)), TextExample(source, system, (x2,), (y2,))]
     return [TextExample(source, system, (x1, x2), (y1, y2))]
 
 
@@ -246,7 +251,7 @@ def conversations(text: TextExample) -> list[tuple[str | None, str, str]]:
     one when there is a single prompt), and shared by the sequences that hold it.
     """
     pairs = [(text.system, prompt, response) for prompt, response in zip(text.prompts, text.responses)]
-    if len(text.prompts) == 1:
+    if len(text.prompts) == 1 and len(text.responses) == 2:  # DPO: the rejected response after the prompt
         pairs.append((text.system, text.prompts[0], text.responses[1]))
     return pairs
 
@@ -277,4 +282,6 @@ def assemble(text: TextExample, encoded: list[tuple[list[int], list[int]]], cuto
 
     if len(prompts) == 2:
         return IOPOExample(prompts[0], prompts[1], responses[0], responses[1]), truncated
+    if len(responses) == 1:
+        return SFTExample(prompts[0], responses[0]), truncated
     return DPOExample(prompts[0], responses[0], responses[1]), truncated

@@ -8,9 +8,10 @@
   file, appended and flushed as each answer arrives: a run that is killed resumes where it stopped, and a
   rerun costs nothing. Failed requests are not cached, so a rerun asks again.
 
-An endpoint that refuses the key or the model (401, 403, 404) stops the run with an `EndpointError`
-(every request would fail the same way); the answers already cached stay. `check_reachable` tells
-before any work is done whether the endpoint is up.
+Before the first request is sent, `check_reachable` asks for one token: an endpoint that is down, or
+refuses the key, the model or the settings, is an `EndpointError` then, not one failure per request. A
+401, 403 or 404 later stops the run the same way (every request would fail alike); the answers
+already cached stay.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from tqdm.auto import tqdm
 from .checkpoint import write_atomically
 
 FSYNC_SECONDS = 2.0  # how often the cache reaches the disk while answers stream in (and always at the end)
-PING_SECONDS = 30.0  # the reachability check lists models: it needs no generation time
+PING_SECONDS = 60.0  # the reachability check asks for one token: no long generation
 
 
 class EndpointError(RuntimeError):
@@ -77,16 +78,16 @@ class CachedChat:
         return hashlib.sha256(json.dumps(request, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
     def answers(self, conversations: list[list[dict]], description: str = "requests") -> list[Answer]:
+        """Cached answers where there are; the others requested (each distinct request once), after
+        `check_reachable`. Runs its own event loop: call it from synchronous code."""
         keys = [self.request_key(messages) for messages in conversations]
-        answers: list[Answer | None] = [Answer(self._cache[key]) if key in self._cache else None
-                                        for key in keys]
-        pending = [index for index, answer in enumerate(answers) if answer is None]
+        pending = {key: messages for key, messages in zip(keys, conversations) if key not in self._cache}
+        fresh = {}
         if pending:
-            fresh = asyncio.run(self._request_all([conversations[i] for i in pending], [keys[i] for i in pending],
-                                                  description))
-            for index, answer in zip(pending, fresh):
-                answers[index] = answer
-        return answers
+            check_reachable(self.settings)
+            answers = asyncio.run(self._request_all(list(pending.values()), list(pending), description))
+            fresh = dict(zip(pending, answers))
+        return [Answer(self._cache[key]) if key in self._cache else fresh[key] for key in keys]
 
     async def _request_all(self, conversations: list[list[dict]], keys: list[str], description: str) -> list[Answer]:
         settings = self.settings
@@ -96,10 +97,18 @@ class CachedChat:
         with self.cache_path.open("a", encoding="utf-8") as cache, tqdm(total=len(keys), desc=description) as bar:
             synced = time.monotonic()
 
+            refused = asyncio.Event()  # set by an EndpointError: the requests still waiting are not sent
+
             async def request(messages: list[dict], key: str) -> Answer:
                 nonlocal synced
                 async with slots:
-                    answer = await _complete(client, settings, messages)
+                    if refused.is_set():
+                        return Answer(None, "not sent: the endpoint refused an earlier request")
+                    try:
+                        answer = await _complete(client, settings, messages)
+                    except EndpointError:
+                        refused.set()
+                        raise
                 if answer.error is None:
                     self._cache[key] = answer.text
                     cache.write(json.dumps({"key": key, "answer": answer.text}, ensure_ascii=False) + "\n")
@@ -119,20 +128,25 @@ class CachedChat:
 
 
 def check_reachable(settings: EndpointSettings) -> None:
-    """Raise `EndpointError` now, rather than after a long generation, if the endpoint is down or refuses us."""
+    """`EndpointError` now, rather than after hours of work, if the endpoint is down or refuses the key, the
+    model or the request's settings: one chat completion of one token to the model."""
 
-    async def list_models():
+    async def one_token():
         async with _client(settings) as client:
-            await client.with_options(timeout=PING_SECONDS).models.list()
+            await client.with_options(timeout=PING_SECONDS).chat.completions.create(
+                model=settings.model, messages=[{"role": "user", "content": "Reply with OK."}], max_tokens=1,
+                temperature=settings.temperature)
 
     import openai
 
     try:
-        asyncio.run(list_models())
+        asyncio.run(one_token())
     except openai.APIConnectionError as error:  # after every retry
         raise EndpointError(f"{settings.url}: the endpoint cannot be reached ({_first_line(error)})") from None
     except openai.APIStatusError as error:
-        _raise_if_fatal(settings, error)  # other statuses: a server without /models may still serve completions
+        _raise_if_fatal(settings, error)
+        raise EndpointError(f"{settings.url}: a one-token request to {settings.model!r} was refused "
+                            f"(HTTP {error.status_code}: {_first_line(error)})") from None
 
 
 def _client(settings: EndpointSettings):
@@ -152,7 +166,7 @@ async def _complete(client, settings: EndpointSettings, messages: list[dict]) ->
     except openai.APIStatusError as error:
         _raise_if_fatal(settings, error)
         return Answer(None, f"HTTP {error.status_code}: {_first_line(error)}")
-    except (openai.APIConnectionError, openai.APITimeoutError) as error:  # after every retry
+    except openai.APIConnectionError as error:  # a timeout too (a subclass), after every retry
         return Answer(None, f"{type(error).__name__}: {_first_line(error)}")
     choices = getattr(completion, "choices", None)
     text = choices[0].message.content if choices else None
@@ -173,18 +187,21 @@ def _raise_if_fatal(settings: EndpointSettings, error) -> None:
 
 def _read_cache(path: Path) -> dict[str, str]:
     """The cached answers by request key. Lines that do not parse (the last line of a run killed while
-    writing it) are dropped, and the file rewritten without them so that appends start on a fresh line."""
+    writing it, cut inside a character or not) are dropped, and the file rewritten without them so that
+    appends start on a fresh line."""
     if not path.is_file():
         return {}
-    lines = [line for line in path.read_text(encoding="utf-8").split("\n") if line]
+    data = path.read_bytes()
+    lines = [line for line in data.split(b"\n") if line]
     cache = {}
     for line in lines:
         try:
-            entry = json.loads(line)
-            cache[entry["key"]] = entry["answer"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+            entry = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
             continue
-    if len(cache) != len(lines) or (lines and not path.read_bytes().endswith(b"\n")):
+        if isinstance(entry, dict) and isinstance(entry.get("key"), str) and isinstance(entry.get("answer"), str):
+            cache[entry["key"]] = entry["answer"]
+    if len(cache) != len(lines) or (lines and not data.endswith(b"\n")):
         write_atomically(path, "".join(json.dumps({"key": key, "answer": answer}, ensure_ascii=False) + "\n"
                                        for key, answer in cache.items()))
     return cache

@@ -1,10 +1,12 @@
-"""The group Bradley-Terry loss of IOPO and, with the same conventions, DPO (DESIGN.md, "The IOPO objective").
+"""The group Bradley-Terry loss of IOPO and, with the same conventions, DPO (DESIGN.md, "The IOPO objective"),
+and the SFT baseline's negative log-likelihood.
 
 An `Objective` says, once, what the roles of a loss mode mean: their names in role order, each role's
 sign in the margin z, which roles hold the preferred responses (the SFT term's), and the accuracies
 reported. `PreferenceLoss` turns per-sequence scores `s_k` in that role order (`[B, num_roles]`) into
 per-example losses `[B]` and per-example metrics `[B]` (detached, the loss among them), which the
-caller averages over whatever it aggregates: micro-batches, accumulation steps, ranks.
+caller averages over whatever it aggregates: micro-batches, accumulation steps, ranks. `SFTLoss` does the
+same for the SFT baseline, whose examples hold one role: a preferred response given its own instruction.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class Objective:
     roles: tuple[str, ...]  # role names, in role order
     signs: tuple[float, ...]  # each role's sign in z: z = sum_k signs[k] * d_k
     preferred: tuple[int, ...]  # roles whose response follows its own instruction: the SFT term's
-    accuracy: str  # the metric [z > 0]
+    accuracy: str | None  # the metric [z > 0]; None without a preference (SFT)
     comparisons: dict[str, tuple[int, int]] = field(default_factory=dict)  # further metrics [d_a > d_b]
 
     @property
@@ -43,7 +45,9 @@ IOPO = Objective(
 )
 # z = d_w - d_l.
 DPO = Objective(name="dpo", roles=("chosen", "rejected"), signs=(1.0, -1.0), preferred=(0,), accuracy="accuracies/pair")
-OBJECTIVES = {objective.name: objective for objective in (IOPO, DPO)}
+# No preference: the response that follows its own instruction, (x1, y1) or (x2, y2), or (x, y_w).
+SFT = Objective(name="sft", roles=("response",), signs=(1.0,), preferred=(0,), accuracy=None)
+OBJECTIVES = {objective.name: objective for objective in (IOPO, DPO, SFT)}
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,24 @@ class PreferenceLoss:
         for name, (a, b) in self.objective.comparisons.items():
             metrics[name] = (d[:, a] > d[:, b]).float()
         return losses, metrics
+
+
+@dataclass(frozen=True)
+class SFTLoss:
+    """The SFT baseline: each response's negative log-likelihood per token, -s / |y| (the `ftx` term of the
+    preference losses, alone). No reference model; scores `[B, 1]` and lengths `[B, 1]` of `SFT` examples."""
+
+    def __call__(self, policy_logps: torch.Tensor, reference_logps: torch.Tensor | None,
+                 response_lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if policy_logps.dim() != 2 or policy_logps.shape[1] != 1:
+            raise ValueError(f"expected log-probs of shape [B, 1], got {list(policy_logps.shape)}")
+        if reference_logps is not None:
+            raise ValueError("the SFT loss takes no reference log-probs")
+        if response_lengths is None:
+            raise ValueError("response_lengths is required for the SFT loss")
+        policy = policy_logps.float()[:, 0]
+        losses = -policy / response_lengths[:, 0].to(policy)
+        return losses, {"loss": losses.detach(), "logps/response": policy.detach()}
 
 
 def iopo_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor | None, beta: float = 0.1,

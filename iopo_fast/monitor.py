@@ -116,7 +116,7 @@ def step_record(run: Run, step: int, examples: list[Example], indices: list[int]
     if peak_flops:
         parameters, trainable = run.parameter_counts
         flops = step_flops(parameters, trainable / parameters, stream_tokens,
-                           stream_tokens if config.reference == "live" else 0)
+                           stream_tokens if config.reference_mode == "live" else 0)
         record["mfu"] = flops / (seconds * peak_flops * world_size())
     return record
 
@@ -135,8 +135,8 @@ class StepMetrics:
         """Show `record`, and write it every `logging_steps`, at the last step, when the step was skipped and
         when it was evaluated."""
         self.progress.update(1)
-        self.progress.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record.get(self.accuracy, 0):.2f}",
-                                  tok_s=f"{record['tokens_per_sec']:.0f}")
+        accuracy = {"acc": f"{record.get(self.accuracy, 0):.2f}"} if self.accuracy else {}
+        self.progress.set_postfix(loss=f"{record['loss']:.4f}", **accuracy, tok_s=f"{record['tokens_per_sec']:.0f}")
         step = record["step"]
         if (step % self.run.config.logging_steps == 0 or step == self.run.total_steps or "skipped" in record
                 or "eval/loss" in record):
@@ -200,17 +200,21 @@ def plot_metrics(metrics_file: Path, output_file: Path) -> None:
     if not records:
         return
     steps = [r["step"] for r in records]
-    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4))
+    accuracies = sorted(k for k in records[0] if k.startswith("accuracies/"))  # none for the SFT loss
+    figure, axes = plt.subplots(1, 2 if accuracies else 1, figsize=(11 if accuracies else 5.5, 4), squeeze=False)
+    loss_axes = axes[0][0]
     loss_axes.plot(steps, [r["loss"] for r in records], label="training")
     evaluated = [r for r in records if "eval/loss" in r]
     if evaluated:
         loss_axes.plot([r["step"] for r in evaluated], [r["eval/loss"] for r in evaluated], "o-", label="held-out")
         loss_axes.legend()
     loss_axes.set(xlabel="step", ylabel="loss", title="loss")
-    for name in sorted(k for k in records[0] if k.startswith("accuracies/")):
-        accuracy_axes.plot(steps, [r.get(name) for r in records], label=name.removeprefix("accuracies/"))
-    accuracy_axes.set(xlabel="step", ylabel="fraction of examples", title="accuracies", ylim=(-0.05, 1.05))
-    accuracy_axes.legend()
+    if accuracies:
+        accuracy_axes = axes[0][1]
+        for name in accuracies:
+            accuracy_axes.plot(steps, [r.get(name) for r in records], label=name.removeprefix("accuracies/"))
+        accuracy_axes.set(xlabel="step", ylabel="fraction of examples", title="accuracies", ylim=(-0.05, 1.05))
+        accuracy_axes.legend()
     figure.tight_layout()
     figure.savefig(output_file, dpi=120)
     plt.close(figure)

@@ -2,12 +2,12 @@
 
 An IOPO example is scored on four (prompt, response) sequences in the role order of DESIGN.md
 ("The IOPO objective"): (x1, y1), (x1, y2), (x2, y2), (x2, y1). A DPO example on two: (x, y_w),
-(x, y_l).
+(x, y_l). An SFT example on one: (x, y).
 
 `pack_examples` builds the shared-prefix layout of DESIGN.md ("Packing layout"): `[x1 | y1 | y2]`
-and `[x2 | y2 | y1]` per IOPO example (`[x | y_w | y_l]` per DPO example), all examples in one
-padding-free stream, with the varlen attention metadata that makes each response see only its own
-prompt. `pad_examples` is the plain layout, every sequence right-padded in its own row, as the
+and `[x2 | y2 | y1]` per IOPO example (`[x | y_w | y_l]` per DPO example, `[x | y]` per SFT example),
+all examples in one padding-free stream, with the varlen attention metadata that makes each response
+see only its own prompt. `pad_examples` is the plain layout, every sequence right-padded in its own row, as the
 original implementation batches them. Both record, for every response token, the hidden row that
 predicts it and the (example, role) score it adds to.
 """
@@ -19,7 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .loss import DPO, IOPO
+from .loss import DPO, IOPO, SFT
+
+# A pack: a prompt and the responses that share it, each with its role: [prompt | first | second ...].
+Pack = tuple[list[int], tuple[tuple[list[int], int], ...]]
 
 
 @dataclass(frozen=True)
@@ -42,11 +45,11 @@ class IOPOExample:
             (self.prompt2, self.response1),
         ]
 
-    def packs(self) -> list[tuple[list[int], list[int], list[int], int, int]]:
-        """(prompt, first response, second response, role of the first, role of the second) per pack."""
+    def packs(self) -> list[Pack]:
+        """(prompt, ((response, role), ...)) per pack."""
         return [
-            (self.prompt1, self.response1, self.response2, 0, 1),
-            (self.prompt2, self.response2, self.response1, 2, 3),
+            (self.prompt1, ((self.response1, 0), (self.response2, 1))),
+            (self.prompt2, ((self.response2, 2), (self.response1, 3))),
         ]
 
 
@@ -63,16 +66,32 @@ class DPOExample:
     def sequences(self) -> list[tuple[list[int], list[int]]]:
         return [(self.prompt, self.chosen), (self.prompt, self.rejected)]
 
-    def packs(self) -> list[tuple[list[int], list[int], list[int], int, int]]:
-        return [(self.prompt, self.chosen, self.rejected, 0, 1)]
+    def packs(self) -> list[Pack]:
+        return [(self.prompt, ((self.chosen, 0), (self.rejected, 1)))]
 
 
-Example = IOPOExample | DPOExample
+@dataclass(frozen=True)
+class SFTExample:
+    """Token ids of one SFT example: `response` follows `prompt`."""
+
+    prompt: list[int]
+    response: list[int]
+
+    objective = SFT
+
+    def sequences(self) -> list[tuple[list[int], list[int]]]:
+        return [(self.prompt, self.response)]
+
+    def packs(self) -> list[Pack]:
+        return [(self.prompt, ((self.response, 0),))]
+
+
+Example = IOPOExample | DPOExample | SFTExample
 
 
 def packed_length(example: Example) -> int:
     """Tokens of `example` in the shared-prefix layout: P1 + P2 + 2 (L1 + L2) for IOPO."""
-    return sum(len(prompt) + len(first) + len(second) for prompt, first, second, _, _ in example.packs())
+    return sum(len(prompt) + sum(len(response) for response, _ in responses) for prompt, responses in example.packs())
 
 
 def unpacked_length(example: Example) -> int:
@@ -145,7 +164,7 @@ class _ResponseIndex:
             raise ValueError("a batch needs at least one example")
         self.num_roles = examples[0].objective.num_roles
         if any(example.objective is not examples[0].objective for example in examples):
-            raise ValueError("cannot mix IOPO and DPO examples in one batch")
+            raise ValueError("cannot mix examples of different objectives (IOPO, DPO, SFT) in one batch")
         self.num_examples = len(examples)
         self.predictor_rows, self.targets, self.segment_ids = [], [], []
         self.lengths = torch.zeros(self.num_examples, self.num_roles, dtype=torch.long)
@@ -175,27 +194,30 @@ def pack_examples(examples: list[Example], max_tokens: int | None = None) -> Pac
     input_ids, position_ids, kv_index = [], [], []
     query_lengths, key_lengths = [], []
     for example_index, example in enumerate(examples):
-        for prompt, first, second, first_role, second_role in example.packs():
+        for prompt, ((first, first_role), *others) in example.packs():
             if not prompt:
                 raise ValueError(f"example {example_index} has an empty prompt")
             start, num_prompt, num_first = len(input_ids), len(prompt), len(first)
-            second_start = start + num_prompt + num_first
-            input_ids.extend(prompt + first + second)
-            position_ids.extend([*range(num_prompt + num_first), *range(num_prompt, num_prompt + len(second))])
-            # Segment 1: prompt and first response, causal over themselves.
-            kv_index.extend(range(start, second_start))
+            input_ids.extend(prompt + first)
+            position_ids.extend(range(num_prompt + num_first))
+            # The first segment: the prompt and the first response, causal over themselves.
+            kv_index.extend(range(start, start + num_prompt + num_first))
             query_lengths.append(num_prompt + num_first)
             key_lengths.append(num_prompt + num_first)
-            # Segment 2: the second response queries its prompt's rows gathered again, then itself.
-            kv_index.extend([*range(start, start + num_prompt), *range(second_start, second_start + len(second))])
-            query_lengths.append(len(second))
-            key_lengths.append(num_prompt + len(second))
-            # A response token is predicted by the row before it in its own sequence: for the second
-            # response's first token that is the prompt's last row, not the first response's.
             last_prompt_row = start + num_prompt - 1
             responses.add(example_index, first_role, first, range(last_prompt_row, last_prompt_row + num_first))
-            responses.add(example_index, second_role, second,
-                          [last_prompt_row, *range(second_start, second_start + len(second) - 1)])
+            for response, role in others:
+                # A further response queries its prompt's rows gathered again, then itself; its positions
+                # restart after the prompt (DESIGN.md, "Packing layout").
+                response_start = len(input_ids)
+                input_ids.extend(response)
+                position_ids.extend(range(num_prompt, num_prompt + len(response)))
+                kv_index.extend([*range(start, start + num_prompt), *range(response_start, response_start + len(response))])
+                query_lengths.append(len(response))
+                key_lengths.append(num_prompt + len(response))
+                # Its first token is predicted by the prompt's last row, not by the previous response's.
+                responses.add(example_index, role, response,
+                              [last_prompt_row, *range(response_start, response_start + len(response) - 1)])
     if max_tokens is not None and len(input_ids) > max_tokens:
         raise ValueError(f"{len(examples)} examples take {len(input_ids)} tokens, over max_tokens={max_tokens}")
 

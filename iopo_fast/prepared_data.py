@@ -20,6 +20,7 @@ exactly as the first one did. `MixedExamples` draws from several prepared data s
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -34,7 +35,7 @@ import torch
 
 from .data import ChatEncoder, DataStats, RejectionLog, _parse_record, _Rejected, assemble, conversations
 from .distributed import barrier
-from .packing import DPOExample, Example, IOPOExample
+from .packing import DPOExample, Example, IOPOExample, SFTExample
 from .sources import DataError, DataSource, check_source, hash_file, read_records, resolve_source
 
 MIN_RECORDS_PER_WORKER = 100  # below it a worker process costs more than it saves
@@ -48,7 +49,7 @@ class PreparedExamples(Sequence):
 
     def __init__(self, dataset, loss: str):
         self.dataset = dataset
-        self.example_type = IOPOExample if loss == "iopo" else DPOExample
+        self.example_type = {"iopo": IOPOExample, "dpo": DPOExample, "sft": SFTExample}[loss]
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -235,6 +236,5 @@ def _tokenize_batch(batch: dict, tokenizer, loss: str, cutoff_len: int) -> dict:
 
 
 def _fields(example: Example) -> list[list[int]]:
-    if isinstance(example, IOPOExample):
-        return [example.prompt1, example.prompt2, example.response1, example.response2]
-    return [example.prompt, example.chosen, example.rejected]
+    """The example's token-id lists, in the order of its constructor's arguments."""
+    return [getattr(example, field.name) for field in dataclasses.fields(example)]

@@ -34,7 +34,7 @@ from .engine import (build_engine, deepspeed_config, full_state_dict, partitione
                      reference_engine)
 from .kernels import resolve_impl
 from .kernels.example_chunked_loss import check_supported
-from .loss import OBJECTIVES, PreferenceLoss
+from .loss import OBJECTIVES, PreferenceLoss, SFTLoss
 from .model import (apply_liger_kernels, apply_lora, cache_dir, enable_gradient_checkpointing, load_model,
                     load_tokenizer, resolve_model_path)
 from .monitor import StepMetrics, plot_metrics, step_record, whole_numel
@@ -176,7 +176,7 @@ def build(config: TrainConfig, *, examples: tuple[Sequence[Example], Sequence[Ex
               eval_examples=eval_examples, train_reference=live, eval_reference=live, layout=layout,
               checkpoints=checkpoints, total_steps=total_steps, tokenizer=tokenizer, log=log,
               state={"step": 0, "examples_per_step": examples_per_step, "nonfinite_in_a_row": 0, "results": {}})
-    if config.reference == "precomputed":
+    if config.reference_mode == "precomputed":
         _precompute_references(run, live)
     if latest is not None:
         run.state = checkpoints.load(engine, latest)
@@ -423,7 +423,9 @@ def _resolved_paths(config: TrainConfig, device: torch.device) -> tuple[str, str
     return attention, resolve_impl(torch.empty(0, device=device), config.logprob_impl)
 
 
-def _preference_loss(config: TrainConfig) -> PreferenceLoss:
+def _preference_loss(config: TrainConfig) -> PreferenceLoss | SFTLoss:
+    if config.loss == "sft":
+        return SFTLoss()
     return PreferenceLoss(OBJECTIVES[config.loss], beta=config.pref_beta, loss_type=config.pref_loss,
                           label_smoothing=config.label_smoothing, ftx=config.pref_ftx)
 
@@ -452,10 +454,10 @@ def _live_reference(config: TrainConfig, engine, load, wrap, ds_config: dict, de
     With LoRA, the policy with its adapters disabled; before the first step (`precomputed`), the policy
     itself; else a frozen second model, partitioned like the policy under ZeRO-3.
     """
-    if config.reference == "none":
+    if config.reference_mode == "none":
         return None
     lora = config.finetuning_type == "lora"
-    if lora or config.reference == "precomputed":
+    if lora or config.reference_mode == "precomputed":
         return LiveReference(engine.module, disable_adapter=lora)
     model = wrap(load("reference").requires_grad_(False)).eval()
     return LiveReference(reference_engine(model, ds_config) if partitions_parameters(ds_config) else model.to(device))
@@ -552,5 +554,8 @@ def _means(totals: dict[str, float], count: int) -> dict[str, float]:
 
 
 def _describe(run: Run, metrics: dict[str, float]) -> str:
-    accuracy = metrics[OBJECTIVES[run.config.loss].accuracy]
-    return f"loss {metrics['loss']:.4f}, accuracy {accuracy:.3f} (z > 0), margin {metrics['rewards/margin']:.4f}"
+    accuracy = OBJECTIVES[run.config.loss].accuracy
+    if accuracy is None:
+        return f"loss {metrics['loss']:.4f} (negative log-likelihood per response token)"
+    return (f"loss {metrics['loss']:.4f}, accuracy {metrics[accuracy]:.3f} (z > 0), "
+            f"margin {metrics['rewards/margin']:.4f}")

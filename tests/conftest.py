@@ -16,7 +16,7 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from iopo_fast import DPOExample, IOPOExample
+from iopo_fast import DPOExample, IOPOExample, SFTExample
 
 torch.set_num_threads(2)
 
@@ -101,6 +101,10 @@ def random_iopo_examples(count: int, vocab_size: int, generator: torch.Generator
 def random_dpo_examples(count: int, vocab_size: int, generator: torch.Generator) -> list[DPOExample]:
     return [DPOExample(*example.sequences()[0], example.response2)
             for example in random_iopo_examples(count, vocab_size, generator)]
+
+
+def random_sft_examples(count: int, vocab_size: int, generator: torch.Generator) -> list[SFTExample]:
+    return [SFTExample(*example.sequences()[0]) for example in random_iopo_examples(count, vocab_size, generator)]
 
 
 @pytest.fixture

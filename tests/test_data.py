@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from iopo_fast import DPOExample, IOPOExample
+from iopo_fast import DPOExample, IOPOExample, SFTExample
 from iopo_fast.data import MIN_PROMPT_TOKENS, DataError, RejectionLog, load_examples
 
 GOOD = [
@@ -62,6 +62,20 @@ def test_dpo_mode_reads_pairs_and_splits_iopo_records_into_two_pairs(tmp_path, s
     (iopo,), _ = load_examples(write_lines(tmp_path / "i.jsonl", [json.dumps(GOOD[0])]), smollm2_tokenizer)
     assert examples[1] == DPOExample(iopo.prompt1, iopo.response1, iopo.response2)
     assert examples[2] == DPOExample(iopo.prompt2, iopo.response2, iopo.response1)
+
+
+def test_sft_mode_keeps_each_instructions_own_response(tmp_path, smollm2_tokenizer):
+    path = write_lines(tmp_path / "d.jsonl", [
+        json.dumps({"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."}),
+        json.dumps(GOOD[0]),
+    ])
+    examples, stats = load_examples(path, smollm2_tokenizer, loss="sft")
+    assert stats.records == 2 and len(examples) == 3
+    (pair,), _ = load_examples(write_lines(tmp_path / "p.jsonl", [path.read_text().splitlines()[0]]),
+                               smollm2_tokenizer, loss="dpo")
+    (iopo,), _ = load_examples(write_lines(tmp_path / "i.jsonl", [json.dumps(GOOD[0])]), smollm2_tokenizer)
+    assert examples == [SFTExample(pair.prompt, pair.chosen), SFTExample(iopo.prompt1, iopo.response1),
+                        SFTExample(iopo.prompt2, iopo.response2)]
 
 
 BAD = {

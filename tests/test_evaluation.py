@@ -224,7 +224,7 @@ def test_evaluate_a_model_end_to_end_and_resume_after_an_interruption(tmp_path, 
     evaluate_model(str(tiny_model_dir), [DEMO], tmp_path, settings, limit=2, make_generator=CountingGenerator)
     assert (tmp_path / "demo" / "responses.jsonl").read_text().count("\n") == 6  # a smaller limit keeps the others
     other_settings = GenerationSettings(max_new_tokens=5, batch_size=2)
-    with pytest.raises(EvaluationError, match="other generation settings"):
+    with pytest.raises(EvaluationError, match="another model, backend or generation settings"):
         evaluate_model(str(tiny_model_dir), [DEMO], tmp_path, other_settings, limit=6)
     CountingGenerator.answered = []
     evaluate_model(str(tiny_model_dir), [DEMO], tmp_path, other_settings, limit=2, make_generator=CountingGenerator,

@@ -5,6 +5,7 @@ localhost. Its verdicts are poor; what is tested is the protocol, the cache, the
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -12,11 +13,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import httpx2
+import openai
 import pytest
 from conftest import fresh_process_env
 from test_evaluation import run_cli
 
-from iopo_fast.endpoint import EndpointError, EndpointSettings
+from iopo_fast import endpoint
+from iopo_fast.endpoint import CachedChat, EndpointError, EndpointSettings
 from iopo_fast.evaluation.benchmarks import BenchmarkError, load_benchmark
 from iopo_fast.evaluation.checks import FAILED, MET
 from iopo_fast.evaluation.generation import GenerationSettings
@@ -48,6 +52,7 @@ TRACE_RECORDS = [
                  ["format", "length"]),
 ]
 RESPONSES = {"0": "The Eagles' Hotel California glows like a desert moon.", "1": "Banana", "2": ""}
+RELEASED_TRACE_SAMPLE = Path(__file__).parent / "data" / "trace_evaluation_sample.jsonl"  # see data/README.md
 
 
 class FixedResponses:
@@ -117,6 +122,8 @@ def judged_checks(folder: Path) -> list[dict]:
     ("Verdict: YES\nOn reflection, no.\nVerdict: NO", FAILED), ("Yes.", MET), ("No", FAILED),
     ("No, the text does not mention it", FAILED), ("No doubt it is poetic.", UNJUDGED),
     ("1 is not an even number.", UNJUDGED), ("yesterday", UNJUDGED), ("", UNJUDGED),
+    ("**Verdict**: **YES**", MET), ("Final verdict:\n\n**NO**", FAILED),
+    ("<think>Verdict: YES? Not quite.</think>\nVerdict: NO", FAILED), ("<think>cut off here. Verdict: YES", UNJUDGED),
 ])
 def test_verdicts_are_read_from_the_judges_answer(answer, verdict):
     assert parse_verdict(answer) == verdict
@@ -149,6 +156,92 @@ def test_trace_evaluation_file_and_our_format_are_read(tmp_path):
         load_benchmark(f"judge:{write_lines(path, [TRACE_RECORDS[1], TRACE_RECORDS[1]])}")
 
 
+def test_trace_evaluation_file_as_released_is_read():
+    records = [json.loads(line) for line in RELEASED_TRACE_SAMPLE.read_text(encoding="utf-8").splitlines()]
+    items = load_benchmark(f"judge:{RELEASED_TRACE_SAMPLE}")
+    assert [item.key for item in items] == [record["id"] for record in records]
+    for item, record in zip(items, records):
+        assert item.prompt == record["messages"][1]["content"] and len(item.judged) == record["constraints_num"]
+        assert [(c.text, c.type) for c in item.judged] == list(zip(record["constraints_splits"], record["levels2"]))
+
+
+def completion(content: str | None) -> httpx2.Response:
+    return httpx2.Response(200, json={"id": "1", "object": "chat.completion", "created": 0, "model": "judge", "choices": [
+        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]})
+
+
+def scripted_endpoint(monkeypatch, answer) -> list[str]:
+    """The endpoint's answers given in process by `answer(user message) -> httpx2.Response`, for the statuses
+    and malformed answers a real local server does not give; returns the messages it was sent."""
+    sent = []
+
+    def handle(request):
+        sent.append(json.loads(request.content)["messages"][0]["content"])
+        return answer(sent[-1])
+
+    def client(settings):
+        transport = httpx2.MockTransport(handle)
+        return openai.AsyncOpenAI(base_url=settings.url, api_key="key", max_retries=0,
+                                  http_client=openai.DefaultAsyncHttpx2Client(transport=transport))
+
+    monkeypatch.setattr(endpoint, "_client", client)
+    return sent
+
+
+def test_refused_and_empty_answers_are_failures_asked_again_and_identical_requests_are_sent_once(tmp_path, monkeypatch):
+    def answer(message):
+        if message == "too long":
+            return httpx2.Response(400, json={"error": {"message": "the context is too long"}})
+        return completion(None if message == "silent" else "Verdict: YES")
+
+    sent = scripted_endpoint(monkeypatch, answer)
+    settings = EndpointSettings("http://judge.test/v1", "judge")
+    conversations = [[{"role": "user", "content": text}] for text in ("fine", "too long", "silent", "fine")]
+
+    answers = CachedChat(settings, tmp_path / "cache.jsonl").answers(conversations)
+
+    assert [answer.text for answer in answers] == ["Verdict: YES", None, None, "Verdict: YES"]
+    assert answers[1].error.startswith("HTTP 400") and answers[2].error == "the endpoint answered with no message text"
+    assert sorted(sent) == ["Reply with OK.", "fine", "silent", "too long"]  # the check, then each request once
+    assert len((tmp_path / "cache.jsonl").read_text().splitlines()) == 1
+    sent.clear()
+    CachedChat(settings, tmp_path / "cache.jsonl").answers(conversations)
+    assert sorted(sent) == ["Reply with OK.", "silent", "too long"]
+
+
+@pytest.mark.parametrize("status, message", [
+    (401, "the API key was refused (HTTP 401); set it in $OPENAI_API_KEY"), (404, "no model 'judge' there"),
+    (400, "a one-token request to 'judge' was refused (HTTP 400"),
+])
+def test_an_endpoint_that_refuses_the_key_model_or_settings_is_one_error(tmp_path, monkeypatch, status, message):
+    scripted_endpoint(monkeypatch, lambda _: httpx2.Response(status, json={"error": {"message": "refused"}}))
+    chat = CachedChat(EndpointSettings("http://judge.test/v1", "judge"), tmp_path / "cache.jsonl")
+    with pytest.raises(EndpointError, match=f"^http://judge.test/v1: {re.escape(message)}"):
+        chat.answers([[{"role": "user", "content": "first"}]])
+
+
+def test_a_key_refused_during_the_run_stops_it_and_keeps_the_answers_so_far(tmp_path, monkeypatch):
+    scripted_endpoint(monkeypatch, lambda message: httpx2.Response(401) if message == "second" else completion("No."))
+    chat = CachedChat(EndpointSettings("http://judge.test/v1", "judge", concurrency=1), tmp_path / "cache.jsonl")
+    with pytest.raises(EndpointError, match="the API key was refused"):
+        chat.answers([[{"role": "user", "content": text}] for text in ("first", "second", "third")])
+    [line] = (tmp_path / "cache.jsonl").read_text().splitlines()
+    assert json.loads(line)["answer"] == "No."
+
+
+def test_a_cache_cut_inside_a_character_loses_only_that_line(tmp_path, monkeypatch):
+    sent = scripted_endpoint(monkeypatch, lambda message: completion(f"Verdict: YES — {message}"))
+    settings = EndpointSettings("http://judge.test/v1", "judge")
+    conversations = [[{"role": "user", "content": text}] for text in ("one", "two")]
+    CachedChat(settings, tmp_path / "cache.jsonl").answers(conversations)
+    data = (tmp_path / "cache.jsonl").read_bytes()
+    (tmp_path / "cache.jsonl").write_bytes(data[:data.rindex("—".encode()) + 1])  # killed inside the dash's bytes
+    sent.clear()
+    answers = CachedChat(settings, tmp_path / "cache.jsonl").answers(conversations)
+    assert [answer.text for answer in answers] == ["Verdict: YES — one", "Verdict: YES — two"]
+    assert len(sent) == 2 and len((tmp_path / "cache.jsonl").read_text(encoding="utf-8").splitlines()) == 2
+
+
 def test_judge_prompt_file_must_hold_every_placeholder(tmp_path):
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("Does {response} meet it? {instruction}")
@@ -173,7 +266,9 @@ def test_every_constraint_judged_by_a_local_server_cached_and_resumed_after_a_ki
                                                  "judge:length"]
     assert [check["constraint"] for check in checks[:2]] == ["1. Use a poetic tone;", "2. Mention the band's name;"]
     asked = checks[:3]  # the last record's response is empty: it meets nothing, and nothing is asked
-    assert completions_served(log) - served == 3
+    # The three constraints with a response, after one-token checks that the judge is up: before the
+    # generation, and before the judging.
+    assert completions_served(log) - served == 3 + 2
     assert [(check["strict"], check["judge_answer"]) for check in checks[3:]] == [(FAILED, "empty response")] * 2
     assert all(check["strict"] == check["loose"] == parse_verdict(check["judge_answer"]) for check in asked)
     assert any(check["strict"] in (MET, FAILED) for check in asked)  # the server gave real verdicts
@@ -184,13 +279,13 @@ def test_every_constraint_judged_by_a_local_server_cached_and_resumed_after_a_ki
     assert len(cache.read_text().splitlines()) == 3
 
     evaluate_model("fixed", [benchmark], output, GenerationSettings(), make_generator=FixedResponses, judge=judge)
-    assert completions_served(log) - served == 3  # a rerun asks nothing again
+    assert completions_served(log) - served == 5  # a rerun asks nothing again, nor checks
     assert judged_checks(output / "trace") == checks
 
     kept = cache.read_text().splitlines()[:1]
     cache.write_text("\n".join(kept) + '\n{"key": "5f1e", "ans')  # killed while writing the second answer
     evaluate_model("fixed", [benchmark], output, GenerationSettings(), make_generator=FixedResponses, judge=judge)
-    assert completions_served(log) - served == 5  # only the two answers that were lost
+    assert completions_served(log) - served == 5 + 1 + 2  # a check, then only the two answers that were lost
     assert judged_checks(output / "trace") == checks
     lines = cache.read_text().splitlines()
     assert lines[0] == kept[0] and len(lines) == 3 and all(json.loads(line)["answer"] for line in lines)
@@ -211,6 +306,11 @@ def test_requests_that_time_out_are_unjudged_and_asked_again(tmp_path, judge_ser
     assert summary["constraints_without_verdict"] == {UNJUDGED: 3} and summary["undecided_prompts"] == 2
     assert summary["instruction_level"]["count"] == 0 and summary["constraint_level"]["count"] == 0
     assert not (tmp_path / "out" / "trace" / "judge-cache.jsonl").read_text()  # nothing cached: asked again
+
+    evaluate_model("fixed", [benchmark], tmp_path / "out", GenerationSettings(), make_generator=FixedResponses,
+                   judge=small_model_judge(url, model, tmp_path))
+    assert all(check["judge_answer"] != checks[0]["judge_answer"] for check in judged_checks(tmp_path / "out" / "trace"))
+    assert len((tmp_path / "out" / "trace" / "judge-cache.jsonl").read_text().splitlines()) == 3
 
 
 def test_a_judge_that_is_down_stops_the_run_before_any_generation(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from iopo_fast import dpo_loss, iopo_loss
+from iopo_fast import SFTLoss, dpo_loss, iopo_loss
 from iopo_fast.loss import LOSS_TYPES
 
 
@@ -132,3 +132,19 @@ def test_wrong_shape_is_an_error(generator):
     policy, reference, _ = random_scores(generator, roles=2)
     with pytest.raises(ValueError, match=r"shape \[B, 4\]"):
         iopo_loss(policy, reference)
+
+
+def test_sft_loss_is_the_negative_log_likelihood_per_response_token(generator):
+    policy = torch.randn(5, 1, generator=generator, requires_grad=True)
+    lengths = torch.randint(1, 30, (5, 1), generator=generator)
+    losses, metrics = SFTLoss()(policy, None, lengths)
+    torch.testing.assert_close(losses, -policy[:, 0] / lengths[:, 0])
+    (gradient,) = torch.autograd.grad(losses.sum(), policy)
+    torch.testing.assert_close(gradient, -1 / lengths.float())
+    assert metrics.keys() == {"loss", "logps/response"} and not metrics["loss"].requires_grad
+    with pytest.raises(ValueError, match="takes no reference"):
+        SFTLoss()(policy, policy.detach(), lengths)
+    with pytest.raises(ValueError, match=r"shape \[B, 1\]"):
+        SFTLoss()(policy.expand(5, 2), None, lengths)
+    with pytest.raises(ValueError, match="response_lengths is required"):
+        SFTLoss()(policy, None)

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_dpo_examples, random_iopo_examples
+from conftest import random_dpo_examples, random_iopo_examples, random_sft_examples
 
 from iopo_fast import pack_examples, pad_examples
 from iopo_fast.packing import packed_length, unpacked_length
 
-MAKERS = [random_iopo_examples, random_dpo_examples]
+MAKERS = [random_iopo_examples, random_dpo_examples, random_sft_examples]
 
 
 @pytest.mark.parametrize("make_examples", MAKERS)
 def test_packed_stream_holds_each_prompt_once_and_no_padding(generator, make_examples):
     examples = make_examples(4, 50, generator)
     batch = pack_examples(examples)
-    expected_stream = [t for example in examples for prompt, first, second, _, _ in example.packs()
-                       for t in prompt + first + second]
+    expected_stream = [t for example in examples for prompt, responses in example.packs()
+                       for t in prompt + [t for response, _ in responses for t in response]]
     assert batch.input_ids[0].tolist() == expected_stream
     assert batch.num_tokens == sum(packed_length(example) for example in examples)
     if make_examples is random_iopo_examples:
@@ -32,8 +32,8 @@ def test_every_attention_segment_is_an_unpacked_sequence(generator, make_example
     batch = pack_examples(examples)
     expected = []
     for example in examples:
-        for prompt, first, second, _, _ in example.packs():
-            expected += [(prompt + first, len(prompt + first)), (prompt + second, len(second))]
+        for prompt, ((first, _), *others) in example.packs():
+            expected += [(prompt + first, len(prompt + first))] + [(prompt + other, len(other)) for other, _ in others]
     cu_q, cu_k = batch.cu_seqlens_q.tolist(), batch.cu_seqlens_k.tolist()
     assert len(cu_q) == len(cu_k) == len(expected) + 1
     for i, (tokens, num_queries) in enumerate(expected):

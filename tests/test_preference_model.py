@@ -11,11 +11,13 @@ import copy
 import pytest
 import torch
 from conftest import (
-    TINY_MODELS, TRITON_RUNS_HERE, random_dpo_examples, random_iopo_examples, rerun_under_triton_interpreter,
-    triton_only,
+    TINY_MODELS, TRITON_RUNS_HERE, random_dpo_examples, random_iopo_examples, random_sft_examples,
+    rerun_under_triton_interpreter, triton_only,
 )
 
-from iopo_fast import IOPO, IOPOExample, PreferenceLoss, PreferenceModel, pack_examples, pad_examples, reference
+from iopo_fast import (
+    IOPO, IOPOExample, PreferenceLoss, PreferenceModel, SFTLoss, pack_examples, pad_examples, reference,
+)
 from iopo_fast.model import enable_gradient_checkpointing
 from iopo_fast.packing import unpacked_length
 from iopo_fast.preference_model import ALGORITHMS
@@ -49,10 +51,31 @@ def assert_same_grads(preference_model, original, loss, expected_loss, tolerance
 
 
 @pytest.mark.parametrize("family", TINY_MODELS)
-@pytest.mark.parametrize("make_examples", [random_iopo_examples, random_dpo_examples])
+@pytest.mark.parametrize("make_examples", [random_iopo_examples, random_dpo_examples, random_sft_examples])
 @pytest.mark.parametrize("layout", [pack_examples, pad_examples])
 def test_scores_match_reference(generator, family, make_examples, layout):
     check_scores(generator, family, make_examples, layout, impl="chunked")
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_sft_loss_is_transformers_own_language_modeling_loss(generator, algorithm):
+    """The SFT loss of a packed batch against each sequence's `model(input_ids, labels=...).loss` (the mean
+    cross-entropy over its response tokens, the prompt labelled -100), averaged over the examples."""
+    model = seeded_model(generator, "qwen2")
+    examples = random_sft_examples(5, model.config.vocab_size, generator)
+    preference_model, original = adopt(model, loss=SFTLoss(), logprob_algorithm=algorithm)
+
+    output = preference_model(pack_examples(examples))
+
+    expected = []
+    for example in examples:
+        input_ids = torch.tensor([example.prompt + example.response])
+        labels = torch.tensor([[-100] * len(example.prompt) + example.response])
+        expected.append(original(input_ids=input_ids, labels=labels).loss)
+    expected_loss = torch.stack(expected).sum()
+    torch.testing.assert_close(output.loss, expected_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(output.metrics["loss"], torch.stack(expected).detach(), rtol=1e-5, atol=1e-6)
+    assert_same_grads(preference_model, original, output.loss, expected_loss)
 
 
 @pytest.mark.parametrize("layout", [pack_examples, pad_examples])

@@ -34,9 +34,9 @@ def rejections(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("loss, num_proc, cutoff_len", [("iopo", 2, 100), ("dpo", 1, 1024)])
+@pytest.mark.parametrize("loss, num_proc, cutoff_len", [("iopo", 2, 100), ("dpo", 1, 1024), ("sft", 1, 100)])
 def test_prepared_examples_equal_load_examples(tmp_path, smollm2_tokenizer, loss, num_proc, cutoff_len):
-    """With workers and a cutoff that truncates, and in DPO mode (two examples per record)."""
+    """With workers and a cutoff that truncates, and in DPO and SFT modes (two examples per record)."""
     data = mixed_file(tmp_path, 300)
     expected_log, log = RejectionLog(tmp_path / "expected.jsonl"), RejectionLog(tmp_path / "rejected.jsonl")
     expected, expected_stats = load_examples(data, smollm2_tokenizer, loss, cutoff_len, expected_log)

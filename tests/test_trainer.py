@@ -193,6 +193,27 @@ def test_eval_steps_write_held_out_metrics_during_training(tmp_path, tiny_model_
     assert records[0]["eval/loss"] != records[1]["eval/loss"] and results["after"]["loss"] != records[1]["eval/loss"]
 
 
+def test_sft_run_trains_the_preferred_responses_without_a_reference_model(tmp_path, tiny_model_dir):
+    config = training_config(tiny_model_dir, tmp_path / "out", loss="sft", eval_dataset=str(DEMO_DATA / "eval.jsonl"),
+                             max_steps=4)
+    loaded = []
+
+    def make_model(name):
+        loaded.append(name)
+        return AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+
+    run = build(config, make_model=make_model)
+    assert loaded == ["policy"] and run.train_reference is None and run.eval_reference is None
+    assert len(run.train_examples) == 80  # (x1, y1) and (x2, y2) of each of the 40 records
+
+    results = train(config)
+
+    records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert all("logps/response" in r and not any(k.startswith("accuracies/") for k in r) for r in records)
+    assert results["after"]["loss"] < results["before"]["loss"]
+    assert (tmp_path / "out" / "training.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_eval_benchmarks_judge_the_initial_and_the_trained_model(tmp_path, tiny_model_dir):
     output_dir = tmp_path / "out"
     config = training_config(tiny_model_dir, output_dir, max_steps=2, eval_max_new_tokens=3,

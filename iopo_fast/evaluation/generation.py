@@ -84,7 +84,7 @@ class VLLMGenerator:
         self.batch_size = max(settings.batch_size, VLLM_BATCH)
         self.tokenizer = _chat_tokenizer(model_path)
         with _model_directory(model_path) as directory:  # vLLM reads the weights while the engine starts
-            self.engine = LLM(model=directory, dtype="auto", seed=settings.seed)
+            self.engine = LLM(model=directory, dtype="bfloat16", seed=settings.seed)  # as transformers on a GPU
         # temperature 0 is greedy in vLLM; top_p is then ignored, as it is by `generate`.
         self.sampling = SamplingParams(temperature=settings.temperature, top_p=settings.top_p,
                                        max_tokens=settings.max_new_tokens, seed=settings.seed, skip_special_tokens=True)

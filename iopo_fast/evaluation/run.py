@@ -44,46 +44,49 @@ def evaluate_model(model: str, benchmarks: list[str], output_dir: str | Path, se
     `limit` takes the first prompts of each benchmark only. `make_generator(model, settings)` builds the
     generator (default: `generator_class("auto")`), a callable from prompts to responses; it is built only if
     some response is missing. Its `backend` names it, and its `batch_size` (if it has one) is how many
-    prompts it is given at a time. Responses
-    in `output_dir` of another model or other settings are an `EvaluationError`, or with `replace_stale`
-    are discarded (a training run's own output folder, where a new run replaces an old one). `judge` gives
-    the verdicts of constraints stated in words (`judge:PATH` benchmarks).
+    prompts it is given at a time. Responses in `output_dir` of another model, backend or settings are an
+    `EvaluationError`, or with `replace_stale` are discarded (a training run's own output folder, where a new
+    run replaces an old one). `judge` gives the verdicts of constraints stated in words (`judge:PATH`
+    benchmarks); it is asked whether it is up before any generation they need.
     """
     make_generator = make_generator or generator_class("auto")
     names = [benchmark_name(spec) for spec in benchmarks]
     if len(set(names)) < len(names):
         raise EvaluationError(f"benchmarks {benchmarks} would share a results folder: give each a distinct name")
     items = {spec: load_benchmark(spec)[:limit] for spec in benchmarks}  # every benchmark is read before the model loads
-    unjudged = [spec for spec, benchmark_items in items.items() if any(item.judged for item in benchmark_items)]
-    if unjudged and judge is None:
-        raise EvaluationError(f"{', '.join(unjudged)}: constraints in words need an LLM judge "
+    judged_specs = [spec for spec, benchmark_items in items.items() if any(item.judged for item in benchmark_items)]
+    if judged_specs and judge is None:
+        raise EvaluationError(f"{', '.join(judged_specs)}: constraints in words need an LLM judge "
                               f"(--judge-url and --judge-model)")
-    if unjudged:
-        judge.check_reachable()  # before the generation, which may take hours
     identity = {"model": model, "model_fingerprint": model_fingerprint(model), "backend": make_generator.backend,
                 "generation": settings.as_dict()}
+    responses, pending = {}, {}
+    for spec, benchmark_items in items.items():
+        responses[spec] = _responses_so_far(Path(output_dir) / benchmark_name(spec), {**identity, "benchmark": spec},
+                                            replace_stale)
+        # A response is reused only for the same prompt: an edited benchmark file has its changed prompts answered anew.
+        pending[spec] = [item for item in benchmark_items
+                         if responses[spec].get(item.key, {}).get("prompt") != item.prompt]
+    if any(pending[spec] for spec in judged_specs):
+        judge.check_reachable()  # before the generation, which may take hours
     generator = None
     results = {}
     for spec, benchmark_items in items.items():
         name = benchmark_name(spec)
-        folder = Path(output_dir) / name
-        benchmark_identity = {**identity, "benchmark": spec}
-        responses = _responses_so_far(folder, benchmark_identity, replace_stale)
-        # A response is reused only for the same prompt: an edited benchmark file has its changed prompts answered anew.
-        pending = [item for item in benchmark_items if responses.get(item.key, {}).get("prompt") != item.prompt]
-        if pending:
+        folder, benchmark_identity, written = Path(output_dir) / name, {**identity, "benchmark": spec}, responses[spec]
+        if pending[spec]:
             generator = generator or make_generator(model, settings)
-            log(f"{name}: generating {len(pending)} responses with {generator.backend} "
-                f"({len(benchmark_items) - len(pending)} already written)")
+            log(f"{name}: generating {len(pending[spec])} responses with {generator.backend} "
+                f"({len(benchmark_items) - len(pending[spec])} already written)")
             _write_json(folder / "generation.json", benchmark_identity)
-            _generate(generator, pending, folder / "responses.jsonl", responses,
+            _generate(generator, pending[spec], folder / "responses.jsonl", written,
                       getattr(generator, "batch_size", settings.batch_size))
-        texts = [responses.pop(item.key)["response"] for item in benchmark_items]
-        judged = spec in unjudged
+        texts = [written.pop(item.key)["response"] for item in benchmark_items]
+        judged = spec in judged_specs
         judgments = (_judge(judge, benchmark_items, texts, folder / "judge-cache.jsonl") if judged
                      else [[] for _ in benchmark_items])
         rows = [score(*row) for row in zip(benchmark_items, texts, judgments)]
-        _write_lines(folder / "responses.jsonl", rows + list(responses.values()))  # and those beyond `limit`
+        _write_lines(folder / "responses.jsonl", rows + list(written.values()))  # and those beyond `limit`
         results[name] = {mode: summarize(rows, mode) for mode in MODES}
         judge_settings = {"judge": judge.describe()} if judged else {}
         _write_json(folder / "summary.json",
@@ -128,13 +131,15 @@ def _responses_so_far(folder: Path, identity: dict, replace_stale: bool) -> dict
     path, identity_file = folder / "responses.jsonl", folder / "generation.json"
     # Not splitlines: a response may hold U+2028, which json.dumps(ensure_ascii=False) writes as is.
     lines = [line for line in path.read_text(encoding="utf-8").split("\n") if line] if path.is_file() else []
-    stale = lines and (not identity_file.is_file() or json.loads(identity_file.read_text()) != identity)
+    # Files written before the backend was recorded were all written by transformers.
+    saved = json.loads(identity_file.read_text()) if identity_file.is_file() else None
+    stale = lines and (saved is None or {"backend": "transformers", **saved} != identity)
     if stale and replace_stale:
         path.unlink()
         return {}
     if stale:
-        raise EvaluationError(f"{folder} holds responses of another model or other generation settings "
-                              f"(see {identity_file}): choose another output folder or delete it")
+        raise EvaluationError(f"{folder} holds responses of another model, backend or generation settings "
+                              f"(see {identity_file}): choose another output folder, delete it, or match them")
     responses = {}
     for line in lines:
         try:
