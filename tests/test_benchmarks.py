@@ -1,9 +1,10 @@
 """The benchmark scripts on CPU: bench_logprob.py's and bench_throughput.py's smoke runs print every row,
-and fit_8b.py refuses in one line or runs its tiny smoke search. No speed is asserted; CUDA is hidden
-from the scripts."""
+fit_8b.py refuses in one line or runs its tiny smoke search, and compare_methods.py's smoke trains and
+evaluates every method. No speed, and no winner, is asserted; CUDA is hidden from the scripts."""
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -132,3 +133,21 @@ def test_data_benchmark_smoke_prints_every_row(tmp_path):
     for row in rows:
         assert_finite_and_positive(row[1:3])
     assert "300 examples" in run.stdout and (tmp_path / "data-cpu.md").is_file()
+
+
+def test_method_comparison_smoke_trains_and_evaluates_every_method(tmp_path):
+    run = run_script("compare_methods.py", "--smoke", "--output", str(tmp_path / "results"),
+                     "--work-dir", str(tmp_path / "work"))
+
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    report = json.loads((tmp_path / "results" / "methods-cpu-smoke.json").read_text())
+    assert [(r["method"], r["seed"], r["steps"]) for r in report["runs"]] == [
+        ("sft", 0, 2), ("dpo", 0, 2), ("iopo", 0, 2), ("dpo-tokens", 0, 2)]
+    assert list(report["table"]) == ["base", "sft", "dpo", "iopo", "dpo-tokens"]
+    for run_report in report["runs"]:
+        assert run_report["tokens_trained"] > 0
+        for benchmark in ("demo", "ifbench"):
+            assert run_report["benchmarks"][benchmark]["prompts"] == 5
+    assert [row[0] for row in table_rows(run.stdout)][:5] == ["base", "sft", "dpo", "iopo", "dpo-tokens"]
+    assert (tmp_path / "results" / "methods-cpu-smoke.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "work" / "iopo-seed0" / "model").exists()  # trained models are not kept
