@@ -14,6 +14,10 @@ held-out loss, on examples/data/eval.jsonl), and are then used for every method,
 tuned alone. The base model and every trained model are evaluated with `iopo-fast eval` (greedy) on
 `demo` (in-domain: the 80 held-out instructions) and `ifbench` (out-of-domain).
 
+Each finished run (training and evaluation) is recorded in its folder of the work directory
+(`outcome.json`, with the settings it ran under): a study that is stopped and started again with the
+same settings goes on from the first unfinished run.
+
 Written to --output: methods-<device>.md, .json and .png: per method and benchmark, the mean over
 seeds of the strict instruction- and constraint-level accuracies with a 95% t-interval over the seeds
 (the base model: its bootstrap interval over prompts), the tokens trained and the wall time. Run it
@@ -26,6 +30,7 @@ alone: the wall times are only comparable within one run on an unloaded machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import shlex
@@ -33,10 +38,12 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from _results import RESULTS_DIR, device_slug, versions
 
+from iopo_fast.checkpoint import write_atomically
 from iopo_fast.config import TrainConfig
 from iopo_fast.evaluation.generation import GenerationSettings, TransformersGenerator
 from iopo_fast.evaluation.run import evaluate_model
@@ -54,11 +61,31 @@ def training_config(method: str, seed: int, learning_rate: float, beta: float, a
     """The run of `method`: demo.yaml's schedule, everything but the loss (and dpo-tokens' batch) shared."""
     batch = args.batch_size * (2 if method == "dpo-tokens" else 1)
     return TrainConfig(
-        model_name_or_path=args.model, dataset=str(DATA / "train.jsonl"), eval_dataset=str(DATA / "eval.jsonl"),
+        model_name_or_path=args.model, dataset=str(DATA / "train.jsonl"), eval_dataset=str(args.held_out),
         output_dir=str(output_dir), loss=method.removesuffix("-tokens"), pref_beta=beta, learning_rate=learning_rate,
         lr_scheduler_type="cosine", warmup_ratio=0.1, max_steps=args.steps, per_device_train_batch_size=batch,
         cutoff_len=512, seed=seed, logging_steps=1, resume="never", save_steps=0,
     )
+
+
+def finished(config: TrainConfig, settings: dict, run: Callable[[], dict]) -> dict:
+    """`run()`'s outcome, recorded in the run's folder; read back instead of run again when it was recorded
+    under the same settings (training and evaluation)."""
+    record = Path(config.output_dir) / "outcome.json"
+    if record.is_file():
+        saved = json.loads(record.read_text())
+        if saved["settings"] == settings:
+            return saved["outcome"]
+    outcome = run()
+    write_atomically(record, json.dumps({"settings": settings, "outcome": outcome}, indent=2) + "\n")
+    return outcome
+
+
+def run_settings(config: TrainConfig, args) -> dict:
+    """What decides a run's outcome: its training config and the evaluation settings."""
+    evaluation = {key: getattr(args, key) for key in ("demo_prompts", "ifbench_prompts", "max_new_tokens",
+                                                        "eval_batch_size")}
+    return json.loads(json.dumps({"training": dataclasses.asdict(config), "evaluation": evaluation}))
 
 
 def run_training(config: TrainConfig) -> dict:
@@ -77,11 +104,16 @@ def sweep(args, work: Path, log) -> tuple[float, float, list[dict]]:
     for learning_rate in args.sweep_learning_rates:
         for beta in args.sweep_betas:
             config = training_config("dpo", 0, learning_rate, beta, args, work / f"sweep-lr{learning_rate}-beta{beta}")
-            outcome = run_training(config)
+
+            def sweep_run(config=config):
+                outcome = run_training(config)
+                shutil.rmtree(Path(config.output_dir) / "model")  # only the held-out metrics are kept
+                return outcome
+
+            outcome = finished(config, run_settings(config, args), sweep_run)
             rows.append({"learning_rate": learning_rate, "beta": beta, "held_out_accuracy":
                          outcome["held_out"]["accuracies/pair"], "held_out_loss": outcome["held_out"]["loss"]})
             log(f"sweep: {rows[-1]}")
-            shutil.rmtree(Path(config.output_dir) / "model")  # only the held-out metrics are kept
     best = max(rows, key=lambda row: (row["held_out_accuracy"], -row["held_out_loss"]))
     return best["learning_rate"], best["beta"], rows
 
@@ -193,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ifbench-prompts", type=int, default=96, help="first N IFBench prompts")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--eval-batch-size", type=int, default=16)
+    parser.add_argument("--held-out-records", type=int, help="first N records of examples/data/eval.jsonl for the "
+                        "held-out loss and accuracy, and the sweep's choice (default: all 40)")
     parser.add_argument("--device-name", default="cpu", help="names the results files")
     parser.add_argument("--work-dir", type=Path, help="runs and responses (default: outputs/compare-methods)")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR)
@@ -202,8 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.seeds, args.steps, args.sweep_learning_rates, args.sweep_betas = [0], 2, [1e-5], [0.1]
         args.demo_prompts = args.ifbench_prompts = 5
-        args.max_new_tokens, args.batch_size = 16, 2
+        args.max_new_tokens, args.batch_size, args.held_out_records = 16, 2, 4
     work = args.work_dir or Path("outputs") / ("compare-methods-smoke" if args.smoke else "compare-methods")
+    args.held_out = DATA / "eval.jsonl"
+    if args.held_out_records:  # the first records only: the held-out loss is computed twice per run
+        args.held_out = work / "held-out.jsonl"
+        work.mkdir(parents=True, exist_ok=True)
+        lines = (DATA / "eval.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+        args.held_out.write_text("".join(lines[:args.held_out_records]), encoding="utf-8")
 
     def log(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -215,12 +255,18 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         for method in METHODS:
             config = training_config(method, seed, learning_rate, beta, args, work / f"{method}-seed{seed}")
-            outcome = run_training(config)
-            model = Path(config.output_dir) / "model"
-            outcome.update(method=method, seed=seed, benchmarks=evaluate(str(model), f"{method}-seed{seed}", args, work))
+
+            def study_run(config=config, method=method, seed=seed):
+                outcome = run_training(config)
+                model = Path(config.output_dir) / "model"
+                outcome.update(method=method, seed=seed,
+                               benchmarks=evaluate(str(model), f"{method}-seed{seed}", args, work))
+                if not args.keep_models:
+                    shutil.rmtree(model)  # 0.5 GB each; the responses stay in the work directory
+                return outcome
+
+            outcome = finished(config, run_settings(config, args), study_run)
             runs.append(outcome)
-            if not args.keep_models:
-                shutil.rmtree(model)  # 0.5 GB each; the responses stay in the work directory
             log(f"{method} seed {seed}: {outcome['tokens_trained']} tokens in {outcome['seconds']:.0f} s, "
                 + ", ".join(f"{b} {100 * outcome['benchmarks'][b]['instruction_level']['accuracy']:.1f}%"
                             for b in BENCHMARKS))

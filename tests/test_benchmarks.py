@@ -151,3 +151,10 @@ def test_method_comparison_smoke_trains_and_evaluates_every_method(tmp_path):
     assert [row[0] for row in table_rows(run.stdout)][:5] == ["base", "sft", "dpo", "iopo", "dpo-tokens"]
     assert (tmp_path / "results" / "methods-cpu-smoke.png").read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "work" / "iopo-seed0" / "model").exists()  # trained models are not kept
+
+    trained = {path: path.stat().st_mtime_ns for path in (tmp_path / "work").glob("*/metrics.jsonl")}
+    again = run_script("compare_methods.py", "--smoke", "--output", str(tmp_path / "results"),
+                       "--work-dir", str(tmp_path / "work"))
+    assert again.returncode == 0, again.stderr[-5000:]
+    assert len(trained) == 5 and {path: path.stat().st_mtime_ns for path in trained} == trained  # nothing retrained
+    assert json.loads((tmp_path / "results" / "methods-cpu-smoke.json").read_text())["table"] == report["table"]
