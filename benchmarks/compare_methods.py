@@ -81,11 +81,14 @@ def finished(config: TrainConfig, settings: dict, run: Callable[[], dict]) -> di
     return outcome
 
 
-def run_settings(config: TrainConfig, args) -> dict:
-    """What decides a run's outcome: its training config and the evaluation settings."""
-    evaluation = {key: getattr(args, key) for key in ("demo_prompts", "ifbench_prompts", "max_new_tokens",
-                                                        "eval_batch_size")}
-    return json.loads(json.dumps({"training": dataclasses.asdict(config), "evaluation": evaluation}))
+def run_settings(config: TrainConfig, args=None) -> dict:
+    """What decides a run's outcome: its training config, and the evaluation settings (`args`) of a run that
+    is evaluated (the sweep's runs are not)."""
+    settings = {"training": dataclasses.asdict(config)}
+    if args is not None:
+        settings["evaluation"] = {key: getattr(args, key) for key in ("demo_prompts", "ifbench_prompts",
+                                                                      "max_new_tokens", "eval_batch_size")}
+    return json.loads(json.dumps(settings))
 
 
 def run_training(config: TrainConfig) -> dict:
@@ -110,7 +113,7 @@ def sweep(args, work: Path, log) -> tuple[float, float, list[dict]]:
                 shutil.rmtree(Path(config.output_dir) / "model")  # only the held-out metrics are kept
                 return outcome
 
-            outcome = finished(config, run_settings(config, args), sweep_run)
+            outcome = finished(config, run_settings(config), sweep_run)
             rows.append({"learning_rate": learning_rate, "beta": beta, "held_out_accuracy":
                          outcome["held_out"]["accuracies/pair"], "held_out_loss": outcome["held_out"]["loss"]})
             log(f"sweep: {rows[-1]}")

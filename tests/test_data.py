@@ -15,6 +15,8 @@ GOOD = [
     for i in range(5)
 ]
 
+DPO_RECORD = {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."}
+
 
 def original_format(record: dict) -> dict:
     return {
@@ -51,11 +53,13 @@ def test_prompt_and_response_split_follows_the_chat_template(tmp_path, smollm2_t
     assert smollm2_tokenizer.decode(example.response2) == record["y2"] + "<|im_end|>"
 
 
+def pair_and_quadruple(tmp_path):
+    """A file of one DPO record and one IOPO record."""
+    return write_lines(tmp_path / "d.jsonl", [json.dumps(DPO_RECORD), json.dumps(GOOD[0])])
+
+
 def test_dpo_mode_reads_pairs_and_splits_iopo_records_into_two_pairs(tmp_path, smollm2_tokenizer):
-    path = write_lines(tmp_path / "d.jsonl", [
-        json.dumps({"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."}),
-        json.dumps(GOOD[0]),
-    ])
+    path = pair_and_quadruple(tmp_path)
     examples, stats = load_examples(path, smollm2_tokenizer, loss="dpo")
     assert stats.records == 2 and len(examples) == 3
     assert all(isinstance(example, DPOExample) for example in examples)
@@ -65,14 +69,10 @@ def test_dpo_mode_reads_pairs_and_splits_iopo_records_into_two_pairs(tmp_path, s
 
 
 def test_sft_mode_keeps_each_instructions_own_response(tmp_path, smollm2_tokenizer):
-    path = write_lines(tmp_path / "d.jsonl", [
-        json.dumps({"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."}),
-        json.dumps(GOOD[0]),
-    ])
-    examples, stats = load_examples(path, smollm2_tokenizer, loss="sft")
+    examples, stats = load_examples(pair_and_quadruple(tmp_path), smollm2_tokenizer, loss="sft")
     assert stats.records == 2 and len(examples) == 3
-    (pair,), _ = load_examples(write_lines(tmp_path / "p.jsonl", [path.read_text().splitlines()[0]]),
-                               smollm2_tokenizer, loss="dpo")
+    (pair,), _ = load_examples(write_lines(tmp_path / "p.jsonl", [json.dumps(DPO_RECORD)]), smollm2_tokenizer,
+                               loss="dpo")
     (iopo,), _ = load_examples(write_lines(tmp_path / "i.jsonl", [json.dumps(GOOD[0])]), smollm2_tokenizer)
     assert examples == [SFTExample(pair.prompt, pair.chosen), SFTExample(iopo.prompt1, iopo.response1),
                         SFTExample(iopo.prompt2, iopo.response2)]

@@ -104,10 +104,7 @@ def constraint_file_items(path: Path) -> list[EvalItem]:
         ids, kwargs = record.get("instruction_id_list"), record.get("kwargs")
         if not isinstance(ids, list) or not ids or not isinstance(kwargs, list) or len(kwargs) != len(ids):
             raise BenchmarkError(f"{where}: needs instruction_id_list (a non-empty list) and as many kwargs")
-        key = str(record.get("key", line_number))
-        if key in keys:
-            raise BenchmarkError(f"{where}: key {key!r} is used twice")
-        keys.add(key)
+        key = _new_key(record.get("key", line_number), keys, where)
         try:
             checks = tuple(make_check(instruction_id, arguments, record["prompt"])
                            for instruction_id, arguments in zip(ids, kwargs))
@@ -139,13 +136,18 @@ def judged_items(path: Path) -> list[EvalItem]:
         types = types if types is not None else ["constraint"] * len(texts)
         if not isinstance(types, list) or len(types) != len(texts) or not all(isinstance(t, str) and t for t in types):
             raise BenchmarkError(f"{where}: the constraint types must be as many strings as the constraints")
-        key = str(key)
-        if key in keys:
-            raise BenchmarkError(f"{where}: key {key!r} is used twice")
-        keys.add(key)
-        judged = tuple(JudgedConstraint(text.strip(), kind) for text, kind in zip(texts, types))
-        items.append(EvalItem(key, prompt, (), judged))
+        judged = tuple(JudgedConstraint(text.strip(), constraint_type) for text, constraint_type in zip(texts, types))
+        items.append(EvalItem(_new_key(key, keys, where), prompt, (), judged))
     return items
+
+
+def _new_key(key, keys: set[str], where: str) -> str:
+    """`key` as a string, added to the keys of the file read so far; `BenchmarkError` if it is among them."""
+    key = str(key)
+    if key in keys:
+        raise BenchmarkError(f"{where}: key {key!r} is used twice")
+    keys.add(key)
+    return key
 
 
 def _json_lines(path: Path):
