@@ -16,7 +16,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["iopo_fast", "iopo_fast.evaluation", "iopo_fast.kernels"],
+    packages=["iopo_fast", "iopo_fast.evaluation", "iopo_fast.kernels", "iopo_fast.pairs"],
     install_requires=[
         "torch>=2.5",
         "transformers>=4.57",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import platform
 import re
 from pathlib import Path
 
@@ -25,3 +26,11 @@ def versions() -> str:
         except importlib.metadata.PackageNotFoundError:
             found.append(f"{package} not installed")
     return ", ".join(found)
+
+
+def cpu_name() -> str:
+    """The CPU's model name, for the results files of CPU runs."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "CPU"

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import shlex
@@ -32,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import versions
+from _results import cpu_name, versions
 
 from iopo_fast.data import load_examples
 from iopo_fast.model import DEFAULT_MODEL, load_tokenizer
@@ -63,13 +62,6 @@ def synthetic_records(count: int, seed: int):
             changed[position] = constraint()
         yield {"x1": " ".join([task, *constraints]), "x2": " ".join([task, *changed]),
                "y1": words(rng.randint(150, 300)) + ".", "y2": words(rng.randint(150, 300)) + "!"}
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "CPU"
 
 
 def peak_gib(who: int) -> float:

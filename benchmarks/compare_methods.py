@@ -157,6 +157,19 @@ def aggregate(runs: list[dict], base: dict) -> dict:
     return table
 
 
+PAIRS = (("iopo", "dpo"), ("iopo", "dpo-tokens"), ("iopo", "sft"), ("dpo", "sft"))
+
+
+def paired_differences(runs: list[dict]) -> dict:
+    """For each pair of methods in `PAIRS`, benchmark and level: the difference of accuracies between runs of the
+    same seed, with its 95% t-interval over seeds (the seed fixes the data order and the initial state)."""
+    by_key = {(run["method"], run["seed"]): run["benchmarks"] for run in runs}
+    seeds = sorted({run["seed"] for run in runs})
+    return {f"{first} - {second}": {benchmark: {level: mean_interval(
+        [by_key[first, seed][benchmark][level]["accuracy"] - by_key[second, seed][benchmark][level]["accuracy"]
+         for seed in seeds]) for level in LEVELS} for benchmark in BENCHMARKS} for first, second in PAIRS}
+
+
 def markdown(report: dict) -> str:
     def cell(value: dict) -> str:
         if value["low"] is None:
@@ -185,6 +198,13 @@ def markdown(report: dict) -> str:
         seconds = f"{row['seconds']:.0f} s" if method != "base" else "-"
         cells = [cell(row[benchmark][level]) for benchmark in BENCHMARKS for level in LEVELS]
         lines.append(f"| {method} | {' | '.join(cells)} | {trained} | {seconds} |")
+    lines += ["", "Wall time: each training run's own, the held-out loss before and after included; a study that is "
+              "stopped resumes from its finished runs, so its runs may come from several sessions of the same machine.",
+              "", "Differences between methods, paired by seed (points of strict accuracy, 95% t-interval over seeds):",
+              "", "| difference | demo instruction | demo constraint | ifbench instruction | ifbench constraint |",
+              "|---|---|---|---|---|"]
+    for pair, row in paired_differences(report["runs"]).items():
+        lines.append(f"| {pair} | {' | '.join(cell(row[benchmark][level]) for benchmark in BENCHMARKS for level in LEVELS)} |")
     lines += ["", "DPO sweep (seed 0, held-out pair accuracy and loss):", "",
               "| learning rate | beta | accuracy | loss |", "|---|---|---|---|"]
     lines += [f"| {row['learning_rate']} | {row['beta']} | {row['held_out_accuracy']:.3f} | {row['held_out_loss']:.4f} |"
@@ -260,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             config = training_config(method, seed, learning_rate, beta, args, work / f"{method}-seed{seed}")
 
             def study_run(config=config, method=method, seed=seed):
+                # Responses left by an unfinished earlier run are another model's: this one is trained anew.
+                shutil.rmtree(work / "eval" / f"{method}-seed{seed}", ignore_errors=True)
                 outcome = run_training(config)
                 model = Path(config.output_dir) / "model"
                 outcome.update(method=method, seed=seed,

@@ -14,6 +14,7 @@ from .evaluation.generation import BACKENDS, GenerationSettings, generator_class
 from .evaluation.judge import Judge, JudgeError, load_judge_prompt
 from .evaluation.offline_resources import MissingEvaluationPackage
 from .evaluation.run import EvaluationError, evaluate_model
+from .local_chat import LocalModel
 from .model import ModelError
 
 EVALUATION_ERRORS = (BenchmarkError, EndpointError, EvaluationError, JudgeError, MissingEvaluationPackage)
@@ -42,18 +43,25 @@ def main(argv: list[str] | None = None) -> int:
     eval_parser.add_argument("--backend", choices=BACKENDS, default="auto",
                              help="auto: vLLM when it is installed and a GPU is present, else transformers")
     judge_options = eval_parser.add_argument_group("LLM judge (judge:PATH benchmarks), any OpenAI-compatible endpoint")
-    judge_options.add_argument("--judge-url", help="e.g. http://localhost:8000/v1")
-    judge_options.add_argument("--judge-model", help="the model name the endpoint serves")
-    judge_options.add_argument("--judge-api-key-env", default=EndpointSettings.api_key_env,
-                               help="environment variable that holds the API key")
-    judge_options.add_argument("--judge-concurrency", type=int, default=EndpointSettings.concurrency,
-                               help="requests in flight at most")
-    judge_options.add_argument("--judge-timeout", type=float, default=EndpointSettings.timeout, help="seconds per request")
-    judge_options.add_argument("--judge-retries", type=int, default=EndpointSettings.retries,
-                               help="retries with backoff of a request that failed")
-    judge_options.add_argument("--judge-max-tokens", type=int, default=EndpointSettings.max_tokens)
+    _endpoint_options(judge_options, "judge")
     judge_options.add_argument("--judge-prompt", help="a file with the judge prompt, holding {instruction}, "
                                                       "{constraint} and {response}")
+    pairs_parser = commands.add_parser("build-pairs", help="build IOPO records (x1, x2, y1, y2) from instructions "
+                                                           "with constraints, and their responses if any")
+    pairs_parser.add_argument("input", help="records with an instruction, its constraints and optionally a response, "
+                                            "in any format the trainer reads (see `iopo_fast.pairs.records`)")
+    pairs_parser.add_argument("output", help="folder for pairs.jsonl, dropped.jsonl, report.json and the request cache; "
+                                             "a rerun resumes")
+    pairs_parser.add_argument("--prompts", help="a JSON or YAML file replacing the prompts of some steps "
+                                                "(answer, modify, restate, judge)")
+    pairs_parser.add_argument("--limit", type=int, help="only the first N records")
+    pairs_parser.add_argument("--seed", type=int, default=0, help="seeds the choice among the changes a rule allows")
+    generator_options = pairs_parser.add_argument_group(
+        "generator (y1 when a record has none, y2, x2 for constraints in words): an endpoint, or with --generator-model "
+        "alone a local Hugging Face model; without one, only changes whose x2 and y2 a rule writes are built")
+    _endpoint_options(generator_options, "generator", local=True)
+    judge_pairs_options = pairs_parser.add_argument_group("judge of constraints in words (default: the generator)")
+    _endpoint_options(judge_pairs_options, "judge", local=True)
     options_parser = commands.add_parser("options", help="list the config keys")
     options_parser.add_argument("--markdown", action="store_true", help="as the README's markdown table")
     args, overrides = parser.parse_known_args(argv)
@@ -63,10 +71,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(overrides)}")
         print(options_markdown() if args.markdown else "\n".join(_option_lines()))
         return 0
-    if args.command == "eval":
+    if args.command in ("eval", "build-pairs"):
         if overrides:
             parser.error(f"unrecognized arguments: {' '.join(overrides)}")
-        return _evaluate(args)
+        return _evaluate(args) if args.command == "eval" else _build_pairs(args)
     from .checkpoint import CheckpointError
     from .trainer import NonFiniteLossError, train  # imported here: it pulls in torch and DeepSpeed
 
@@ -96,13 +104,66 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace) -> Judge | None:
-    if not args.judge_url and not args.judge_model:
+    endpoint = _endpoint_settings(args, "judge")
+    return Judge(endpoint, load_judge_prompt(args.judge_prompt)) if endpoint is not None else None
+
+
+def _build_pairs(args: argparse.Namespace) -> int:
+    from .pairs.pipeline import build_pairs
+    from .pairs.prompts import PromptError, load_prompts
+
+    try:
+        if args.limit is not None and args.limit <= 0:
+            raise ValueError(f"--limit must be positive, got {args.limit}")
+        build_pairs(args.input, args.output, _model_settings(args, "generator"), _model_settings(args, "judge"),
+                    load_prompts(args.prompts), seed=args.seed, limit=args.limit)
+    except (DataError, EndpointError, ModelError, PromptError, ValueError) as error:
+        print(f"iopo-fast: error: {error}", file=sys.stderr)
+        return 2
+    print(f"pairs in {Path(args.output) / 'pairs.jsonl'}, report in {Path(args.output) / 'report.json'}")
+    return 0
+
+
+def _endpoint_options(group, name: str, local: bool = False) -> None:
+    """--NAME-url, --NAME-model and the request settings of one OpenAI-compatible endpoint; with `local`, also
+    those of a local model (--NAME-model without --NAME-url)."""
+    group.add_argument(f"--{name}-url", help="e.g. http://localhost:8000/v1")
+    group.add_argument(f"--{name}-model", help="the model name the endpoint serves" + (
+        "; alone, a local model directory, hub id or smollm2-135m-instruct" if local else ""))
+    if local:
+        group.add_argument(f"--{name}-batch-size", type=int, default=8, help="a local model's batch size")
+        group.add_argument(f"--{name}-backend", choices=BACKENDS, default="auto",
+                           help="a local model's backend: auto is vLLM when it is installed and a GPU is present")
+    group.add_argument(f"--{name}-api-key-env", default=EndpointSettings.api_key_env,
+                       help="environment variable that holds the API key")
+    group.add_argument(f"--{name}-concurrency", type=int, default=EndpointSettings.concurrency,
+                       help="requests in flight at most")
+    group.add_argument(f"--{name}-timeout", type=float, default=EndpointSettings.timeout, help="seconds per request")
+    group.add_argument(f"--{name}-retries", type=int, default=EndpointSettings.retries,
+                       help="retries with backoff of a request that failed")
+    group.add_argument(f"--{name}-max-tokens", type=int, default=EndpointSettings.max_tokens)
+    group.add_argument(f"--{name}-temperature", type=float, default=EndpointSettings.temperature)
+
+
+def _model_settings(args: argparse.Namespace, name: str) -> EndpointSettings | LocalModel | None:
+    """The endpoint of `_endpoint_options`, or a local model when only its model is given, or None."""
+    model = getattr(args, f"{name}_model")
+    if model and not getattr(args, f"{name}_url"):
+        return LocalModel(model, *(getattr(args, f"{name}_{key}") for key in
+                                   ("max_tokens", "temperature", "batch_size", "backend")))
+    return _endpoint_settings(args, name)
+
+
+def _endpoint_settings(args: argparse.Namespace, name: str) -> EndpointSettings | None:
+    """The endpoint `_endpoint_options` describes, or None when neither its URL nor its model is given."""
+    url, model = getattr(args, f"{name}_url"), getattr(args, f"{name}_model")
+    if not url and not model:
         return None
-    if not (args.judge_url and args.judge_model):
-        raise ValueError("--judge-url and --judge-model go together")
-    endpoint = EndpointSettings(args.judge_url, args.judge_model, args.judge_api_key_env, args.judge_concurrency,
-                                args.judge_timeout, args.judge_retries, args.judge_max_tokens)
-    return Judge(endpoint, load_judge_prompt(args.judge_prompt))
+    if not (url and model):
+        raise ValueError(f"--{name}-url and --{name}-model go together")
+    return EndpointSettings(url, model, *(getattr(args, f"{name}_{key}") for key in
+                                          ("api_key_env", "concurrency", "timeout", "retries", "max_tokens",
+                                           "temperature")))
 
 
 def _option_lines() -> list[str]:

@@ -5,13 +5,17 @@
   client's own (`max_retries`). A request that still fails is returned as an `Answer` with an `error`,
   never raised, so one bad request costs one item and not the run.
 - Every answer is cached by a hash of its request (model, messages, sampling settings) in a JSON-lines
-  file, appended and flushed as each answer arrives: a run that is killed resumes where it stopped, and a
-  rerun costs nothing. Failed requests are not cached, so a rerun asks again.
+  file (`AnswerCache`), appended and flushed as each answer arrives: a run that is killed resumes where it
+  stopped, and a rerun costs nothing. Failed requests are not cached, so a rerun asks again. Identical
+  requests in flight at the same time are sent once.
 
 Before the first request is sent, `check_reachable` asks for one token: an endpoint that is down, or
 refuses the key, the model or the settings, is an `EndpointError` then, not one failure per request. A
 401, 403 or 404 later stops the run the same way (every request would fail alike); the answers
 already cached stay.
+
+`Chat.ask` is the asynchronous form, for pipelines that interleave many requests with other work;
+`CachedChat.answers` asks a list of conversations from synchronous code.
 """
 
 from __future__ import annotations
@@ -20,15 +24,13 @@ import asyncio
 import hashlib
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .checkpoint import write_atomically
+from .jsonl import AppendLog, complete_lines
 
-FSYNC_SECONDS = 2.0  # how often the cache reaches the disk while answers stream in (and always at the end)
 PING_SECONDS = 60.0  # the reachability check asks for one token: no long generation
 
 
@@ -55,6 +57,15 @@ class EndpointSettings:
         if self.concurrency <= 0 or self.timeout <= 0 or self.retries < 0 or self.max_tokens <= 0:
             raise ValueError(f"endpoint settings out of range: {self}")
 
+    def request_key(self, messages: list[dict]) -> str:
+        return request_key(self.model, messages, self.max_tokens, self.temperature)
+
+
+def request_key(model: str, messages: list[dict], max_tokens: int, temperature: float) -> str:
+    """The cache key of a request: a sha256 of everything that decides its answer."""
+    request = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature}
+    return hashlib.sha256(json.dumps(request, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -62,6 +73,115 @@ class Answer:
 
     text: str | None
     error: str | None = None
+    cached: bool = False  # read from the cache, not asked
+
+
+class AnswerCache:
+    """Answers by request key, in a JSON-lines file of `{"key", "answer"}` lines (`jsonl`: a line cut by a kill
+    is dropped when the file is opened).
+
+    Memory stays small at any size: the index holds each answer's place in the file, and an answer is read
+    back when it is asked for.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._index = {bytes.fromhex(entry["key"]): offset << 32 | length  # key digest -> place of its line
+                       for offset, length, entry in complete_lines(self.path, _is_cache_entry)}
+        self._log = AppendLog(self.path)
+        self._reader = None
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, key: str) -> bool:
+        return bytes.fromhex(key) in self._index
+
+    def get(self, key: str) -> str | None:
+        place = self._index.get(bytes.fromhex(key))
+        if place is None:
+            return None
+        if self._reader is None:
+            self._reader = self.path.open("rb")
+        self._reader.seek(place >> 32)
+        return json.loads(self._reader.read(place & 0xFFFFFFFF))["answer"]
+
+    def add(self, key: str, answer: str) -> None:
+        offset, length = self._log.append({"key": key, "answer": answer})
+        self._index[bytes.fromhex(key)] = offset << 32 | length
+
+    def close(self) -> None:
+        self._log.close()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+
+def _is_cache_entry(entry: object) -> bool:
+    if not (isinstance(entry, dict) and isinstance(entry.get("answer"), str) and isinstance(entry.get("key"), str)):
+        return False
+    try:
+        return len(bytes.fromhex(entry["key"])) == 32
+    except ValueError:
+        return False
+
+
+class CachedRequests:
+    """`await ask(messages)`: the cached answer, or a fresh one from `_request` (cached when it has text).
+    Identical requests in flight at the same time are asked once. Subclasses say where answers come from."""
+
+    def __init__(self, cache: AnswerCache, model: str, max_tokens: int, temperature: float):
+        self.cache, self.model, self.max_tokens, self.temperature = cache, model, max_tokens, temperature
+        self._in_flight: dict[str, asyncio.Future] = {}
+
+    async def ask(self, messages: list[dict]) -> Answer:
+        key = request_key(self.model, messages, self.max_tokens, self.temperature)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return Answer(cached, cached=True)
+        if key in self._in_flight:
+            return await asyncio.shield(self._in_flight[key])
+        self._in_flight[key] = asyncio.get_running_loop().create_future()
+        try:
+            answer = await self._request(messages)
+        except BaseException as error:
+            self._in_flight.pop(key).set_exception(error)
+            raise
+        if answer.error is None:
+            self.cache.add(key, answer.text)
+        self._in_flight.pop(key).set_result(answer)
+        return answer
+
+    async def _request(self, messages: list[dict]) -> Answer:
+        raise NotImplementedError
+
+
+class Chat(CachedRequests):
+    """Requests to an OpenAI-compatible endpoint, inside `async with Chat(settings, cache) as chat:`, at most
+    `settings.concurrency` in flight."""
+
+    def __init__(self, settings: EndpointSettings, cache: AnswerCache):
+        super().__init__(cache, settings.model, settings.max_tokens, settings.temperature)
+        self.settings = settings
+
+    async def __aenter__(self) -> Chat:
+        self._client = _client(self.settings)
+        self._slots = asyncio.Semaphore(self.settings.concurrency)
+        self._refused = asyncio.Event()  # set by an EndpointError: the requests still waiting are not sent
+        return self
+
+    async def __aexit__(self, *exception) -> None:
+        await self._client.close()
+
+    async def _request(self, messages: list[dict]) -> Answer:
+        async with self._slots:
+            if self._refused.is_set():
+                return Answer(None, "not sent: the endpoint refused an earlier request")
+            try:
+                return await _complete(self._client, self.settings, messages)
+            except EndpointError:
+                self._refused.set()
+                raise
 
 
 class CachedChat:
@@ -70,61 +190,29 @@ class CachedChat:
     def __init__(self, settings: EndpointSettings, cache_path: str | Path):
         self.settings = settings
         self.cache_path = Path(cache_path)
-        self._cache = _read_cache(self.cache_path)
-
-    def request_key(self, messages: list[dict]) -> str:
-        request = {"model": self.settings.model, "messages": messages, "max_tokens": self.settings.max_tokens,
-                   "temperature": self.settings.temperature}
-        return hashlib.sha256(json.dumps(request, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
     def answers(self, conversations: list[list[dict]], description: str = "requests") -> list[Answer]:
         """Cached answers where there are; the others requested (each distinct request once), after
         `check_reachable`. Runs its own event loop: call it from synchronous code."""
-        keys = [self.request_key(messages) for messages in conversations]
-        pending = {key: messages for key, messages in zip(keys, conversations) if key not in self._cache}
-        fresh = {}
-        if pending:
-            check_reachable(self.settings)
-            answers = asyncio.run(self._request_all(list(pending.values()), list(pending), description))
-            fresh = dict(zip(pending, answers))
-        return [Answer(self._cache[key]) if key in self._cache else fresh[key] for key in keys]
+        cache = AnswerCache(self.cache_path)
+        try:
+            uncached = [self.settings.request_key(messages) not in cache for messages in conversations]
+            if any(uncached):
+                check_reachable(self.settings)
+            return asyncio.run(self._ask_all(cache, conversations, uncached, description))
+        finally:
+            cache.close()
 
-    async def _request_all(self, conversations: list[list[dict]], keys: list[str], description: str) -> list[Answer]:
-        settings = self.settings
-        client = _client(settings)
-        slots = asyncio.Semaphore(settings.concurrency)
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.cache_path.open("a", encoding="utf-8") as cache, tqdm(total=len(keys), desc=description) as bar:
-            synced = time.monotonic()
+    async def _ask_all(self, cache: AnswerCache, conversations: list[list[dict]], uncached: list[bool],
+                       description: str) -> list[Answer]:
+        async with Chat(self.settings, cache) as chat:
+            with tqdm(total=sum(uncached), desc=description, disable=not any(uncached)) as bar:
+                async def ask(messages: list[dict], counted: bool) -> Answer:
+                    answer = await chat.ask(messages)
+                    bar.update(counted)
+                    return answer
 
-            refused = asyncio.Event()  # set by an EndpointError: the requests still waiting are not sent
-
-            async def request(messages: list[dict], key: str) -> Answer:
-                nonlocal synced
-                async with slots:
-                    if refused.is_set():
-                        return Answer(None, "not sent: the endpoint refused an earlier request")
-                    try:
-                        answer = await _complete(client, settings, messages)
-                    except EndpointError:
-                        refused.set()
-                        raise
-                if answer.error is None:
-                    self._cache[key] = answer.text
-                    cache.write(json.dumps({"key": key, "answer": answer.text}, ensure_ascii=False) + "\n")
-                    cache.flush()
-                    if time.monotonic() - synced > FSYNC_SECONDS:
-                        os.fsync(cache.fileno())
-                        synced = time.monotonic()
-                bar.update()
-                return answer
-
-            try:
-                return await asyncio.gather(*(request(messages, key) for messages, key in zip(conversations, keys)))
-            finally:
-                cache.flush()
-                os.fsync(cache.fileno())
-                await client.close()
+                return await asyncio.gather(*map(ask, conversations, uncached))
 
 
 def check_reachable(settings: EndpointSettings) -> None:
@@ -183,28 +271,6 @@ def _raise_if_fatal(settings: EndpointSettings, error) -> None:
     if error.status_code == 404:
         raise EndpointError(f"{settings.url}: no model {settings.model!r} there, or not an OpenAI-compatible "
                             f"endpoint (HTTP 404; the URL usually ends in /v1)") from None
-
-
-def _read_cache(path: Path) -> dict[str, str]:
-    """The cached answers by request key. Lines that do not parse (the last line of a run killed while
-    writing it, cut inside a character or not) are dropped, and the file rewritten without them so that
-    appends start on a fresh line."""
-    if not path.is_file():
-        return {}
-    data = path.read_bytes()
-    lines = [line for line in data.split(b"\n") if line]
-    cache = {}
-    for line in lines:
-        try:
-            entry = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            continue
-        if isinstance(entry, dict) and isinstance(entry.get("key"), str) and isinstance(entry.get("answer"), str):
-            cache[entry["key"]] = entry["answer"]
-    if len(cache) != len(lines) or (lines and not data.endswith(b"\n")):
-        write_atomically(path, "".join(json.dumps({"key": key, "answer": answer}, ensure_ascii=False) + "\n"
-                                       for key, answer in cache.items()))
-    return cache
 
 
 def _first_line(error: BaseException) -> str:

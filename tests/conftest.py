@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from transformers import (
 )
 
 from iopo_fast import DPOExample, IOPOExample, SFTExample
+from iopo_fast.model import DEFAULT_MODEL, resolve_model_path
 
 torch.set_num_threads(2)
 
@@ -149,3 +153,37 @@ def logged(output_dir, key: str = "loss") -> list:
     """`key` of every record of a run's metrics.jsonl."""
     lines = (Path(output_dir) / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line)[key] for line in lines]
+
+
+@pytest.fixture(scope="session")
+def chat_server(tmp_path_factory):
+    """(URL, served model name, log file) of `transformers serve` with the embedded model on a free port: a real
+    OpenAI-compatible server, for the LLM judge and the pair builder. Its answers are poor; the clients' protocol,
+    caching and resume are what it tests."""
+    model = resolve_model_path(DEFAULT_MODEL)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    command = [str(Path(sys.executable).with_name("transformers")), "serve", model, "--host", "127.0.0.1",
+               "--port", str(port), "--device", "cpu", "--dtype", "float32", "--log-level", "info"]
+    with log.open("w") as output:
+        server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=fresh_process_env())
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert server.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the server did not start: " + log.read_text()[-3000:]
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        yield f"http://127.0.0.1:{port}/v1", model, log
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def completions_served(log: Path) -> int:
+    return log.read_text().count("POST /v1/chat/completions")

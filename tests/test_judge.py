@@ -7,16 +7,12 @@ from __future__ import annotations
 import json
 import re
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import httpx2
 import openai
 import pytest
-from conftest import fresh_process_env
+from conftest import completions_served
 from test_evaluation import run_cli
 
 from iopo_fast import endpoint
@@ -26,7 +22,6 @@ from iopo_fast.evaluation.checks import FAILED, MET
 from iopo_fast.evaluation.generation import GenerationSettings
 from iopo_fast.evaluation.judge import UNJUDGED, Judge, JudgeError, load_judge_prompt, parse_verdict
 from iopo_fast.evaluation.run import evaluate_model
-from iopo_fast.model import DEFAULT_MODEL, resolve_model_path
 
 # The embedded 135M model rarely ends with "Verdict: ..." but opens with "No, ..." to this question.
 SMALL_MODEL_PROMPT = ('Is it true that the text "{response}" meets the requirement "{constraint}" of the '
@@ -72,38 +67,6 @@ class FixedResponses:
 def write_lines(path: Path, records: list[dict]) -> Path:
     path.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
     return path
-
-
-@pytest.fixture(scope="module")
-def judge_server(tmp_path_factory):
-    """(URL, served model name, log file) of `transformers serve` with the embedded model on a free port."""
-    model = resolve_model_path(DEFAULT_MODEL)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = tmp_path_factory.mktemp("server") / "serve.log"
-    command = [str(Path(sys.executable).with_name("transformers")), "serve", model, "--host", "127.0.0.1",
-               "--port", str(port), "--device", "cpu", "--dtype", "float32", "--log-level", "info"]
-    with log.open("w") as output:
-        server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=fresh_process_env())
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert server.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the server did not start: " + log.read_text()[-3000:]
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
-        yield f"http://127.0.0.1:{port}/v1", model, log
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def completions_served(log: Path) -> int:
-    return log.read_text().count("POST /v1/chat/completions")
 
 
 def small_model_judge(url: str, model: str, tmp_path: Path, **settings) -> Judge:
@@ -251,8 +214,8 @@ def test_judge_prompt_file_must_hold_every_placeholder(tmp_path):
         load_judge_prompt(tmp_path / "missing.txt")
 
 
-def test_every_constraint_judged_by_a_local_server_cached_and_resumed_after_a_kill(tmp_path, judge_server):
-    url, model, log = judge_server
+def test_every_constraint_judged_by_a_local_server_cached_and_resumed_after_a_kill(tmp_path, chat_server):
+    url, model, log = chat_server
     benchmark = f"judge:{write_lines(tmp_path / 'trace.jsonl', TRACE_RECORDS)}"
     judge = small_model_judge(url, model, tmp_path)
     output = tmp_path / "out"
@@ -291,8 +254,8 @@ def test_every_constraint_judged_by_a_local_server_cached_and_resumed_after_a_ki
     assert lines[0] == kept[0] and len(lines) == 3 and all(json.loads(line)["answer"] for line in lines)
 
 
-def test_requests_that_time_out_are_unjudged_and_asked_again(tmp_path, judge_server):
-    url, model, _ = judge_server
+def test_requests_that_time_out_are_unjudged_and_asked_again(tmp_path, chat_server):
+    url, model, _ = chat_server
     benchmark = f"judge:{write_lines(tmp_path / 'trace.jsonl', TRACE_RECORDS[:2])}"
     judge = small_model_judge(url, model, tmp_path, timeout=0.01, retries=0)
 
@@ -305,7 +268,7 @@ def test_requests_that_time_out_are_unjudged_and_asked_again(tmp_path, judge_ser
     summary = results["trace"]["strict"]
     assert summary["constraints_without_verdict"] == {UNJUDGED: 3} and summary["undecided_prompts"] == 2
     assert summary["instruction_level"]["count"] == 0 and summary["constraint_level"]["count"] == 0
-    assert not (tmp_path / "out" / "trace" / "judge-cache.jsonl").read_text()  # nothing cached: asked again
+    assert not (tmp_path / "out" / "trace" / "judge-cache.jsonl").exists()  # nothing cached: asked again
 
     evaluate_model("fixed", [benchmark], tmp_path / "out", GenerationSettings(), make_generator=FixedResponses,
                    judge=small_model_judge(url, model, tmp_path))
@@ -326,8 +289,8 @@ def test_a_judge_that_is_down_stops_the_run_before_any_generation(tmp_path):
     assert FixedResponses.built == 0
 
 
-def test_cli_judges_a_trace_file_and_errors_are_one_line(tmp_path, tiny_model_dir, judge_server):
-    url, model, _ = judge_server
+def test_cli_judges_a_trace_file_and_errors_are_one_line(tmp_path, tiny_model_dir, chat_server):
+    url, model, _ = chat_server
     trace = write_lines(tmp_path / "trace.jsonl", TRACE_RECORDS[:2])
     prompt = tmp_path / "prompt.txt"
     prompt.write_text(SMALL_MODEL_PROMPT)

@@ -38,6 +38,7 @@ class Check:
     id: str
     kwargs: dict = field(compare=False)
     follows: Callable[[str], bool] = field(compare=False, repr=False)
+    description: str = field(default="", compare=False)  # how the checker states the constraint in words
 
     def verdicts(self, response: str) -> tuple[str, str]:
         """(strict, loose) verdicts of this constraint on `response`."""
@@ -71,7 +72,7 @@ def make_check(instruction_id: str, kwargs: dict, prompt: str) -> Check:
     checker = checker_class(instruction_id)
     try:
         with offline_checkers():
-            checker.build_description(**kwargs)
+            description = checker.build_description(**kwargs)
             arguments = checker.get_instruction_args() or {}
             if "prompt" in arguments:
                 checker.build_description(prompt=prompt)  # checks that compare the response with the prompt
@@ -86,7 +87,7 @@ def make_check(instruction_id: str, kwargs: dict, prompt: str) -> Check:
         with offline_checkers():  # the checkers call nltk.download before they tokenize
             return checker.check_following(response)
 
-    return Check(instruction_id, kwargs, follows)
+    return Check(instruction_id, kwargs, follows, description)
 
 
 def _demo_check(instruction_id: str, kwargs: dict) -> Check:
@@ -101,7 +102,8 @@ def _demo_check(instruction_id: str, kwargs: dict) -> Check:
     except (TypeError, ValueError):
         raise CheckError(f"{instruction_id}: takes {{\"args\": [...]}} with {expected} values "
                          f"of type {KINDS[kind].arg_type.__name__}, got {kwargs}") from None
-    return Check(instruction_id, kwargs, Constraint(kind, args).check)
+    constraint = Constraint(kind, args)
+    return Check(instruction_id, kwargs, constraint.check, constraint.describe())
 
 
 def demo_check(constraint: Constraint) -> Check:

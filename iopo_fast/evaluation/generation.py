@@ -59,8 +59,9 @@ class TransformersGenerator:
         self.model = _load_causal_lm(model_path, dtype).to(self.device).eval()
         torch.manual_seed(settings.seed)
 
-    def __call__(self, prompts: list[str]) -> list[str]:
-        """One response per prompt: the generated text without special tokens and surrounding whitespace."""
+    def __call__(self, prompts: list[str | list[dict]]) -> list[str]:
+        """One response per prompt (a user message, or a chat's messages): the generated text without special
+        tokens and surrounding whitespace."""
         texts = [_chat_text(self.tokenizer, prompt) for prompt in prompts]
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         sampling = (dict(do_sample=True, temperature=self.settings.temperature, top_p=self.settings.top_p)
@@ -89,7 +90,7 @@ class VLLMGenerator:
         self.sampling = SamplingParams(temperature=settings.temperature, top_p=settings.top_p,
                                        max_tokens=settings.max_new_tokens, seed=settings.seed, skip_special_tokens=True)
 
-    def __call__(self, prompts: list[str]) -> list[str]:
+    def __call__(self, prompts: list[str | list[dict]]) -> list[str]:
         token_ids = self.tokenizer([_chat_text(self.tokenizer, prompt) for prompt in prompts],
                                    add_special_tokens=False)["input_ids"]
         requests = [{"prompt_token_ids": ids} for ids in token_ids]
@@ -122,10 +123,11 @@ def _chat_tokenizer(model_path: str):
     return tokenizer
 
 
-def _chat_text(tokenizer, prompt: str) -> str:
-    """A one-turn chat, ready for the assistant's answer (special tokens included: it is tokenized without adding any)."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
+def _chat_text(tokenizer, prompt: str | list[dict]) -> str:
+    """A user message, or a chat's messages, ready for the assistant's answer (special tokens included: it is
+    tokenized without adding any)."""
+    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 @contextlib.contextmanager

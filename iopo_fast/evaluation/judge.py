@@ -42,7 +42,6 @@ or "Verdict: NO" if it does not."""
 _VERDICT = re.compile(r"verdict\W{0,4}(yes|no)\b", re.IGNORECASE)
 _MARKUP = re.compile(r"[*_`#]")  # markdown around a verdict: "**Verdict:** **YES**"
 _REASONING = re.compile(r"<think>.*?(</think>|$)", re.DOTALL)  # a reasoning model's thoughts, even cut off
-_PLACEHOLDER = re.compile(r"\{(instruction|constraint|response)\}")
 _LEADING_ANSWER = re.compile(r"\W*(yes|no)(?:[.,;:!]|\s*$)", re.IGNORECASE)  # "Yes." or "No, the text ..."
 
 
@@ -115,7 +114,7 @@ class Judge:
     def judge(self, cases: list[tuple[str, JudgedConstraint, str]], cache_path: Path) -> list[Judgment]:
         """One `Judgment` per (instruction, constraint, response), in order; answers cached in `cache_path`."""
         asked = [index for index, (_, _, response) in enumerate(cases) if response.strip()]
-        conversations = [[{"role": "user", "content": self._render(*cases[index])}] for index in asked]
+        conversations = [self.messages(*cases[index]) for index in asked]
         answers = CachedChat(self.settings, cache_path).answers(conversations, description="judging")
         judgments = [Judgment(FAILED, "empty response")] * len(cases)
         for index, answer in zip(asked, answers):
@@ -123,7 +122,14 @@ class Judge:
                                 else Judgment(UNJUDGED, answer.error))
         return judgments
 
-    def _render(self, instruction: str, constraint: JudgedConstraint, response: str) -> str:
-        # One pass over the template (not str.format): the texts may hold braces, even a placeholder's name.
-        values = {"instruction": instruction, "constraint": constraint.text, "response": response}
-        return _PLACEHOLDER.sub(lambda match: values[match.group(1)], self.prompt)
+    def messages(self, instruction: str, constraint: JudgedConstraint, response: str) -> list[dict]:
+        """The request that asks for one verdict."""
+        content = fill(self.prompt, instruction=instruction, constraint=constraint.text, response=response)
+        return [{"role": "user", "content": content}]
+
+
+def fill(template: str, **values: str) -> str:
+    """`template` with its `{name}` placeholders replaced in one pass (not str.format: the texts may hold
+    other braces, even a placeholder's name)."""
+    pattern = re.compile("|".join(re.escape("{" + name + "}") for name in values))
+    return pattern.sub(lambda match: values[match.group(0)[1:-1]], template)

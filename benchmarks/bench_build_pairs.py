@@ -1,0 +1,193 @@
+"""`build-pairs` at scale: records per second, where the time goes, and peak memory, against a local endpoint.
+
+The endpoint is an OpenAI-compatible server started here in its own process. By default it is an oracle
+for the demo constraints: it answers an instruction with a response built from the demo data's sentences
+(`examples/make_demo_data.py`) that meets every constraint the instruction states, after --latency
+seconds. So every record goes through every stage (y1 written, checked, x2 made by rule, y2 written,
+checked) and the figures measure the pipeline itself: the client, the cache, the checks, the writes. With
+--url and --model it runs against a real server instead (vLLM's, `transformers serve`), where the model's
+speed decides.
+
+Input: the demo data's instructions (x1 and x2 of every record), each made distinct by a request number, for
+--records records without responses. For each size in --records, in a fresh process (so that peak memory
+is its own): the first run; a rerun of the finished folder (every record skipped); and a run whose outputs
+were deleted but whose request cache was kept (every answer from the cache).
+
+    python benchmarks/bench_build_pairs.py [--records 12000 120000] [--concurrency 64] [--latency 0.05]
+        [--url URL --model NAME] [--output-dir benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import resource
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from functools import lru_cache
+from pathlib import Path
+
+from _results import cpu_name, versions
+
+from iopo_fast.endpoint import EndpointSettings
+from iopo_fast.evaluation.demo_constraints import broken, parse_constraints
+from iopo_fast.pairs.pipeline import build_pairs
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+sys.path.insert(0, str(EXAMPLES))
+import make_demo_data  # noqa: E402  (the demo data's topics and response builder)
+
+
+@lru_cache(maxsize=None)
+def oracle_responses(instruction_without_number: str) -> tuple[str, ...]:
+    """The responses from the demo sentences that meet every constraint `instruction` states."""
+    topic = next((t for t in make_demo_data.TOPICS if instruction_without_number.startswith(t.task)), None)
+    if topic is None:
+        return ()
+    constraints = parse_constraints(instruction_without_number)
+    return tuple(response for response in make_demo_data.candidate_responses(topic, constraints)
+                 if not broken(response, constraints))
+
+
+def serve(port: int, latency: float) -> None:
+    """The oracle endpoint: POST /v1/chat/completions, GET /health."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def completions(request):
+        body = await request.json()
+        content = body["messages"][-1]["content"]
+        instruction = content.rsplit(" (request ", 1)[0]
+        responses = oracle_responses(instruction)
+        digest = int(hashlib.sha256(content.encode()).hexdigest(), 16)
+        text = responses[digest % len(responses)] if responses else "OK"
+        if latency:
+            await asyncio.sleep(latency)
+        return JSONResponse({"id": "0", "object": "chat.completion", "created": 0, "model": body["model"],
+                             "choices": [{"index": 0, "finish_reason": "stop",
+                                          "message": {"role": "assistant", "content": text}}]})
+
+    async def health(request):
+        return JSONResponse({"status": "ok"})
+
+    app = Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"]),
+                            Route("/health", health)])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def write_instructions(path: Path, count: int) -> None:
+    lines = (EXAMPLES / "data" / "train.jsonl").read_text().splitlines()
+    instructions = [turn["value"] for record in map(json.loads, lines) for turn in record["conversations"]]
+    with path.open("w") as file:
+        for number in range(count):
+            file.write(json.dumps({"prompt": f"{instructions[number % len(instructions)]} (request {number})"}) + "\n")
+
+
+def measure(records: int, endpoint: EndpointSettings) -> dict:
+    """The three runs on `records` records, in this process."""
+    with tempfile.TemporaryDirectory() as scratch:
+        source, output = Path(scratch) / "instructions.jsonl", Path(scratch) / "out"
+        write_instructions(source, records)
+        runs = {}
+        for name in ("first run", "rerun of the finished folder", "outputs deleted, cache kept"):
+            if name == "outputs deleted, cache kept":
+                for file in ("pairs.jsonl", "dropped.jsonl"):
+                    (output / file).unlink(missing_ok=True)
+            start = time.perf_counter()
+            report = build_pairs(str(source), output, endpoint, log=lambda _: None)
+            runs[name] = {"seconds": time.perf_counter() - start, "report": report}
+        cache_bytes = (output / "cache.jsonl").stat().st_size
+    return {"records": records, "runs": runs, "cache_mib": cache_bytes / 2**20,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def start_oracle(latency: float) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--latency", str(latency)])
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            return server, f"http://127.0.0.1:{port}/v1"
+        except OSError:
+            time.sleep(0.2)
+    server.kill()
+    raise RuntimeError("the oracle endpoint did not start")
+
+
+def table(results: list[dict]) -> list[str]:
+    lines = ["| records | run | seconds | records/s | kept | requests sent | waiting for the endpoint (s, summed "
+             "over records in flight) | checks (s) |", "|---|---|---|---|---|---|---|---|"]
+    for result in results:
+        for name, run in result["runs"].items():
+            this_run = run["report"]["this_run"]
+            waiting = this_run["waiting_seconds"]
+            lines.append(f"| {result['records']} | {name} | {run['seconds']:.1f} | "
+                         f"{result['records'] / run['seconds']:.0f} | {run['report']['accepted']} | "
+                         f"{this_run['requests'].get('generator (asked)', 0)} | {waiting.get('generator', 0):.0f} | "
+                         f"{waiting.get('checks', 0):.1f} |")
+    lines += ["", "| records | peak resident memory (MiB) | request cache on disk (MiB) |", "|---|---|---|"]
+    lines += [f"| {r['records']} | {r['peak_rss_mib']:.0f} | {r['cache_mib']:.0f} |" for r in results]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--records", type=int, nargs="+", default=[12_000, 120_000])
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--latency", type=float, default=0.05, help="the oracle's seconds per answer")
+    parser.add_argument("--url", help="a real OpenAI-compatible server instead of the oracle")
+    parser.add_argument("--model", default="oracle")
+    parser.add_argument("--output-dir", type=Path, help="where to write build-pairs-cpu.md (default: nowhere)")
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        return serve(args.serve, args.latency)
+    if args.one:
+        endpoint = EndpointSettings(args.url, args.model, concurrency=args.concurrency, max_tokens=256)
+        print(json.dumps(measure(args.one, endpoint)))
+        return
+
+    server, url = start_oracle(args.latency) if args.url is None else (None, args.url)
+    try:
+        results = []
+        for records in args.records:
+            child = subprocess.run([sys.executable, __file__, "--one", str(records), "--url", url, "--model", args.model,
+                                    "--concurrency", str(args.concurrency)], capture_output=True, text=True, check=True)
+            results.append(json.loads(child.stdout.strip().splitlines()[-1]))
+            print(f"{records} records done", file=sys.stderr)
+    finally:
+        if server is not None:
+            server.terminate()
+    endpoint = (f"the demo oracle in its own process, {args.latency * 1000:.0f} ms per answer" if args.url is None
+                else f"{args.url} ({args.model})")
+    lines = [
+        "# build-pairs at scale: records per second, where the time goes, peak memory", "",
+        f"- device: {cpu_name()}, {len(os.sched_getaffinity(0))} cores, nothing else running; the endpoint "
+        f"shares them",
+        f"- versions: {versions()}",
+        f"- command: `python {shlex.join(sys.argv)}`",
+        f"- endpoint: {endpoint}; concurrency {args.concurrency}; records: demo instructions without responses, each "
+        f"made distinct, so each needs two generator requests (y1, y2) and no judge", "",
+        *table(results),
+    ]
+    print("\n".join(lines))
+    if args.output_dir is not None:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        (args.output_dir / "build-pairs-cpu.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

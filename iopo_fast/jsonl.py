@@ -1,0 +1,86 @@
+"""Append-only JSON-lines files that survive a kill: `AppendLog` writes, `complete_lines` reads back.
+
+A process killed while appending leaves at most one cut line at the end of the file (cut anywhere, even
+inside a multi-byte character). `complete_lines` drops such lines, and any other line that is not valid
+JSON of the expected shape, and rewrites the file without them (through a synced temporary file and a
+rename) so that the next append starts on a fresh line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+FSYNC_SECONDS = 2.0  # how often appended lines reach the disk while they stream in (and always at `close`)
+
+
+def complete_lines(path: Path, valid: Callable[[object], bool] = lambda entry: True) -> Iterator[tuple[int, int, object]]:
+    """(offset, length in bytes, parsed entry) of every complete line of `path` that parses and is `valid`;
+    the file is repaired first if it holds any other line. Nothing for a file that does not exist."""
+    if not path.is_file():
+        return
+    if not all(entry is not None and line.endswith(b"\n") for line, entry in _lines(path, valid)):
+        _rewrite_without_bad_lines(path, valid)
+    offset = 0
+    for line, entry in _lines(path, valid):
+        yield offset, len(line), entry
+        offset += len(line)
+
+
+def _lines(path: Path, valid: Callable[[object], bool]) -> Iterator[tuple[bytes, object]]:
+    with path.open("rb") as lines:
+        for line in lines:
+            yield line, _parse(line, valid)
+
+
+def _parse(line: bytes, valid: Callable[[object], bool]) -> object:
+    """The line's JSON value if it parses and is `valid`, else None."""
+    try:
+        entry = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return entry if valid(entry) else None
+
+
+def _rewrite_without_bad_lines(path: Path, valid: Callable[[object], bool]) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(handle, "wb") as kept:
+        for line, entry in _lines(path, valid):
+            if entry is not None:
+                kept.write(line.rstrip(b"\n") + b"\n")  # a complete last line that lost only its newline stays
+        kept.flush()
+        os.fsync(kept.fileno())
+    os.replace(temporary, path)
+
+
+class AppendLog:
+    """Lines appended to a JSON-lines file, each flushed at once and synced within `FSYNC_SECONDS`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = None
+        self._synced = time.monotonic()
+
+    def append(self, entry: object) -> tuple[int, int]:
+        """(offset, length in bytes) of the line written for `entry`."""
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("ab")
+        line = (json.dumps(entry, ensure_ascii=False) + "\n").encode()
+        offset = self._file.tell()
+        self._file.write(line)
+        self._file.flush()
+        if time.monotonic() - self._synced > FSYNC_SECONDS:
+            os.fsync(self._file.fileno())
+            self._synced = time.monotonic()
+        return offset, len(line)
+
+    def close(self) -> None:
+        if self._file is not None:
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
