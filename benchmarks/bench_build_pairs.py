@@ -171,6 +171,7 @@ def main() -> None:
     finally:
         if server is not None:
             server.terminate()
+            server.wait()
     endpoint = (f"the demo oracle in its own process, {args.latency * 1000:.0f} ms per answer" if args.url is None
                 else f"{args.url} ({args.model})")
     lines = [

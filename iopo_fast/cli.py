@@ -115,9 +115,14 @@ def _build_pairs(args: argparse.Namespace) -> int:
     try:
         if args.limit is not None and args.limit <= 0:
             raise ValueError(f"--limit must be positive, got {args.limit}")
-        build_pairs(args.input, args.output, _model_settings(args, "generator"), _model_settings(args, "judge"),
-                    load_prompts(args.prompts), seed=args.seed, limit=args.limit)
-    except (DataError, EndpointError, ModelError, PromptError, ValueError) as error:
+        models = _model_settings(args, "generator"), _model_settings(args, "judge")  # ValueError: out of range
+        prompts = load_prompts(args.prompts)
+    except (PromptError, ValueError) as error:
+        print(f"iopo-fast: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        build_pairs(args.input, args.output, *models, prompts, seed=args.seed, limit=args.limit)
+    except (DataError, EndpointError, ModelError) as error:
         print(f"iopo-fast: error: {error}", file=sys.stderr)
         return 2
     print(f"pairs in {Path(args.output) / 'pairs.jsonl'}, report in {Path(args.output) / 'report.json'}")

@@ -9,10 +9,11 @@
   stopped, and a rerun costs nothing. Failed requests are not cached, so a rerun asks again. Identical
   requests in flight at the same time are sent once.
 
-Before the first request is sent, `check_reachable` asks for one token: an endpoint that is down, or
-refuses the key, the model or the settings, is an `EndpointError` then, not one failure per request. A
-401, 403 or 404 later stops the run the same way (every request would fail alike); the answers
-already cached stay.
+Before the first request is sent, a request for one token checks the endpoint (`check_reachable` does it
+on its own): an endpoint that is down, refuses the key, the model or the settings, or does not answer
+with chat completions, is an `EndpointError` then, not one failure per request; a run whose answers are
+all cached asks nothing at all. A 401, 403 or 404 later stops the run the same way (every request would
+fail alike), and the requests still waiting are not sent; the answers already cached stay.
 
 `Chat.ask` is the asynchronous form, for pipelines that interleave many requests with other work;
 `CachedChat.answers` asks a list of conversations from synchronous code.
@@ -64,7 +65,9 @@ class EndpointSettings:
 def request_key(model: str, messages: list[dict], max_tokens: int, temperature: float) -> str:
     """The cache key of a request: a sha256 of everything that decides its answer."""
     request = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature}
-    return hashlib.sha256(json.dumps(request, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    # surrogatepass: a lone surrogate (valid in JSON text) hashes instead of raising; other text is plain UTF-8.
+    return hashlib.sha256(json.dumps(request, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass")
+                          ).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -141,15 +144,22 @@ class CachedRequests:
             return Answer(cached, cached=True)
         if key in self._in_flight:
             return await asyncio.shield(self._in_flight[key])
-        self._in_flight[key] = asyncio.get_running_loop().create_future()
+        shared = self._in_flight[key] = asyncio.get_running_loop().create_future()
         try:
             answer = await self._request(messages)
-        except BaseException as error:
-            self._in_flight.pop(key).set_exception(error)
+            if answer.error is None:
+                self.cache.add(key, answer.text)
+        except asyncio.CancelledError:
+            shared.cancel()
             raise
-        if answer.error is None:
-            self.cache.add(key, answer.text)
-        self._in_flight.pop(key).set_result(answer)
+        except BaseException as error:
+            shared.set_exception(error)
+            shared.exception()  # retrieved: the requests that share it raise it too, and nothing is logged
+            raise
+        else:
+            shared.set_result(answer)
+        finally:
+            del self._in_flight[key]
         return answer
 
     async def _request(self, messages: list[dict]) -> Answer:
@@ -167,21 +177,27 @@ class Chat(CachedRequests):
     async def __aenter__(self) -> Chat:
         self._client = _client(self.settings)
         self._slots = asyncio.Semaphore(self.settings.concurrency)
-        self._refused = asyncio.Event()  # set by an EndpointError: the requests still waiting are not sent
+        self._refused: EndpointError | None = None  # once set, the requests still waiting are not sent
+        self._checked = asyncio.Lock()  # the reachability check, before the first request
+        self._reachable = False
         return self
 
     async def __aexit__(self, *exception) -> None:
         await self._client.close()
 
     async def _request(self, messages: list[dict]) -> Answer:
-        async with self._slots:
-            if self._refused.is_set():
-                return Answer(None, "not sent: the endpoint refused an earlier request")
-            try:
+        try:
+            async with self._checked:
+                if self._refused is None and not self._reachable:
+                    await _ping(self._client, self.settings)
+                    self._reachable = True
+            async with self._slots:
+                if self._refused is not None:
+                    raise self._refused
                 return await _complete(self._client, self.settings, messages)
-            except EndpointError:
-                self._refused.set()
-                raise
+        except EndpointError as error:
+            self._refused = self._refused or error
+            raise
 
 
 class CachedChat:
@@ -192,13 +208,11 @@ class CachedChat:
         self.cache_path = Path(cache_path)
 
     def answers(self, conversations: list[list[dict]], description: str = "requests") -> list[Answer]:
-        """Cached answers where there are; the others requested (each distinct request once), after
-        `check_reachable`. Runs its own event loop: call it from synchronous code."""
+        """Cached answers where there are; the others requested (each distinct request once). Runs its own
+        event loop: call it from synchronous code."""
         cache = AnswerCache(self.cache_path)
         try:
             uncached = [self.settings.request_key(messages) not in cache for messages in conversations]
-            if any(uncached):
-                check_reachable(self.settings)
             return asyncio.run(self._ask_all(cache, conversations, uncached, description))
         finally:
             cache.close()
@@ -221,24 +235,35 @@ def check_reachable(settings: EndpointSettings) -> None:
 
     async def one_token():
         async with _client(settings) as client:
-            await client.with_options(timeout=PING_SECONDS).chat.completions.create(
-                model=settings.model, messages=[{"role": "user", "content": "Reply with OK."}], max_tokens=1,
-                temperature=settings.temperature)
+            await _ping(client, settings)
 
+    asyncio.run(one_token())
+
+
+async def _ping(client, settings: EndpointSettings) -> None:
+    """A one-token chat completion; `EndpointError` if it fails, or if the answer is not a chat completion."""
     import openai
 
     try:
-        asyncio.run(one_token())
+        completion = await client.with_options(timeout=PING_SECONDS).chat.completions.create(
+            model=settings.model, messages=[{"role": "user", "content": "Reply with OK."}], max_tokens=1,
+            temperature=settings.temperature)
     except openai.APIConnectionError as error:  # after every retry
-        raise EndpointError(f"{settings.url}: the endpoint cannot be reached ({_first_line(error)})") from None
+        raise EndpointError(f"{settings.url}: the endpoint cannot be reached ({first_line(error)})") from None
     except openai.APIStatusError as error:
         _raise_if_fatal(settings, error)
         raise EndpointError(f"{settings.url}: a one-token request to {settings.model!r} was refused "
-                            f"(HTTP {error.status_code}: {_first_line(error)})") from None
+                            f"(HTTP {error.status_code}: {first_line(error)})") from None
+    if not _has_message(completion):
+        raise EndpointError(f"{settings.url}: the answer to a one-token request is not a chat completion "
+                            f"(no choices[0].message): not an OpenAI-compatible chat endpoint")
 
 
 def _client(settings: EndpointSettings):
-    import openai
+    try:
+        import openai
+    except ModuleNotFoundError:
+        raise EndpointError("requests to an endpoint need the openai package: pip install 'iopo-fast[eval]'") from None
 
     return openai.AsyncOpenAI(base_url=settings.url, api_key=os.environ.get(settings.api_key_env) or "none",
                               max_retries=settings.retries, timeout=settings.timeout)
@@ -253,14 +278,29 @@ async def _complete(client, settings: EndpointSettings, messages: list[dict]) ->
                                                           temperature=settings.temperature)
     except openai.APIStatusError as error:
         _raise_if_fatal(settings, error)
-        return Answer(None, f"HTTP {error.status_code}: {_first_line(error)}")
+        return Answer(None, f"HTTP {error.status_code}: {first_line(error)}")
     except openai.APIConnectionError as error:  # a timeout too (a subclass), after every retry
-        return Answer(None, f"{type(error).__name__}: {_first_line(error)}")
-    choices = getattr(completion, "choices", None)
-    text = choices[0].message.content if choices else None
-    if not isinstance(text, str):
+        return Answer(None, f"{type(error).__name__}: {first_line(error)}")
+    text = _message_text(completion)
+    if text is None:
         return Answer(None, "the endpoint answered with no message text")
     return Answer(text)
+
+
+def _has_message(completion) -> bool:
+    try:
+        return completion.choices[0].message is not None
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return False
+
+
+def _message_text(completion) -> str | None:
+    """`choices[0].message.content` if the answer has it as a string, else None (a malformed answer too)."""
+    try:
+        text = completion.choices[0].message.content
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return None
+    return text if isinstance(text, str) else None
 
 
 def _raise_if_fatal(settings: EndpointSettings, error) -> None:
@@ -273,6 +313,7 @@ def _raise_if_fatal(settings: EndpointSettings, error) -> None:
                             f"endpoint (HTTP 404; the URL usually ends in /v1)") from None
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type's name if it has none): one-line errors."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 

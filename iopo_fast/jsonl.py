@@ -15,26 +15,28 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-FSYNC_SECONDS = 2.0  # how often appended lines reach the disk while they stream in (and always at `close`)
+FSYNC_SECONDS = 2.0  # appended lines reach the disk at least this often while they stream in, and at `close`
 
 
 def complete_lines(path: Path, valid: Callable[[object], bool] = lambda entry: True) -> Iterator[tuple[int, int, object]]:
-    """(offset, length in bytes, parsed entry) of every complete line of `path` that parses and is `valid`;
-    the file is repaired first if it holds any other line. Nothing for a file that does not exist."""
+    """(offset, length in bytes, parsed entry) of every complete line of `path` that parses and is `valid`, in
+    one pass. The offsets are those of the file once the iteration is over: if it held any other line, it is
+    rewritten without them at the end (a rare second pass, after a kill). Nothing for a file that does not exist."""
     if not path.is_file():
         return
-    if not all(entry is not None and line.endswith(b"\n") for line, entry in _lines(path, valid)):
-        _rewrite_without_bad_lines(path, valid)
-    offset = 0
-    for line, entry in _lines(path, valid):
-        yield offset, len(line), entry
-        offset += len(line)
-
-
-def _lines(path: Path, valid: Callable[[object], bool]) -> Iterator[tuple[bytes, object]]:
+    offset, clean = 0, True
     with path.open("rb") as lines:
         for line in lines:
-            yield line, _parse(line, valid)
+            entry = _parse(line, valid)
+            if entry is None:
+                clean = False
+                continue
+            if not line.endswith(b"\n"):  # a complete last line that lost only its newline: kept, completed
+                clean = False
+            yield offset, len(line.rstrip(b"\n")) + 1, entry
+            offset += len(line.rstrip(b"\n")) + 1
+    if not clean:
+        _rewrite_without_bad_lines(path, valid)
 
 
 def _parse(line: bytes, valid: Callable[[object], bool]) -> object:
@@ -48,17 +50,18 @@ def _parse(line: bytes, valid: Callable[[object], bool]) -> object:
 
 def _rewrite_without_bad_lines(path: Path, valid: Callable[[object], bool]) -> None:
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "wb") as kept:
-        for line, entry in _lines(path, valid):
-            if entry is not None:
-                kept.write(line.rstrip(b"\n") + b"\n")  # a complete last line that lost only its newline stays
+    with os.fdopen(handle, "wb") as kept, path.open("rb") as lines:
+        for line in lines:
+            if _parse(line, valid) is not None:
+                kept.write(line.rstrip(b"\n") + b"\n")
         kept.flush()
         os.fsync(kept.fileno())
     os.replace(temporary, path)
 
 
 class AppendLog:
-    """Lines appended to a JSON-lines file, each flushed at once and synced within `FSYNC_SECONDS`."""
+    """Lines appended to a JSON-lines file, each flushed at once (a killed process loses none); synced to the
+    disk at the first append `FSYNC_SECONDS` after the last sync, and at `close` (against a power loss)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -70,7 +73,10 @@ class AppendLog:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("ab")
-        line = (json.dumps(entry, ensure_ascii=False) + "\n").encode()
+        try:
+            line = (json.dumps(entry, ensure_ascii=False) + "\n").encode()
+        except UnicodeEncodeError:  # a lone surrogate, valid in JSON text: escaped, so the line stays UTF-8
+            line = (json.dumps(entry) + "\n").encode()
         offset = self._file.tell()
         self._file.write(line)
         self._file.flush()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from .endpoint import Answer, AnswerCache, CachedRequests
+from .endpoint import Answer, AnswerCache, CachedRequests, first_line
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,6 @@ class LocalChat(CachedRequests):
     def __init__(self, settings: LocalModel, cache: AnswerCache):
         super().__init__(cache, settings.model, settings.max_tokens, settings.temperature)
         self.settings = settings
-        self.batches = 0  # generation calls so far
 
     async def __aenter__(self) -> LocalChat:
         from .evaluation.generation import GenerationSettings, generator_class
@@ -52,6 +51,12 @@ class LocalChat(CachedRequests):
 
     async def __aexit__(self, *exception) -> None:
         self._worker.cancel()
+        try:
+            await self._worker
+        except asyncio.CancelledError:
+            pass
+        for _, future in self._waiting:
+            future.cancel()
 
     async def _request(self, messages: list[dict]) -> Answer:
         answer = asyncio.get_running_loop().create_future()
@@ -68,9 +73,11 @@ class LocalChat(CachedRequests):
                 self._arrived.clear()
             try:
                 texts = await asyncio.to_thread(self._generate, [messages for messages, _ in batch])
+                if len(texts) != len(batch):
+                    raise RuntimeError(f"{len(texts)} responses to {len(batch)} prompts")
                 answers = [Answer(text) for text in texts]
             except Exception as error:  # a batch that cannot be generated fails its requests, not the run
-                answers = [Answer(None, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")] * len(batch)
-            self.batches += 1
+                answers = [Answer(None, f"{type(error).__name__}: {first_line(error)}")] * len(batch)
             for (_, future), answer in zip(batch, answers):
-                future.set_result(answer)
+                if not future.done():  # its requester may have been cancelled meanwhile
+                    future.set_result(answer)

@@ -147,21 +147,38 @@ def _file_records(path: Path):
 
         yield from _rows(parquet.read_table(path).to_pylist(), str(path))
         return
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
+    if _starts_with_bracket(path):
         try:
-            records = json.loads(text)
+            records = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise DataError(f"{path}:{error.lineno}: invalid JSON array: {error.msg}") from None
         yield from _rows(records, str(path))
         return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield f"{path}:{number}", json.loads(line), ""
-        except json.JSONDecodeError as error:
-            yield f"{path}:{number}", line, f"invalid JSON: {error.msg} at column {error.colno}"
+    # JSON Lines, read line by line: memory does not grow with the file. Lines end at "\n" only (a JSON
+    # string may hold U+2028 or a carriage return).
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as error:
+                yield f"{path}:{number}", repr(raw[:200]), f"not UTF-8 text (byte {error.start + 1})"
+                continue
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{number}", json.loads(line), ""
+            except json.JSONDecodeError as error:
+                yield f"{path}:{number}", line, f"invalid JSON: {error.msg} at column {error.colno}"
+
+
+def _starts_with_bracket(path: Path) -> bool:
+    """Whether the file's first non-blank character is "[": a JSON array rather than JSON Lines."""
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 16), b""):
+            text = block.lstrip()
+            if text:
+                return text.startswith(b"[")
+    return False
 
 
 def _rows(rows, where: str):

@@ -158,3 +158,14 @@ def test_method_comparison_smoke_trains_and_evaluates_every_method(tmp_path):
     assert again.returncode == 0, again.stderr[-5000:]
     assert len(trained) == 5 and {path: path.stat().st_mtime_ns for path in trained} == trained  # nothing retrained
     assert json.loads((tmp_path / "results" / "methods-cpu-smoke.json").read_text())["table"] == report["table"]
+    assert "| iopo - dpo |" in (tmp_path / "results" / "methods-cpu-smoke.md").read_text()
+
+    # A run killed before it was recorded left its checkpoints and part of its responses: it starts over.
+    (tmp_path / "work" / "dpo-seed0" / "outcome.json").unlink()
+    (tmp_path / "work" / "dpo-seed0" / "checkpoints" / "step-000001").mkdir(parents=True)
+    (tmp_path / "work" / "eval" / "dpo-seed0" / "demo" / "responses.jsonl").write_text('{"key": "stale"}\n')
+    third = run_script("compare_methods.py", "--smoke", "--output", str(tmp_path / "results"),
+                       "--work-dir", str(tmp_path / "work"))
+    assert third.returncode == 0, third.stderr[-5000:]
+    retrained = {path for path in trained if path.stat().st_mtime_ns != trained[path]}
+    assert retrained == {tmp_path / "work" / "dpo-seed0" / "metrics.jsonl"}

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx2
 import pytest
 from conftest import DEMO_DATA, completions_served, fresh_process_env
 from test_judge import completion, scripted_endpoint
@@ -25,9 +26,11 @@ from iopo_fast.evaluation.demo_constraints import broken, parse_constraints
 from iopo_fast.evaluation.generation import TransformersGenerator
 from iopo_fast.local_chat import LocalModel
 from iopo_fast.pairs.changes import rule_changes, rule_response
+from iopo_fast.pairs import pipeline
 from iopo_fast.pairs.pipeline import STAGES, build_pairs
 from iopo_fast.pairs.prompts import PromptError, load_prompts
-from iopo_fast.pairs.records import Requirement
+from iopo_fast.pairs.records import Requirement, read_task
+from iopo_fast.sources import DataError
 
 SCRIPTED = EndpointSettings("http://generator.test/v1", "generator", concurrency=4)
 
@@ -81,7 +84,9 @@ def test_rule_based_pairs_without_any_model_are_valid_quadruples_the_trainer_rea
 @pytest.mark.parametrize("instruction_id, kwargs, response, expected", [
     ("demo:include", {"args": ["tea"]}, "I like tea.", ("demo:exclude", {"args": ["tea"]})),
     ("demo:lowercase", {}, "i like tea.", ("demo:uppercase", {"args": []})),
-    ("demo:bullets", {"args": [2]}, "- one\n- two", ("demo:bullets", {"args": [1]})),
+    ("demo:bullets", {"args": ["2"]}, "- one\n- two", ("demo:bullets", {"args": [1]})),
+    ("demo:max_words", {"args": [20]}, "Tea is good.", ("demo:min_words", {"args": [21]})),  # no answer meets both
+    ("demo:min_words", {"args": [2]}, "Tea is good and warm.", ("demo:max_words", {"args": [1]})),
     ("length_constraints:number_words", {"num_words": 10, "relation": "less than"}, "Tea is good.",
      ("length_constraints:number_words", {"num_words": 10, "relation": "at least"})),
     ("change_case:english_lowercase", {}, "tea is good.", ("change_case:english_capital", {})),
@@ -103,6 +108,12 @@ def test_rule_changes_are_ones_the_response_fails(instruction_id, kwargs, respon
             assert change.new.check.verdicts(written)[0] == MET and check.verdicts(written)[0] == FAILED
 
 
+def test_a_demo_constraint_listed_and_stated_is_one_requirement():
+    record = {"prompt": "Describe tea. Write entirely in lowercase.", "instruction_id_list": ["demo:lowercase"],
+              "kwargs": [{}]}
+    assert [r.check.id for r in read_task("in.jsonl:1", record).requirements] == ["demo:lowercase"]
+
+
 def test_a_killed_run_resumes_and_keeps_every_record_once(tmp_path):
     source = write_lines(tmp_path / "sft.jsonl", demo_sft_records(60))
     build_pairs(str(source), tmp_path / "whole", log=quiet)
@@ -119,6 +130,20 @@ def test_a_killed_run_resumes_and_keeps_every_record_once(tmp_path):
     assert by_source("killed") == by_source("whole") and report["records"] == 60
     assert report["this_run"]["records"] == 60 - 40 + 1  # the record cut off is built again
     assert report == {**json.loads((tmp_path / "whole" / "report.json").read_text()), "this_run": report["this_run"]}
+
+
+def test_a_folder_is_resumed_only_from_the_input_it_was_built_from(tmp_path, monkeypatch):
+    source = write_lines(tmp_path / "sft.jsonl", demo_sft_records(10))
+    first = build_pairs(str(source), tmp_path / "out", log=quiet)
+    monkeypatch.chdir(tmp_path)
+    again = build_pairs("sft.jsonl", tmp_path / "out", log=quiet)  # spelled another way: the same input
+    assert again["this_run"]["records"] == 0 and again["accepted"] == first["accepted"]
+    other = write_lines(tmp_path / "other.jsonl", demo_sft_records(3))
+    with pytest.raises(DataError, match=f"^{tmp_path / 'out'}: holds pairs built from {source} \\(another input\\)"):
+        build_pairs(str(other), tmp_path / "out", log=quiet)
+    write_lines(source, demo_sft_records(11))
+    with pytest.raises(DataError, match="the input has changed since"):
+        build_pairs(str(source), tmp_path / "out", log=quiet)
 
 
 def test_bad_records_are_counted_and_reported_with_their_line(tmp_path):
@@ -192,7 +217,7 @@ def test_constraints_in_words_are_changed_by_the_generator_and_confirmed_by_the_
     sent.clear()
     (tmp_path / "out" / "pairs.jsonl").unlink()  # killed before the record was written: its answers are cached
     build_pairs(str(tmp_path / "in.jsonl"), tmp_path / "out", SCRIPTED, log=quiet)
-    assert sent == ["Reply with OK."] and read_lines(tmp_path / "out" / "pairs.jsonl") == [pair]
+    assert sent == [] and read_lines(tmp_path / "out" / "pairs.jsonl") == [pair]  # all cached: not even the check
 
 
 @pytest.mark.parametrize("change, verdict, stage, reason", [
@@ -215,6 +240,41 @@ def test_unusable_generator_and_judge_answers_are_counted(tmp_path, monkeypatch,
 
 
 CALM_TEA = "green tea leaves steep slowly in hot water, and the whole kitchen fills with a calm and gentle smell."
+
+
+def test_failed_requests_and_internal_errors_are_retried_by_a_rerun_not_dropped(tmp_path, monkeypatch):
+    down = {"Describe tea. Be formal."}
+    answers = {"Describe tea. Be formal.": "Tea is an infusion.", "...Change exactly one constraint": json.dumps(
+        {"index": 1, "constraint": "Be casual.", "instruction": "Describe tea. Be casual."}),
+        "Describe tea. Be casual.": "Tea's just leaves, mate."}
+    verdicts = {("Be formal.", "Tea is an infusion."): "Verdict: YES", ("Be casual.", "Tea is an infusion."): "Verdict: NO",
+                ("Be casual.", "Tea's just leaves, mate."): "Verdict: YES",
+                ("Be formal.", "Tea's just leaves, mate."): "Verdict: NO"}
+    judge_request = re.compile(r"\[Constraint\]\n(.*)\n\n\[Response\]\n(.*)\n\nJudge only", re.DOTALL)
+
+    def answer(message):
+        if message in down:
+            return httpx2.Response(503, json={"error": {"message": "overloaded"}})
+        judged = judge_request.search(message)
+        if judged:
+            return completion(verdicts[judged.groups()])
+        return completion(next((text for phrase, text in answers.items()
+                                if message == phrase or (phrase.startswith("...") and phrase[3:] in message)), "OK"))
+
+    scripted_endpoint(monkeypatch, answer)
+    records = [{"prompt": "Describe tea. Be formal.", "constraints": ["Be formal."]}, demo_sft_records(1)[0]]
+    source = write_lines(tmp_path / "in.jsonl", records)
+    with pytest.MonkeyPatch.context() as broken:
+        broken.setattr(pipeline, "rule_changes", lambda *args: 1 / 0)  # a fault of the program, on one record
+        report = build_pairs(str(source), tmp_path / "out", SCRIPTED, log=quiet)
+
+    assert report["to_retry"] == {"unknown": {"an internal error (ZeroDivisionError)": 1},
+                                  "y1": {"a generator request failed": 1}}
+    assert report["this_run"]["retry_examples"]["a generator request failed"].startswith("HTTP 503")
+    assert not (tmp_path / "out" / "dropped.jsonl").exists() and report["accepted"] == 0
+    down.clear()
+    again = build_pairs(str(source), tmp_path / "out", SCRIPTED, log=quiet)
+    assert again["this_run"]["records"] == 2 and again["to_retry"] == {} and again["accepted"] >= 1
 
 
 def test_ifeval_constraints_are_changed_by_rule_and_restated_by_the_generator(tmp_path, monkeypatch):
@@ -315,12 +375,13 @@ def test_against_a_local_server_a_killed_run_resumes_without_asking_again(tmp_pa
     assert answers + 2 <= completions_served(log) - served <= answers + 2 + 2
     report = json.loads((output / "report.json").read_text())
     assert report["records"] == 6 and report["accepted"] == len(pairs)
-    assert report["this_run"]["requests"]["generator (asked)"] == answers - cached_at_kill  # nothing asked twice
+    asked = sum(count for role, count in report["this_run"]["requests"].items() if role.endswith("(asked)"))
+    assert asked == answers - cached_at_kill  # the generator's endpoint is the judge too; nothing asked twice
     assert any(entry["stage"] not in ("read", "constraints", "y1") for entry in dropped) or pairs
 
     served = completions_served(log)
     again = subprocess.run(command, capture_output=True, text=True, env=fresh_process_env())
-    assert again.returncode == 0 and completions_served(log) - served == 1  # the check only
+    assert again.returncode == 0 and completions_served(log) - served == 0  # nothing to ask, not even the check
     assert read_lines(output / "pairs.jsonl") == pairs and read_lines(output / "dropped.jsonl") == dropped
 
 

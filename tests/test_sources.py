@@ -12,7 +12,7 @@ from conftest import DEMO_DATA
 
 from iopo_fast.data import DataError, RejectionLog, load_examples
 from iopo_fast.prepared_data import cache_key, prepared_examples
-from iopo_fast.sources import resolve_source
+from iopo_fast.sources import read_records, resolve_source
 
 RECORDS = [json.loads(line) for line in (DEMO_DATA / "eval.jsonl").read_text().splitlines()[:12]]
 
@@ -115,3 +115,14 @@ def test_a_table_mixing_record_formats_reads_every_row(tmp_path, jsonl, smollm2_
     datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "mixed.parquet"))
     examples, stats = load_examples(tmp_path / "mixed.parquet", smollm2_tokenizer)
     assert examples == load_examples(jsonl, smollm2_tokenizer)[0] and not stats.rejected
+
+
+def test_json_lines_are_read_line_by_line_at_newlines_only(tmp_path):
+    record = {"prompt": "Say\u2028hi\rthere.", "chosen": "Hi.", "rejected": "No."}  # separators inside a string
+    path = tmp_path / "records.jsonl"
+    path.write_bytes(json.dumps(record, ensure_ascii=False).encode() + b"\r\n" + b'{"prompt": "caf\xe9"}\n\n'
+                     + json.dumps(record).encode())
+    rows = list(read_records(resolve_source(str(path))))
+    assert [(where, problem) for where, _, problem in rows] == [
+        (f"{path}:1", ""), (f"{path}:2", "not UTF-8 text (byte 16)"), (f"{path}:4", "")]
+    assert rows[0][1] == rows[2][1] == record

@@ -39,6 +39,7 @@ class Check:
     kwargs: dict = field(compare=False)
     follows: Callable[[str], bool] = field(compare=False, repr=False)
     description: str = field(default="", compare=False)  # how the checker states the constraint in words
+    reads_prompt: bool = field(default=False, compare=False)  # compares the response with the prompt's text
 
     def verdicts(self, response: str) -> tuple[str, str]:
         """(strict, loose) verdicts of this constraint on `response`."""
@@ -87,7 +88,7 @@ def make_check(instruction_id: str, kwargs: dict, prompt: str) -> Check:
         with offline_checkers():  # the checkers call nltk.download before they tokenize
             return checker.check_following(response)
 
-    return Check(instruction_id, kwargs, follows, description)
+    return Check(instruction_id, kwargs, follows, description, reads_prompt="prompt" in arguments)
 
 
 def _demo_check(instruction_id: str, kwargs: dict) -> Check:
@@ -103,7 +104,7 @@ def _demo_check(instruction_id: str, kwargs: dict) -> Check:
         raise CheckError(f"{instruction_id}: takes {{\"args\": [...]}} with {expected} values "
                          f"of type {KINDS[kind].arg_type.__name__}, got {kwargs}") from None
     constraint = Constraint(kind, args)
-    return Check(instruction_id, kwargs, constraint.check, constraint.describe())
+    return Check(instruction_id, {"args": list(args)}, constraint.check, constraint.describe())
 
 
 def demo_check(constraint: Constraint) -> Check:

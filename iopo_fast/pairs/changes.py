@@ -1,16 +1,18 @@
 """Changes of one constraint of x1 into one that y1 does not meet, by rule, for constraints a program checks.
 
 Only a change of one constraint can make a valid quadruple: if x2 added a constraint to x1, y2 (which
-meets all of x2) would meet x1 too; if x2 removed one, y1 would meet x2. So a rule replaces one
-constraint by another of the same sort:
+meets all of x2) would meet x1 too; if x2 removed one, y1 would meet x2. And the new constraint must
+exclude the old one, no response meeting both, or a y2 that meets x2 would meet x1 too (halving a word
+limit keeps every answer to x2 within x1's). So a rule replaces one constraint by an opposite one:
 
-- the demo data's kinds (`demo_constraints`): another requirement of the same slot, drawn from y1 itself
-  (half or twice its word count, the keyword it uses now excluded, the other letter case, one bullet
-  fewer or more, other JSON keys, another ending, another language). x2 is x1 with the constraint's
-  sentence replaced, so no model is needed;
-- IFEval's and IFBench's: a number argument halved or doubled, a relation turned around ("less than" and
-  "at least"), lower case and capitals swapped. Their instructions state constraints in free text, so the
-  generator rewrites x2 (the `restate` prompt).
+- the demo data's kinds (`demo_constraints`): for a word limit, the opposite bound past both y1's length
+  and the old limit; the keyword y1 uses now excluded, or the one it avoids now required; the other
+  letter case; one bullet fewer or more, or JSON instead of bullets; other JSON keys, or bullets instead;
+  another ending; another language. x2 is x1 with the constraint's sentence replaced, so no model is
+  needed (when x1 states it in other words, the generator restates x2 as below);
+- IFEval's and IFBench's: a relation turned around ("less than" and "at least", same number), lower case
+  and capitals swapped, an exact count (`EXACT_COUNTS`) one more or one fewer. Their instructions state
+  constraints in free text, so the generator rewrites x2 (the `restate` prompt).
 
 A change is kept only if y1 fails the new constraint, checked by program, and the new constraints do not
 contradict each other. `rule_response` writes y2 from y1 by rule where the change allows it (case, ending,
@@ -31,6 +33,9 @@ JSON_KEYS = (("summary", "detail"), ("title", "body"), ("main_point", "example")
 RELATIONS = {"less than": "at least", "at least": "less than"}
 SWAPPED_IDS = {"change_case:english_lowercase": "change_case:english_capital",
                "change_case:english_capital": "change_case:english_lowercase"}
+# IFEval's checks whose number is met exactly (==), and the argument that holds it.
+EXACT_COUNTS = {"detectable_format:number_bullet_lists": "num_bullets",
+                "length_constraints:number_paragraphs": "num_paragraphs"}
 
 
 @dataclass(frozen=True)
@@ -51,14 +56,27 @@ def rule_changes(instruction: str, requirements: tuple[Requirement, ...], respon
     for index, requirement in enumerate(requirements):
         if index in demo:
             others = [constraint for other, constraint in demo.items() if other != index]
-            changes += [Change(index, Requirement(new.describe(), _demo_requirement(new).check),
-                               instruction.replace(demo[index].describe(), new.describe(), 1))
+            old_sentence = demo[index].describe()
+            changes += [Change(index, _demo_requirement(new), _replaced_sentence(instruction, old_sentence, new.describe()))
                         for new in _demo_alternatives(demo[index], response)
                         if not new.check(response) and compatible([*others, new])]
         elif requirement.check is not None:
             changes += [Change(index, new, None) for new in _argument_alternatives(requirement, instruction)
-                        if new.check.verdicts(response)[0] == FAILED]
+                        if _fails(new, response)]
     return changes
+
+
+def _fails(requirement: Requirement, response: str) -> bool:
+    """Whether the program says `response` fails `requirement` (not when it cannot tell, or raises)."""
+    try:
+        return requirement.check.verdicts(response)[0] == FAILED
+    except Exception:  # a reference checker that cannot read this response
+        return False
+
+
+def _replaced_sentence(instruction: str, old: str, new: str) -> str | None:
+    """x1 with the constraint's sentence replaced; None when x1 states it in other words."""
+    return instruction.replace(old, new, 1) if old in instruction else None
 
 
 def rule_response(old: Requirement, new: Requirement, response: str) -> str | None:
@@ -70,8 +88,10 @@ def rule_response(old: Requirement, new: Requirement, response: str) -> str | No
     if new.check.id in ("demo:uppercase", "change_case:english_capital"):
         return response.upper()
     if old.check.id == new.check.id == "demo:ending":
-        body = response.rstrip()
-        return body[:len(body) - len(old.check.kwargs["args"][0])].rstrip() + " " + new.check.kwargs["args"][0]
+        body, old_ending = response.rstrip(), old.check.kwargs["args"][0]
+        if body[len(body) - len(old_ending):].lower() != old_ending.lower():
+            return None
+        return body[:len(body) - len(old_ending)].rstrip() + " " + new.check.kwargs["args"][0]
     if old.check.id == new.check.id == "demo:json":
         try:
             values = list(json.loads(response).values())
@@ -80,8 +100,8 @@ def rule_response(old: Requirement, new: Requirement, response: str) -> str | No
         return json.dumps(dict(zip(new.check.kwargs["args"], values)), ensure_ascii=False)
     if old.check.id == new.check.id == "demo:bullets" and new.check.kwargs["args"][0] < old.check.kwargs["args"][0]:
         lines = response.rstrip().splitlines()
-        last_bullet = max(number for number, line in enumerate(lines) if line.startswith("- "))
-        return "\n".join(lines[:last_bullet] + lines[last_bullet + 1:])
+        bullets = [number for number, line in enumerate(lines) if line.startswith("- ")]
+        return "\n".join(lines[:bullets[-1]] + lines[bullets[-1] + 1:]) if bullets else None
     return None
 
 
@@ -97,8 +117,13 @@ def _demo_requirement(constraint: Constraint) -> Requirement:
 def _demo_alternatives(constraint: Constraint, response: str) -> list[Constraint]:
     """Requirements of the same slot as `constraint`, drawn from `response` so that it is likely to fail them."""
     slot, words = KINDS[constraint.kind].slot, count_words(response)
-    if slot == "length":
-        options = [Constraint("max_words", (max(1, words // 2),)), Constraint("min_words", (2 * words,))]
+    if constraint.kind == "max_words":  # at least more words than both y1 and the old limit
+        options = [Constraint("min_words", (max(2 * words, constraint.args[0] + 1),))]
+    elif constraint.kind == "min_words":  # at most fewer than both
+        options = [Constraint("max_words", (limit,)) for limit in [min(words // 2, constraint.args[0] - 1)] if limit > 0]
+    elif constraint.kind == "exact_words":
+        options = [Constraint("max_words", (limit,)) for limit in [words // 2] if limit > 0] + [
+            Constraint("min_words", (2 * words,))]
     elif slot == "keyword":
         options = [Constraint("exclude" if constraint.kind == "include" else "include", constraint.args)]
     elif slot == "case":
@@ -109,8 +134,10 @@ def _demo_alternatives(constraint: Constraint, response: str) -> list[Constraint
                                                                            Constraint("json", JSON_KEYS[0])]
     elif slot == "layout":
         options = [Constraint("json", keys) for keys in JSON_KEYS] + [Constraint("bullets", (3,))]
-    elif slot == "ending":
-        options = [Constraint("ending", (phrase,)) for phrase in ENDINGS]
+    elif slot == "ending":  # an ending that is not a suffix of the other: no response ends with both
+        old = constraint.args[0].lower()
+        options = [Constraint("ending", (phrase,)) for phrase in ENDINGS
+                   if not (phrase.lower().endswith(old) or old.endswith(phrase.lower()))]
     else:
         options = [Constraint("language", (language,)) for language in LANGUAGE_MARKERS]
     return [option for option in options if option != constraint]
@@ -120,11 +147,12 @@ def _argument_alternatives(requirement: Requirement, instruction: str) -> list[R
     """The IFEval or IFBench constraint with one argument changed, or its id swapped, where a rule exists."""
     check = requirement.check
     variants = [(SWAPPED_IDS[check.id], check.kwargs)] if check.id in SWAPPED_IDS else []
-    for name, value in check.kwargs.items():
-        if isinstance(value, int) and not isinstance(value, bool):
-            variants += [(check.id, {**check.kwargs, name: new}) for new in (max(1, value // 2), 2 * value) if new != value]
-        elif value in RELATIONS:
-            variants.append((check.id, {**check.kwargs, name: RELATIONS[value]}))
+    variants += [(check.id, {**check.kwargs, name: RELATIONS[value]}) for name, value in check.kwargs.items()
+                 if isinstance(value, str) and value in RELATIONS]
+    count = EXACT_COUNTS.get(check.id)
+    if count is not None and isinstance(check.kwargs.get(count), int):
+        variants += [(check.id, {**check.kwargs, count: check.kwargs[count] + step}) for step in (-1, 1)
+                     if check.kwargs[count] + step > 0]
     alternatives = []
     for instruction_id, kwargs in variants:
         try:

@@ -21,6 +21,7 @@ message is the reason, counted and written to the report by the pipeline.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from ..evaluation.checks import Check, CheckError, demo_check, make_check
@@ -44,6 +45,13 @@ class Requirement:
         if self.check is None:
             return {"text": self.text}
         return {"text": self.text, "id": self.check.id, "kwargs": self.check.kwargs}
+
+    def of_instruction(self, instruction: str) -> Requirement:
+        """This requirement in `instruction` (x2): a check that compares the response with the prompt reads
+        the new prompt's text."""
+        if self.check is None or not self.check.reads_prompt:
+            return self
+        return Requirement(self.text, make_check(self.check.id, self.check.kwargs, instruction))
 
 
 @dataclass(frozen=True)
@@ -112,7 +120,9 @@ def _checked_requirements(record: dict, instruction: str) -> list[Requirement]:
             checks += [make_check(instruction_id, arguments, instruction) for instruction_id, arguments in zip(ids, kwargs)]
         except CheckError as error:
             raise RecordError(str(error)) from None
-    return [Requirement(check.description, check) for check in checks]
+    # A demo constraint both listed and stated in the text is one constraint.
+    unique = {(check.id, json.dumps(check.kwargs, sort_keys=True)): check for check in checks}
+    return [Requirement(check.description, check) for check in unique.values()]
 
 
 def _worded_requirements(record: dict) -> list[Requirement]:
