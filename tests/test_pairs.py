@@ -409,3 +409,11 @@ def test_a_local_model_generates_in_batches_and_its_answers_are_cached(tmp_path,
     again = build_pairs(str(source), tmp_path / "out", local, log=quiet)
     assert batches == [] and again["this_run"]["requests"] == {"generator (cached)": 5}
     assert again["dropped"] == report["dropped"]
+
+
+def test_an_endpoint_that_answers_garbage_is_one_error_before_any_record_is_lost(tmp_path, monkeypatch):
+    scripted_endpoint(monkeypatch, lambda message: httpx2.Response(200, json={"status": "ok"}))
+    source = write_lines(tmp_path / "in.jsonl", demo_sft_records(3))
+    with pytest.raises(EndpointError, match="not an OpenAI-compatible chat endpoint"):
+        build_pairs(str(source), tmp_path / "out", SCRIPTED, log=quiet)
+    assert not (tmp_path / "out" / "pairs.jsonl").exists() and not (tmp_path / "out" / "dropped.jsonl").exists()
