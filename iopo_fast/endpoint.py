@@ -94,9 +94,6 @@ class AnswerCache:
         self._log = AppendLog(self.path)
         self._reader = None
 
-    def __len__(self) -> int:
-        return len(self._index)
-
     def __contains__(self, key: str) -> bool:
         return bytes.fromhex(key) in self._index
 
