@@ -64,8 +64,10 @@ class FixedResponses:
         return [by_prompt[prompt] for prompt in prompts]
 
 
-def write_lines(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+def write_lines(path: Path, records: list) -> Path:
+    """A JSON-lines file of `records`; a string is written as it is (a line that is not JSON, say)."""
+    path.write_text("".join((record if isinstance(record, str) else json.dumps(record, ensure_ascii=False)) + "\n"
+                            for record in records))
     return path
 
 

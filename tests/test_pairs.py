@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx2
 import pytest
 from conftest import DEMO_DATA, completions_served, fresh_process_env
-from test_judge import completion, scripted_endpoint
+from test_judge import completion, scripted_endpoint, write_lines
 
 from iopo_fast.data import RejectionLog, load_examples
 from iopo_fast.endpoint import EndpointError, EndpointSettings
@@ -33,11 +33,6 @@ from iopo_fast.pairs.records import Requirement, read_task
 from iopo_fast.sources import DataError
 
 SCRIPTED = EndpointSettings("http://generator.test/v1", "generator", concurrency=4)
-
-
-def write_lines(path: Path, records: list) -> Path:
-    path.write_text("".join((record if isinstance(record, str) else json.dumps(record)) + "\n" for record in records))
-    return path
 
 
 def demo_sft_records(count: int) -> list[dict]:

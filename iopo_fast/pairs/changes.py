@@ -115,11 +115,12 @@ def _demo_requirement(constraint: Constraint) -> Requirement:
 
 
 def _demo_alternatives(constraint: Constraint, response: str) -> list[Constraint]:
-    """Requirements of the same slot as `constraint`, drawn from `response` so that it is likely to fail them."""
+    """Requirements of the same slot as `constraint` that no response meeting it meets, drawn from `response`
+    (y1) so that it fails them too."""
     slot, words = KINDS[constraint.kind].slot, count_words(response)
-    if constraint.kind == "max_words":  # at least more words than both y1 and the old limit
+    if constraint.kind == "max_words":  # the opposite bound: past the old limit, and twice y1's words
         options = [Constraint("min_words", (max(2 * words, constraint.args[0] + 1),))]
-    elif constraint.kind == "min_words":  # at most fewer than both
+    elif constraint.kind == "min_words":  # the opposite bound: under the old minimum, and half y1's words
         options = [Constraint("max_words", (limit,)) for limit in [min(words // 2, constraint.args[0] - 1)] if limit > 0]
     elif constraint.kind == "exact_words":
         options = [Constraint("max_words", (limit,)) for limit in [words // 2] if limit > 0] + [
