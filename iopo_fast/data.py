@@ -30,11 +30,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .chat_splice import SpliceMismatch, SplicedTemplate, render
 from .packing import DPOExample, Example, IOPOExample, SFTExample
 from .sources import DataError, DataSource, check_source, read_records, resolve_source
 
 MIN_PROMPT_TOKENS = 8
 LOSS_MODES = ("iopo", "dpo", "sft")
+VERIFY_EVERY = 64  # of the spliced conversations, one in this many is also rendered and compared
 
 
 @dataclass
@@ -199,13 +201,17 @@ class ChatEncoder:
 
     The prompt is everything up to and including the assistant header (the template's generation
     prompt); the response is the assistant's text plus the end-of-turn token, and nothing after it.
+    `encode` renders the template for every conversation; `encode_many` with `splice` joins the pieces of
+    a `SplicedTemplate` instead, and renders one conversation in `VERIFY_EVERY` to compare.
     """
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, splice: bool = False):
         if not getattr(tokenizer, "chat_template", None):
             raise DataError(f"tokenizer {tokenizer.name_or_path!r} has no chat template")
         self.tokenizer = tokenizer
         self.end_of_turn = tokenizer.eos_token
+        self.spliced = SplicedTemplate.of(tokenizer) if splice else None
+        self.spliced_count = 0  # conversations spliced so far: every VERIFY_EVERY-th is also rendered
 
     def encode(self, system: str | None, prompt: str, response: str) -> tuple[list[int], list[int]]:
         prompt_text, response_text = self.texts(system, prompt, response)
@@ -215,10 +221,11 @@ class ChatEncoder:
     def texts(self, system: str | None, prompt: str, response: str) -> tuple[str, str]:
         """The templated prompt (up to the assistant header) and response (up to its end of turn)."""
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        prompt_text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        full_text = self.tokenizer.apply_chat_template(
-            messages + [{"role": "assistant", "content": response}], tokenize=False
-        )
+        prompt_text = render(self.tokenizer, messages, generation=True)
+        full_text = render(self.tokenizer, messages + [{"role": "assistant", "content": response}], generation=False)
+        return self._prompt_and_response(prompt_text, full_text)
+
+    def _prompt_and_response(self, prompt_text: str, full_text: str) -> tuple[str, str]:
         if not full_text.startswith(prompt_text):
             raise DataError(f"the chat template of {self.tokenizer.name_or_path!r} does not render prompts as prefixes")
         response_text = full_text[len(prompt_text) :]
@@ -227,10 +234,21 @@ class ChatEncoder:
             response_text = response_text[: end + len(self.end_of_turn)]
         return prompt_text, response_text
 
+    def _spliced_texts(self, system: str | None, prompt: str, response: str) -> tuple[str, str]:
+        """`texts` by the splice, when there is one; `SpliceMismatch` if a rendered check differs."""
+        if self.spliced is None:
+            return self.texts(system, prompt, response)
+        texts = self._prompt_and_response(*self.spliced.texts(system, prompt, response))
+        if self.spliced_count % VERIFY_EVERY == 0 and texts != self.texts(system, prompt, response):
+            raise SpliceMismatch(f"the chat template of {self.tokenizer.name_or_path!r} renders a conversation "
+                                 "otherwise than its placeholders")
+        self.spliced_count += 1
+        return texts
+
     def encode_many(self, conversations: list[tuple[str | None, str, str]]) -> list[tuple[list[int], list[int]]]:
         """`encode` of many conversations, their texts tokenized in one batch (without the character
         offsets `tokenizer(...)` also computes, where the tokenizer has a Rust backend)."""
-        texts = [part for conversation in conversations for part in self.texts(*conversation)]
+        texts = [part for conversation in conversations for part in self._spliced_texts(*conversation)]
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         # The backend alone, where transformers would add nothing: no truncation or padding set on it.
         if (backend is not None and hasattr(backend, "encode_batch_fast") and backend.truncation is None
