@@ -9,7 +9,9 @@ It writes --records synthetic IOPO records with TRACE's shape (an instruction of
   - `iopo_fast.prepared_data.prepared_examples` into an empty cache, with --workers processes (the
     first start);
   - the same call again, reading the cache (every later start and resume), and a pass over every
-    example it returns.
+    example it returns;
+  - the ideal: the tokenizer's Rust backend alone on the same texts (`encode_batch_fast`, its own threads
+    on every core), the part of a first start that no preparation can remove.
 
 Peak memory: the peak resident set of this process and, separately, of its largest worker process.
 Run it alone: on a loaded machine the times mean nothing.
@@ -21,6 +23,7 @@ Run it alone: on a loaded machine the times mean nothing.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -33,7 +36,7 @@ from pathlib import Path
 
 from _results import cpu_name, versions
 
-from iopo_fast.data import load_examples
+from iopo_fast.data import ChatEncoder, load_examples
 from iopo_fast.model import DEFAULT_MODEL, load_tokenizer
 from iopo_fast.prepared_data import prepared_examples
 
@@ -62,6 +65,22 @@ def synthetic_records(count: int, seed: int):
             changed[position] = constraint()
         yield {"x1": " ".join([task, *constraints]), "x2": " ".join([task, *changed]),
                "y1": words(rng.randint(150, 300)) + ".", "y2": words(rng.randint(150, 300)) + "!"}
+
+
+def tokenizer_alone(data: Path, tokenizer, chunk: int = 8192) -> float:
+    """Seconds the tokenizer's backend takes for the prompt and response texts of every record of `data`
+    (encoded `chunk` texts at a time: the encodings of all of them would not fit in memory)."""
+    encoder, seconds = ChatEncoder(tokenizer, splice=True), 0.0
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"  # `datasets` turns it off for its workers, and leaves it off
+    with data.open() as lines:
+        conversations = ((record[prompt], record[response]) for line in lines for record in [json.loads(line)]
+                         for prompt, response in (("x1", "y1"), ("x2", "y2")))
+        while block := list(itertools.islice(conversations, chunk // 2)):
+            texts = [text for prompt, response in block for text in encoder.spliced_texts(None, prompt, response)]
+            start = time.perf_counter()
+            tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+            seconds += time.perf_counter() - start
+    return seconds
 
 
 def peak_gib(who: int) -> float:
@@ -100,6 +119,8 @@ def main() -> None:
         start = time.perf_counter()
         tokens = sum(len(sequence) for example in examples for sequence in (example.prompt1, example.response1))
         read_all = time.perf_counter() - start
+        peaks = peak_gib(resource.RUSAGE_SELF), peak_gib(resource.RUSAGE_CHILDREN)
+        ideal = tokenizer_alone(data, tokenizer)
 
     lines = [
         "# Tokenizing a TRACE-sized data set: first start and cached start", "",
@@ -116,9 +137,11 @@ def main() -> None:
         f"{args.records / first:.0f} |",
         f"| `prepared_examples`, from the cache | {cached:.3g} | {args.records / cached:.0f} |",
         f"| reading every example from the memory-mapped table | {read_all:.3g} | {args.records / read_all:.0f} |",
+        f"| ideal first start: the tokenizer alone on the same texts, every core | {ideal:.3g} | "
+        f"{args.records / ideal:.0f} |",
         "",
-        f"Peak resident memory: this process {peak_gib(resource.RUSAGE_SELF):.2f} GiB, its largest worker "
-        f"{peak_gib(resource.RUSAGE_CHILDREN):.2f} GiB.",
+        f"Peak resident memory (before the ideal's run): this process {peaks[0]:.2f} GiB, its largest worker "
+        f"{peaks[1]:.2f} GiB.",
     ]
     print("\n".join(lines))
     if args.output_dir is not None:

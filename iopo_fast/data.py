@@ -234,7 +234,7 @@ class ChatEncoder:
             response_text = response_text[: end + len(self.end_of_turn)]
         return prompt_text, response_text
 
-    def _spliced_texts(self, system: str | None, prompt: str, response: str) -> tuple[str, str]:
+    def spliced_texts(self, system: str | None, prompt: str, response: str) -> tuple[str, str]:
         """`texts` by the splice, when there is one; `SpliceMismatch` if a rendered check differs."""
         if self.spliced is None:
             return self.texts(system, prompt, response)
@@ -248,7 +248,7 @@ class ChatEncoder:
     def encode_many(self, conversations: list[tuple[str | None, str, str]]) -> list[tuple[list[int], list[int]]]:
         """`encode` of many conversations, their texts tokenized in one batch (without the character
         offsets `tokenizer(...)` also computes, where the tokenizer has a Rust backend)."""
-        texts = [part for conversation in conversations for part in self._spliced_texts(*conversation)]
+        texts = [part for conversation in conversations for part in self.spliced_texts(*conversation)]
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         # The backend alone, where transformers would add nothing: no truncation or padding set on it.
         if (backend is not None and hasattr(backend, "encode_batch_fast") and backend.truncation is None

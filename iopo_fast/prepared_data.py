@@ -42,7 +42,7 @@ from .chat_splice import SpliceMismatch
 from .data import ChatEncoder, DataStats, RejectionLog, _parse_record, _Rejected, assemble, conversations
 from .distributed import barrier
 from .packing import DPOExample, Example, IOPOExample, SFTExample
-from .sources import DataError, DataSource, check_source, hash_file, read_records, resolve_source
+from .sources import DataError, DataSource, check_source, hash_file, parse_record_text, record_texts, resolve_source
 
 MIN_RECORDS_PER_WORKER = 100  # below it a worker process costs more than it saves
 BATCH_SIZE = 256  # records tokenized in one call of the tokenizer
@@ -154,25 +154,29 @@ def cache_key(path: str | Path | DataSource, tokenizer, loss: str, cutoff_len: i
 def _prepare(source: DataSource, tokenizer, loss: str, cutoff_len: int, directory: Path, num_proc: int) -> None:
     """Tokenize `source` into `directory`, written whole or not at all (a kill leaves no marker).
 
-    The records go to an Arrow file first, so that the workers memory-map their shares rather than receive
-    copies; their output is one row per example, or per rejected record (its reason, no sequences).
+    The records' texts go to an Arrow file first, so that the workers parse them, and memory-map their
+    shares rather than receive copies; their output is one row per example, or per rejected record (its
+    reason, no sequences).
     """
     staging = directory.with_name(f".{directory.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     records = _write_records(source, staging / "records.arrow")
+    if not len(records):
+        shutil.rmtree(staging)
+        raise DataError(f"{source}: no records")
     try:
-        tokenized = _tokenize(records, ChatEncoder(tokenizer, splice=True), loss, cutoff_len, num_proc,
-                              staging / "spliced.arrow", f"tokenizing {source}")
+        tokenized = _tokenize(records, source, ChatEncoder(tokenizer, splice=True), loss, cutoff_len, num_proc,
+                              staging / "spliced.arrow")
     except SpliceMismatch:  # a template the probes did not catch: every conversation rendered instead
-        tokenized = _tokenize(records, ChatEncoder(tokenizer), loss, cutoff_len, num_proc,
-                              staging / "rendered.arrow", f"tokenizing {source} (rendering its chat template)")
+        tokenized = _tokenize(records, source, ChatEncoder(tokenizer), loss, cutoff_len, num_proc,
+                              staging / "rendered.arrow")
     rejected = _positions(tokenized, rejected=True)
     with (staging / "rejected.jsonl").open("w", encoding="utf-8") as file:
         for position in rejected:
             row = tokenized[position]
             entry = records[row["row"]]
-            record = entry["record"] if entry["problem"] else json.loads(entry["record"])
+            record, _ = parse_record_text(entry["record"], source.columns)
             file.write(json.dumps({"source": entry["source"], "reason": row["reason"], "record": record},
                                   ensure_ascii=False) + "\n")
     tables = [Path(cache["filename"]) for cache in tokenized.cache_files]
@@ -189,32 +193,28 @@ def _prepare(source: DataSource, tokenizer, loss: str, cutoff_len: int, director
 
 
 def _write_records(source: DataSource, path: Path):
-    """The records of `source` as a memory-mapped data set of (source, record as JSON text, problem); written
-    in blocks, so that memory does not grow with the data."""
+    """The records of `source` as a memory-mapped data set of (source: file and line, record: its JSON bytes),
+    written in blocks, so that memory does not grow with the data; JSON Lines are copied, not parsed."""
     import datasets
 
-    schema = pa.schema([("source", pa.string()), ("record", pa.string()), ("problem", pa.string())])
+    schema = pa.schema([("source", pa.string()), ("record", pa.binary())])
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        block = []
-        for where, record, problem in read_records(source):
-            block.append((where, record if problem else json.dumps(record, ensure_ascii=False, default=str), problem))
-            if len(block) == RECORDS_PER_BLOCK:
-                writer.write_batch(pa.record_batch(list(zip(*block)), schema=schema))
-                block = []
-        if block:
+        texts = record_texts(source)
+        while block := list(itertools.islice(texts, RECORDS_PER_BLOCK)):
             writer.write_batch(pa.record_batch(list(zip(*block)), schema=schema))
     return datasets.Dataset.from_file(str(path))
 
 
-def _tokenize(records, encoder: ChatEncoder, loss: str, cutoff_len: int, num_proc: int, table: Path,
-              description: str):
+def _tokenize(records, source: DataSource, encoder: ChatEncoder, loss: str, cutoff_len: int, num_proc: int,
+              table: Path):
     """`records` tokenized by worker processes into Arrow files named after `table` (one per worker)."""
     import datasets
 
     return records.map(
-        functools.partial(_tokenize_batch, encoder=encoder, loss=loss, cutoff_len=cutoff_len),
+        functools.partial(_tokenize_batch, columns=source.columns, encoder=encoder, loss=loss, cutoff_len=cutoff_len),
         batched=True, batch_size=BATCH_SIZE, with_indices=True, num_proc=_workers(num_proc, len(records)),
-        remove_columns=records.column_names, desc=description, cache_file_name=str(table),
+        remove_columns=records.column_names, cache_file_name=str(table),
+        desc=f"tokenizing {source} ({'splicing' if encoder.spliced else 'rendering'} its chat template)",
         load_from_cache_file=False,
         features=datasets.Features({
             "row": datasets.Value("int64"), "reason": datasets.Value("string"), "truncated": datasets.Value("bool"),
@@ -241,7 +241,8 @@ def _workers(num_proc: int, num_records: int) -> int | None:
     return workers if workers > 1 else None
 
 
-def _tokenize_batch(batch: dict, rows: list[int], encoder: ChatEncoder, loss: str, cutoff_len: int) -> pa.Table:
+def _tokenize_batch(batch: dict, rows: list[int], columns: dict[str, str], encoder: ChatEncoder, loss: str,
+                    cutoff_len: int) -> pa.Table:
     """One output row per example, or per rejected record (with its reason), as `load_examples` forms them;
     the texts of the whole batch are tokenized in one call."""
     output = {"row": [], "reason": [], "truncated": [], "sequences": []}
@@ -251,9 +252,10 @@ def _tokenize_batch(batch: dict, rows: list[int], encoder: ChatEncoder, loss: st
             output[column].append(value)
 
     parsed = []  # (row, its TextExamples, or the reason it is rejected)
-    for row, source, record, problem in zip(rows, batch["source"], batch["record"], batch["problem"]):
+    for row, source, text in zip(rows, batch["source"], batch["record"]):
+        record, problem = parse_record_text(text, columns)
         try:
-            parsed.append((row, problem or _parse_record(source, json.loads(record), loss)))
+            parsed.append((row, problem or _parse_record(source, record, loss)))
         except _Rejected as rejection:
             parsed.append((row, str(rejection)))
     texts = [text for _, outcome in parsed if not isinstance(outcome, str) for text in outcome]

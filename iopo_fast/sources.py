@@ -14,6 +14,8 @@ Hub data set, or an entry of LLaMA-Factory's `dataset_info.json`.
 
 `read_records(source)` yields `(where, record, problem)` for every record: `where` names the file and line
 (or array index, or row) for the rejection report, `problem` says why a line is not valid JSON ("" if it is).
+It is `record_texts` (each record's JSON bytes) read by `parse_record_text`, the two halves that a
+preparation runs in different processes.
 """
 
 from __future__ import annotations
@@ -119,13 +121,14 @@ def check_source(source: DataSource) -> None:
 
 def read_records(source: DataSource):
     """Yield (where, record, problem) for every record of `source`, renamed by its `columns`."""
-    for where, record, problem in _raw_records(source):
-        if source.columns and isinstance(record, dict) and not problem:
-            record = {**record, **{ours: record.get(theirs) for ours, theirs in source.columns.items()}}
-        yield where, record, problem
+    for where, text in record_texts(source):
+        yield where, *parse_record_text(text, source.columns)
 
 
-def _raw_records(source: DataSource):
+def record_texts(source: DataSource):
+    """Yield (where, the record as UTF-8 JSON bytes, not yet checked) for every record of `source`: a JSON
+    Lines file's lines as they are, the records of other sources written as JSON (values that are not
+    JSON types as strings). `parse_record_text` reads them; the preparation does that in its workers."""
     path = source.path
     if not source.is_local:
         yield from _rows(_hub_dataset(source), f"{source.location}:{source.split}")
@@ -136,12 +139,28 @@ def _raw_records(source: DataSource):
         yield from _rows(saved["train"] if isinstance(saved, datasets.DatasetDict) else saved, str(path))
     elif path.is_dir():
         for file in _files(path):
-            yield from _file_records(file)
+            yield from _file_texts(file)
     else:
-        yield from _file_records(path)
+        yield from _file_texts(path)
 
 
-def _file_records(path: Path):
+def parse_record_text(text: bytes, columns: dict[str, str]) -> tuple[object, str]:
+    """(the record, renamed by `columns`, "") from `record_texts`' bytes, or (what to show of a line that
+    is not a record, why)."""
+    try:
+        line = text.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as error:
+        return repr(text[:200]), f"not UTF-8 text (byte {error.start + 1})"
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        return line, f"invalid JSON: {error.msg} at column {error.colno}"
+    if columns and isinstance(record, dict):
+        record = {**record, **{ours: record.get(theirs) for ours, theirs in columns.items()}}
+    return record, ""
+
+
+def _file_texts(path: Path):
     if path.suffix == ".parquet":
         import pyarrow.parquet as parquet
 
@@ -157,18 +176,10 @@ def _file_records(path: Path):
     # JSON Lines, read line by line: memory does not grow with the file. Lines end at "\n" only (a JSON
     # string may hold U+2028 or a carriage return).
     with path.open("rb") as lines:
-        for number, raw in enumerate(lines, start=1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as error:
-                yield f"{path}:{number}", repr(raw[:200]), f"not UTF-8 text (byte {error.start + 1})"
+        for number, line in enumerate(lines, start=1):
+            if line.isspace() or (not line.isascii() and line.decode("utf-8", "replace").isspace()):
                 continue
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{number}", json.loads(line), ""
-            except json.JSONDecodeError as error:
-                yield f"{path}:{number}", line, f"invalid JSON: {error.msg} at column {error.colno}"
+            yield f"{path}:{number}", line
 
 
 def _starts_with_bracket(path: Path) -> bool:
@@ -183,7 +194,7 @@ def _starts_with_bracket(path: Path) -> bool:
 
 def _rows(rows, where: str):
     for index, record in enumerate(rows):
-        yield f"{where}[{index}]", record, ""
+        yield f"{where}[{index}]", json.dumps(record, ensure_ascii=False, default=str).encode()
 
 
 def _files(folder: Path) -> list[Path]:

@@ -59,7 +59,7 @@ def test_spliced_texts_equal_the_rendered_template_on_random_conversations(smoll
     assert any(system is None for system, _, _ in conversations) and any(conversations[i][0] for i in range(9))
     for conversation in conversations:
         assert spliced.spliced.texts(*conversation) == (rendered_prompt_and_whole(tokenizer, *conversation))
-        assert spliced._spliced_texts(*conversation) == rendered.texts(*conversation)
+        assert spliced.spliced_texts(*conversation) == rendered.texts(*conversation)
     assert spliced.encode_many(conversations) == [rendered.encode(*conversation) for conversation in conversations]
 
 

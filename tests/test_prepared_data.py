@@ -127,3 +127,11 @@ def test_proportions_that_round_badly_lose_no_example():
 def test_bad_interleave_probs_are_config_errors(value, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(dataset="a.jsonl,b.jsonl", interleave_probs=value)
+
+
+def test_a_file_of_blank_lines_is_an_error_and_caches_nothing(tmp_path, smollm2_tokenizer):
+    data = tmp_path / "blank.jsonl"
+    data.write_text("\n  \n\u00a0\n")
+    with pytest.raises(DataError, match=f"^{data}: no records$"):
+        prepared_examples(data, smollm2_tokenizer, tmp_path / "cache")
+    assert not any((tmp_path / "cache" / "data").iterdir())
