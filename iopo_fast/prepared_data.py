@@ -46,7 +46,7 @@ from .sources import DataError, DataSource, check_source, hash_file, parse_recor
 
 MIN_RECORDS_PER_WORKER = 100  # below it a worker process costs more than it saves
 BATCH_SIZE = 256  # records tokenized in one call of the tokenizer
-RECORDS_PER_BLOCK = 10_000  # records read before they are written to the records' Arrow file
+RECORDS_PER_BLOCK = 1000  # records read before they are written to the records' Arrow file
 # Bump when the prepared columns or the tokenization policy change: older caches are then not read.
 FORMAT_VERSION = 3
 COMPLETE = "complete.json"  # written last: its presence means the directory is whole
@@ -201,7 +201,8 @@ def _write_records(source: DataSource, path: Path):
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         texts = record_texts(source)
         while block := list(itertools.islice(texts, RECORDS_PER_BLOCK)):
-            writer.write_batch(pa.record_batch(list(zip(*block)), schema=schema))
+            columns = [pa.array([where for where, _ in block], pa.string()), pa.array([text for _, text in block], pa.binary())]
+            writer.write_batch(pa.record_batch(columns, schema=schema))
     return datasets.Dataset.from_file(str(path))
 
 
