@@ -30,6 +30,7 @@ setup(
         "gguf>=0.10",
         "pyyaml>=6.0",
         "tqdm>=4.66",
+        "tiktoken>=0.7",
         "matplotlib>=3.8",
         "psutil>=5.9",
     ],

@@ -33,10 +33,11 @@ from pathlib import Path
 from .chat_splice import SpliceMismatch, SplicedTemplate, render
 from .packing import DPOExample, Example, IOPOExample, SFTExample
 from .sources import DataError, DataSource, check_source, read_records, resolve_source
+from .tiktoken_twin import EncodingMismatch, TiktokenTwin
 
 MIN_PROMPT_TOKENS = 8
 LOSS_MODES = ("iopo", "dpo", "sft")
-VERIFY_EVERY = 64  # of the spliced conversations, one in this many is also rendered and compared
+VERIFY_EVERY = 64  # of the conversations a fast path makes, one in this many is also made the reference way
 
 
 @dataclass
@@ -201,17 +202,27 @@ class ChatEncoder:
 
     The prompt is everything up to and including the assistant header (the template's generation
     prompt); the response is the assistant's text plus the end-of-turn token, and nothing after it.
-    `encode` renders the template for every conversation; `encode_many` with `splice` joins the pieces of
-    a `SplicedTemplate` instead, and renders one conversation in `VERIFY_EVERY` to compare.
+    `encode` renders the template for every conversation and tokenizes with the tokenizer. With `fast`,
+    `encode_many` joins the pieces of a `SplicedTemplate` instead of rendering, and tokenizes with a
+    `TiktokenTwin` of the tokenizer, where there are ones; it makes one conversation in `VERIFY_EVERY` the
+    reference way too, and raises `SpliceMismatch` or `EncodingMismatch` if it differs.
     """
 
-    def __init__(self, tokenizer, splice: bool = False):
+    def __init__(self, tokenizer, fast: bool = False):
         if not getattr(tokenizer, "chat_template", None):
             raise DataError(f"tokenizer {tokenizer.name_or_path!r} has no chat template")
         self.tokenizer = tokenizer
         self.end_of_turn = tokenizer.eos_token
-        self.spliced = SplicedTemplate.of(tokenizer) if splice else None
+        self.spliced = SplicedTemplate.of(tokenizer) if fast else None
         self.spliced_count = 0  # conversations spliced so far: every VERIFY_EVERY-th is also rendered
+        self.twin = TiktokenTwin.of(tokenizer) if fast else None
+        self.twin_count = 0  # conversations encoded by the twin so far: every VERIFY_EVERY-th also by the backend
+
+    @property
+    def method(self) -> str:
+        """How `encode_many` makes the token ids, in words."""
+        return (f"chat template {'spliced' if self.spliced else 'rendered'}, "
+                f"{'tiktoken' if self.twin else 'the tokenizer'} encoding")
 
     def encode(self, system: str | None, prompt: str, response: str) -> tuple[list[int], list[int]]:
         prompt_text, response_text = self.texts(system, prompt, response)
@@ -246,17 +257,36 @@ class ChatEncoder:
         return texts
 
     def encode_many(self, conversations: list[tuple[str | None, str, str]]) -> list[tuple[list[int], list[int]]]:
-        """`encode` of many conversations, their texts tokenized in one batch (without the character
-        offsets `tokenizer(...)` also computes, where the tokenizer has a Rust backend)."""
+        """`encode` of many conversations, their texts tokenized by the twin, or else in one batch."""
         texts = [part for conversation in conversations for part in self.spliced_texts(*conversation)]
+        ids = self._reference_ids(texts) if self.twin is None else self._twin_ids(texts)
+        return list(zip(ids[0::2], ids[1::2]))
+
+    def _twin_ids(self, texts: list[str]) -> list[list[int]]:
+        """The twin's ids of the (prompt, response) `texts`, the backend's for those the twin cannot encode;
+        both texts of every `VERIFY_EVERY`-th conversation are encoded by both, `EncodingMismatch` if they differ."""
+        ids = [self.twin.encode(text) for text in texts]
+        checked = [position for position, found in enumerate(ids)
+                   if found is None or (self.twin_count + position // 2) % VERIFY_EVERY == 0]
+        for position, reference in zip(checked, self._reference_ids([texts[position] for position in checked])):
+            if ids[position] is not None and ids[position] != reference:
+                raise EncodingMismatch(f"tiktoken encodes a text otherwise than the tokenizer "
+                                       f"{self.tokenizer.name_or_path!r}: {texts[position][:80]!r}")
+            ids[position] = reference
+        self.twin_count += len(texts) // 2
+        return ids
+
+    def _reference_ids(self, texts: list[str]) -> list[list[int]]:
+        """The tokenizer's ids of `texts` in one batch (without the character offsets `tokenizer(...)` also
+        computes, where the tokenizer has a Rust backend)."""
+        if not texts:
+            return []
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         # The backend alone, where transformers would add nothing: no truncation or padding set on it.
         if (backend is not None and hasattr(backend, "encode_batch_fast") and backend.truncation is None
                 and backend.padding is None):
-            ids = [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
-        else:
-            ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return list(zip(ids[0::2], ids[1::2]))
+            return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

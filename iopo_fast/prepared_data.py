@@ -4,8 +4,9 @@
 `data.load_examples` (its one-process twin, which the tests compare it with), but:
 
 - the records are validated, chat-templated (by joining the pieces of a `chat_splice.SplicedTemplate`
-  where the template allows it) and tokenized by `datasets`' batched `map` over `num_proc` worker
-  processes, which write the token ids to Arrow files directly from NumPy buffers;
+  where the template allows it) and tokenized (by a `tiktoken_twin.TiktokenTwin` of the tokenizer where
+  there is one) by `datasets`' batched `map` over `num_proc` worker processes, which write the token ids
+  to Arrow files directly from NumPy buffers;
 - the result is saved under `<cache>/data/<key>/`, the key a digest of the data file's bytes, the
   tokenizer (its name, vocabulary size, special tokens and chat template), `cutoff_len` and the loss
   mode, so that a second start or a resume reads it instead of tokenizing again. An edited file or
@@ -39,6 +40,7 @@ import pyarrow.compute as pc
 import torch
 
 from .chat_splice import SpliceMismatch
+from .tiktoken_twin import EncodingMismatch
 from .data import ChatEncoder, DataStats, RejectionLog, _parse_record, _Rejected, assemble, conversations
 from .distributed import barrier
 from .packing import DPOExample, Example, IOPOExample, SFTExample
@@ -166,11 +168,11 @@ def _prepare(source: DataSource, tokenizer, loss: str, cutoff_len: int, director
         shutil.rmtree(staging)
         raise DataError(f"{source}: no records")
     try:
-        tokenized = _tokenize(records, source, ChatEncoder(tokenizer, splice=True), loss, cutoff_len, num_proc,
-                              staging / "spliced.arrow")
-    except SpliceMismatch:  # a template the probes did not catch: every conversation rendered instead
+        tokenized = _tokenize(records, source, ChatEncoder(tokenizer, fast=True), loss, cutoff_len, num_proc,
+                              staging / "fast.arrow")
+    except (SpliceMismatch, EncodingMismatch):  # a fast path the probes did not catch: the reference way instead
         tokenized = _tokenize(records, source, ChatEncoder(tokenizer), loss, cutoff_len, num_proc,
-                              staging / "rendered.arrow")
+                              staging / "reference.arrow")
     rejected = _positions(tokenized, rejected=True)
     with (staging / "rejected.jsonl").open("w", encoding="utf-8") as file:
         for position in rejected:
@@ -215,7 +217,7 @@ def _tokenize(records, source: DataSource, encoder: ChatEncoder, loss: str, cuto
         functools.partial(_tokenize_batch, columns=source.columns, encoder=encoder, loss=loss, cutoff_len=cutoff_len),
         batched=True, batch_size=BATCH_SIZE, with_indices=True, num_proc=_workers(num_proc, len(records)),
         remove_columns=records.column_names, cache_file_name=str(table),
-        desc=f"tokenizing {source} ({'splicing' if encoder.spliced else 'rendering'} its chat template)",
+        desc=f"tokenizing {source} ({encoder.method})",
         load_from_cache_file=False,
         features=datasets.Features({
             "row": datasets.Value("int64"), "reason": datasets.Value("string"), "truncated": datasets.Value("bool"),

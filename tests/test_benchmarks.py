@@ -129,7 +129,7 @@ def test_data_benchmark_smoke_prints_every_row(tmp_path):
 
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     rows = table_rows(run.stdout)
-    assert len(rows) == 5, run.stdout
+    assert len(rows) == 6, run.stdout
     for row in rows:
         assert_finite_and_positive(row[1:3])
     assert "300 examples" in run.stdout and (tmp_path / "data-cpu.md").is_file()

@@ -53,7 +53,7 @@ def random_conversations(tokenizer, count: int, seed: int = 0):
 @pytest.mark.parametrize("template, form", [(None, "as is"), (LLAMA3, "stripped")])
 def test_spliced_texts_equal_the_rendered_template_on_random_conversations(smollm2_tokenizer, template, form):
     tokenizer = with_template(smollm2_tokenizer, template)
-    rendered, spliced = ChatEncoder(tokenizer), ChatEncoder(tokenizer, splice=True)
+    rendered, spliced = ChatEncoder(tokenizer), ChatEncoder(tokenizer, fast=True)
     assert spliced.spliced is not None and spliced.spliced.form == form
     conversations = random_conversations(tokenizer, 300)
     assert any(system is None for system, _, _ in conversations) and any(conversations[i][0] for i in range(9))
@@ -73,14 +73,14 @@ def test_a_template_that_changes_contents_is_not_spliced(smollm2_tokenizer):
     assert SplicedTemplate.of(with_template(smollm2_tokenizer, THINKING)) is None
     upper = with_template(smollm2_tokenizer, LLAMA3.replace("| trim", "| trim | upper"))
     assert SplicedTemplate.of(upper) is None
-    encoder = ChatEncoder(upper, splice=True)
+    encoder = ChatEncoder(upper, fast=True)
     conversation = ("system", "a prompt", "an answer")
     assert encoder.encode_many([conversation]) == [encoder.encode(*conversation)]
 
 
 def test_a_template_branching_on_an_unprobed_word_is_caught_and_rendered(tmp_path, smollm2_tokenizer):
     tokenizer = with_template(smollm2_tokenizer, ZEBRA)
-    encoder = ChatEncoder(tokenizer, splice=True)
+    encoder = ChatEncoder(tokenizer, fast=True)
     assert encoder.spliced is not None  # no probe says "zebra"
     plain = [(None, f"prompt {i}", f"answer {i}") for i in range(VERIFY_EVERY)]
     encoder.encode_many(plain)  # the first is rendered too, and agrees
