@@ -190,7 +190,10 @@ def _prepare(source: DataSource, tokenizer, loss: str, cutoff_len: int, director
             file.unlink()
     summary["files"] = _file_digests(staging)
     (staging / COMPLETE).write_text(json.dumps(summary) + "\n", encoding="utf-8")
-    shutil.rmtree(directory, ignore_errors=True)  # a half-written earlier attempt
+    if _is_whole(directory):  # finished meanwhile on another node sharing the file system: its ranks read it
+        shutil.rmtree(staging)
+        return
+    shutil.rmtree(directory, ignore_errors=True)  # a damaged cache
     os.replace(staging, directory)
 
 

@@ -13,6 +13,7 @@ import iopo_fast.prepared_data as prepared_data
 from iopo_fast.data import DataError, RejectionLog, load_examples
 from iopo_fast.config import ConfigError, TrainConfig
 from iopo_fast.prepared_data import COMPLETE, MixedExamples, cache_key, prepared_examples
+from iopo_fast.sources import resolve_source
 
 BAD_LINES = ["{broken", json.dumps([1, 2]), json.dumps({"x1": "same", "x2": "same", "y1": "a", "y2": "b"}),
              json.dumps({"x1": "a", "x2": "b", "y1": "c"}), ""]
@@ -102,6 +103,19 @@ def test_a_half_written_or_damaged_cache_is_rebuilt(tmp_path, smollm2_tokenizer,
         (directory / "rejected.jsonl").unlink()
     rebuilt, _ = prepared_examples(data, smollm2_tokenizer, tmp_path / "cache")
     assert list(rebuilt) == expected and (directory / COMPLETE).is_file()
+
+
+def test_a_cache_another_node_finished_meanwhile_is_left_to_its_readers(tmp_path, smollm2_tokenizer):
+    """Two nodes sharing a file system may prepare the same key at once: the second to finish keeps the first's
+    files, which the first node's ranks have memory-mapped, and drops its own."""
+    data = mixed_file(tmp_path, 10)
+    examples, _ = prepared_examples(data, smollm2_tokenizer, tmp_path / "cache")
+    directory = tmp_path / "cache" / "data" / cache_key(data, smollm2_tokenizer, "iopo", 1024)
+    files = {file: file.stat().st_ino for file in directory.iterdir()}
+    prepared_data._prepare(resolve_source(data), smollm2_tokenizer, "iopo", 1024, directory, 1)  # the other node
+    assert {file: file.stat().st_ino for file in directory.iterdir()} == files
+    assert [path.name for path in directory.parent.iterdir()] == [directory.name]  # no staging left
+    assert list(examples) == load_examples(data, smollm2_tokenizer)[0]
 
 
 @pytest.mark.parametrize("proportions", [None, [0.25, 0.75]])
