@@ -26,7 +26,6 @@ import json
 import os
 import resource
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from pathlib import Path
 
 from _results import cpu_name, versions
 
+from iopo_fast.distributed import free_port
 from iopo_fast.endpoint import EndpointSettings
 from iopo_fast.evaluation.demo_constraints import broken, parse_constraints
 from iopo_fast.pairs.pipeline import build_pairs
@@ -112,9 +112,7 @@ def measure(records: int, endpoint: EndpointSettings) -> dict:
 
 
 def start_oracle(latency: float) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--latency", str(latency)])
     for _ in range(300):
         try:

