@@ -5,8 +5,8 @@ about 4 MB/s on one core, tiktoken's BPE (the engine of OpenAI's and Llama 3's t
 17 MB/s. Both implement byte-level BPE, and their algorithms agree when the vocabulary is a plain
 GPT-2-style one:
 
-- text is split on the added tokens, then into words by one regex (GPT-2's `ByteLevel` pre-tokenizer,
-  or a `Split` regex before a `ByteLevel` without its own), with no normalizer;
+- text is split on the added tokens (none inside another), then into words by one regex (GPT-2's
+  `ByteLevel` pre-tokenizer, or a `Split` regex before a `ByteLevel` without its own), with no normalizer;
 - `tokenizers` merges the adjacent pair that comes first in the merge list, tiktoken the adjacent pair
   whose concatenation has the lowest rank. With rank = token id, these are the same order when the
   merges create their tokens in increasing id order, and every multi-byte token is a merge's product.
@@ -61,9 +61,11 @@ class TiktokenTwin:
         spec = json.loads(backend.to_str())
         pattern, ranks = _pattern(spec), _mergeable_ranks(spec)
         added = spec.get("added_tokens") or []
+        contents = "\0".join(token["content"] for token in added)
         if (pattern is None or ranks is None or spec.get("normalizer") is not None
-                or any(token["lstrip"] or token["rstrip"] or token["single_word"] for token in added)):
-            return None
+                or any(token["lstrip"] or token["rstrip"] or token["single_word"] for token in added)
+                or any(contents.count(token["content"]) > 1 for token in added)):  # one inside another: the backend
+            return None  # matches the longest, tiktoken the first of its alternation, in hash order
         encoding = tiktoken.Encoding(f"{tokenizer.name_or_path}-twin", pat_str=pattern, mergeable_ranks=ranks,
                                      special_tokens={token["content"]: token["id"] for token in added})
         missing = {byte for byte in range(256) if bytes([byte]) not in ranks}

@@ -96,7 +96,9 @@ def test_the_twin_leaves_to_the_backend_exactly_the_characters_holding_a_byte_wi
     lambda spec: spec["model"]["merges"].insert(0, spec["model"]["merges"].pop(100)),  # merge order != id order
     lambda spec: spec["pre_tokenizer"].update(add_prefix_space=True),
     lambda spec: spec["added_tokens"][1].update(lstrip=True),
-], ids=["normalizer", "dropout", "merge-order", "prefix-space", "stripped-added-token"])
+    lambda spec: spec["added_tokens"].append({**spec["added_tokens"][1], "id": len(spec["model"]["vocab"]),
+                                              "content": spec["added_tokens"][1]["content"][:-2]}),
+], ids=["normalizer", "dropout", "merge-order", "prefix-space", "stripped-added-token", "added-token-in-another"])
 def test_no_twin_for_a_tokenizer_tiktoken_does_not_reproduce(smollm2_tokenizer, change):
     assert TiktokenTwin.of(modified(smollm2_tokenizer, lambda spec: None)) is not None
     assert TiktokenTwin.of(modified(smollm2_tokenizer, change)) is None
