@@ -61,28 +61,53 @@ class TiktokenTwin:
         spec = json.loads(backend.to_str())
         pattern, ranks = _pattern(spec), _mergeable_ranks(spec)
         added = spec.get("added_tokens") or []
-        contents = "\0".join(token["content"] for token in added)
         if (pattern is None or ranks is None or spec.get("normalizer") is not None
+                or spec.get("truncation") is not None or spec.get("padding") is not None
                 or any(token["lstrip"] or token["rstrip"] or token["single_word"] for token in added)
-                or any(contents.count(token["content"]) > 1 for token in added)):  # one inside another: the backend
-            return None  # matches the longest, tiktoken the first of its alternation, in hash order
-        encoding = tiktoken.Encoding(f"{tokenizer.name_or_path}-twin", pat_str=pattern, mergeable_ranks=ranks,
-                                     special_tokens={token["content"]: token["id"] for token in added})
+                or _overlapping(added)):
+            return None
         missing = {byte for byte in range(256) if bytes([byte]) not in ranks}
         if any(0x80 <= byte < 0xC0 for byte in missing):  # a continuation byte: in too many characters
             return None
-        twin = cls(encoding, _unencodable(missing))
         added_text = "".join(token["content"] + " a" for token in added)
-        for probe in [*PROBES, added_text]:
-            if twin.encode(probe) != backend.encode(probe, add_special_tokens=False).ids:
-                return None
-        return twin
+        try:
+            twin = cls(tiktoken.Encoding(f"{tokenizer.name_or_path}-twin", pat_str=pattern, mergeable_ranks=ranks,
+                                         special_tokens={token["content"]: token["id"] for token in added}),
+                       _unencodable(missing))
+            agrees = all(twin.encode(probe) == backend.encode(probe, add_special_tokens=False).ids
+                         for probe in [*PROBES, added_text])
+        # A regex tiktoken cannot compile raises ValueError; one it runs wrongly (an alternative matching the
+        # empty string) panics its Rust core, and pyo3's PanicException derives from BaseException.
+        except BaseException as error:
+            if not isinstance(error, Exception) and type(error).__name__ != "PanicException":
+                raise
+            return None
+        return twin if agrees else None
 
     def encode(self, text: str) -> list[int] | None:
-        """The ids of `text`, or None if it holds a character the twin cannot encode."""
+        """The ids of `text`, or None if it holds a character the twin cannot encode, or a whitespace run too
+        long for its regex engine's backtracking (a million characters)."""
         if self.unencodable is not None and self.unencodable.search(text):
             return None
-        return self.encoding.encode(text, allowed_special="all")
+        try:
+            return self.encoding.encode(text, allowed_special="all")
+        except ValueError:
+            return None
+
+
+def _overlapping(added: list[dict]) -> bool:
+    """Whether the backend and tiktoken could match different added tokens in one text: the backend matches
+    the longest, tiktoken the first of its alternation (in hash order), so no token may lie inside another;
+    and the backend matches the tokens it does not normalize first, so with both kinds, none may end with
+    the start of another."""
+    contents = [token["content"] for token in added]
+    joined = "\0".join(contents)
+    if any(joined.count(content) > 1 for content in contents):
+        return True
+    if len({token["normalized"] for token in added}) < 2:
+        return False
+    starts = {content[:end] for content in contents for end in range(1, len(content))}
+    return any(content[start:] in starts for content in contents for start in range(1, len(content)))
 
 
 def _pattern(spec: dict) -> str | None:

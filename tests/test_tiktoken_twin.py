@@ -51,9 +51,9 @@ def modified(tokenizer, change) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
 
 
-def split_then_byte_level(spec):  # Llama 3's pre-tokenizer: its own regex, then bytes
+def split_then_byte_level(spec, pattern=LLAMA3_PATTERN):  # Llama 3's pre-tokenizer: its own regex, then bytes
     spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": LLAMA3_PATTERN}, "behavior": "Isolated", "invert": False},
+        {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
         {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
 
 
@@ -90,15 +90,32 @@ def test_the_twin_leaves_to_the_backend_exactly_the_characters_holding_a_byte_wi
     assert backend_ids(smollm2_tokenizer, "a\x04b") == backend_ids(smollm2_tokenizer, "a") + backend_ids(smollm2_tokenizer, "b")
 
 
+def test_a_whitespace_run_too_long_for_tiktokens_regex_engine_is_left_to_the_backend(smollm2_tokenizer):
+    encoder = ChatEncoder(smollm2_tokenizer, fast=True)
+    text = "a" + " " * 10**6 + "b"  # fancy_regex's backtracking limit
+    assert encoder.twin.encode(text) is None
+    assert encoder.encode_many([(None, text, "c")]) == [ChatEncoder(smollm2_tokenizer).encode(None, text, "c")]
+
+
+def add_token(spec, content: str, normalized: bool = False):
+    spec["added_tokens"].append({"id": len(spec["model"]["vocab"]) + len(spec["added_tokens"]), "content": content,
+                                 "single_word": False, "lstrip": False, "rstrip": False, "normalized": normalized,
+                                 "special": not normalized})
+
+
 @pytest.mark.parametrize("change", [
     lambda spec: spec.update(normalizer={"type": "Lowercase"}),
     lambda spec: spec["model"].update(dropout=0.1),
     lambda spec: spec["model"]["merges"].insert(0, spec["model"]["merges"].pop(100)),  # merge order != id order
     lambda spec: spec["pre_tokenizer"].update(add_prefix_space=True),
     lambda spec: spec["added_tokens"][1].update(lstrip=True),
-    lambda spec: spec["added_tokens"].append({**spec["added_tokens"][1], "id": len(spec["model"]["vocab"]),
-                                              "content": spec["added_tokens"][1]["content"][:-2]}),
-], ids=["normalizer", "dropout", "merge-order", "prefix-space", "stripped-added-token", "added-token-in-another"])
+    lambda spec: add_token(spec, spec["added_tokens"][1]["content"][:-2]),
+    lambda spec: (add_token(spec, "<tool>", normalized=True), add_token(spec, ">call")),  # "<tool>call" differs
+    lambda spec: spec.update(truncation={"direction": "Right", "max_length": 256, "strategy": "LongestFirst",
+                                         "stride": 0}),
+    lambda spec: split_then_byte_level(spec, r"\p{L}*| ?[^\s\p{L}\p{N}]+|\s+|\p{N}+"),  # tiktoken panics on it
+], ids=["normalizer", "dropout", "merge-order", "prefix-space", "stripped-added-token", "added-token-in-another",
+        "added-tokens-overlapping", "truncation", "regex-matching-nothing"])
 def test_no_twin_for_a_tokenizer_tiktoken_does_not_reproduce(smollm2_tokenizer, change):
     assert TiktokenTwin.of(modified(smollm2_tokenizer, lambda spec: None)) is not None
     assert TiktokenTwin.of(modified(smollm2_tokenizer, change)) is None
