@@ -6,7 +6,9 @@ about 4 MB/s on one core, tiktoken's BPE (the engine of OpenAI's and Llama 3's t
 GPT-2-style one:
 
 - text is split on the added tokens (none inside another), then into words by one regex (GPT-2's
-  `ByteLevel` pre-tokenizer, or a `Split` regex before a `ByteLevel` without its own), with no normalizer;
+  `ByteLevel` pre-tokenizer, or a `Split` regex before a `ByteLevel` without its own), with no normalizer,
+  or NFC (Qwen2's) for texts already in NFC: every piece of such a text is in NFC too (slicing cannot
+  bring together characters that compose), so the backend's normalizer leaves it as it is;
 - `tokenizers` merges the adjacent pair that comes first in the merge list, tiktoken the adjacent pair
   whose concatenation has the lowest rank. With rank = token id, these are the same order when the
   merges create their tokens in increasing id order, and every multi-byte token is a merge's product.
@@ -14,7 +16,7 @@ GPT-2-style one:
 `TiktokenTwin.of` checks those conditions on the tokenizer's own JSON, then encodes `PROBES` both ways,
 and returns None (the backend stays) if anything differs. A vocabulary may lack some bytes (SmolLM2 has
 no token for a few control characters): the backend drops them, tiktoken cannot, so texts holding them
-are left to the backend. What no static check rules out (a word whose
+are left to the backend, as are texts not in NFC under an NFC normalizer. What no static check rules out (a word whose
 merges could reach one token two ways) `ChatEncoder` guards by re-encoding every `VERIFY_EVERY`-th
 conversation with the backend and raising `EncodingMismatch` on a difference.
 """
@@ -23,10 +25,12 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 
 import tiktoken
 
+NFC = {"type": "NFC"}  # the only normalizer a twin reproduces, and on texts already in NFC only
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 PROBES = [
@@ -47,10 +51,12 @@ class EncodingMismatch(Exception):
 @dataclass(frozen=True)
 class TiktokenTwin:
     """A `tiktoken.Encoding` giving the ids of a tokenizer's backend (added tokens matched in the text, no
-    special tokens added), for every text without a character the vocabulary has no bytes for."""
+    special tokens added), for every text without a character the vocabulary has no bytes for (and in NFC,
+    if the tokenizer normalizes to NFC)."""
 
     encoding: tiktoken.Encoding
     unencodable: re.Pattern | None  # the characters holding a byte that no token stands for
+    nfc: bool = False  # the backend normalizes to NFC: only texts already in NFC are encoded
 
     @classmethod
     def of(cls, tokenizer) -> TiktokenTwin | None:
@@ -61,7 +67,7 @@ class TiktokenTwin:
         spec = json.loads(backend.to_str())
         pattern, ranks = _pattern(spec), _mergeable_ranks(spec)
         added = spec.get("added_tokens") or []
-        if (pattern is None or ranks is None or spec.get("normalizer") is not None
+        if (pattern is None or ranks is None or spec.get("normalizer") not in (None, NFC)
                 or spec.get("truncation") is not None or spec.get("padding") is not None
                 or any(token["lstrip"] or token["rstrip"] or token["single_word"] for token in added)
                 or _overlapping(added)):
@@ -69,13 +75,14 @@ class TiktokenTwin:
         missing = {byte for byte in range(256) if bytes([byte]) not in ranks}
         if any(0x80 <= byte < 0xC0 for byte in missing):  # a continuation byte: in too many characters
             return None
-        added_text = "".join(token["content"] + " a" for token in added)
+        nfc = spec.get("normalizer") == NFC
+        probes = [*PROBES, "".join(token["content"] + " a" for token in added)]
         try:
             twin = cls(tiktoken.Encoding(f"{tokenizer.name_or_path}-twin", pat_str=pattern, mergeable_ranks=ranks,
                                          special_tokens={token["content"]: token["id"] for token in added}),
-                       _unencodable(missing))
+                       _unencodable(missing), nfc)
             agrees = all(twin.encode(probe) == backend.encode(probe, add_special_tokens=False).ids
-                         for probe in [*PROBES, added_text])
+                         for probe in (unicodedata.normalize("NFC", probe) if nfc else probe for probe in probes))
         # A regex tiktoken cannot compile raises ValueError; one it runs wrongly (an alternative matching the
         # empty string) panics its Rust core, and pyo3's PanicException derives from BaseException.
         except BaseException as error:
@@ -85,9 +92,11 @@ class TiktokenTwin:
         return twin if agrees else None
 
     def encode(self, text: str) -> list[int] | None:
-        """The ids of `text`, or None if it holds a character the twin cannot encode, or a whitespace run too
-        long for its regex engine's backtracking (a million characters)."""
-        if self.unencodable is not None and self.unencodable.search(text):
+        """The ids of `text`, or None if it holds a character the twin cannot encode, is not in NFC where the
+        tokenizer normalizes to NFC, or holds a whitespace run too long for tiktoken's regex engine (a million
+        characters)."""
+        if ((self.unencodable is not None and self.unencodable.search(text))
+                or (self.nfc and not unicodedata.is_normalized("NFC", text))):
             return None
         try:
             return self.encoding.encode(text, allowed_special="all")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import unicodedata
 
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -15,6 +16,8 @@ from iopo_fast.data import VERIFY_EVERY, ChatEncoder, load_examples
 from iopo_fast.prepared_data import prepared_examples
 from iopo_fast.tiktoken_twin import EncodingMismatch, TiktokenTwin
 
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                 r"\s*[\r\n]+|\s+(?!\S)|\s+")
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
                   r"\s*[\r\n]+|\s+(?!\S)|\s+")
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
@@ -35,7 +38,7 @@ def random_text(rng: random.Random, tokenizer, vocabulary: list[str]) -> str:
             pieces.append(tokenizer.convert_tokens_to_string(rng.choices(vocabulary, k=rng.randint(1, 8))))
         elif kind == 1:
             blocks = [(0x20, 0x7E), (0xA0, 0x24F), (0x400, 0x4FF), (0x600, 0x6FF), (0x3040, 0x30FF), (0x4E00, 0x9FFF),
-                      (0x1F300, 0x1F64F), (0x300, 0x36F), (0x0, 0x1F)]
+                      (0x1F300, 0x1F64F), (0x300, 0x36F), (0x0, 0x1F), (0x1100, 0x11FF), (0xAC00, 0xD7A3)]
             pieces.append("".join(chr(rng.randint(*rng.choice(blocks))) for _ in range(rng.randint(1, 20))))
         elif kind == 2:
             pieces.append(rng.choice([" ", "  ", "\n", "\n\n", "\t", "\r\n", " \n ", "   \n\n  "]))
@@ -57,20 +60,28 @@ def split_then_byte_level(spec, pattern=LLAMA3_PATTERN):  # Llama 3's pre-tokeni
         {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
 
 
-@pytest.mark.parametrize("change", [None, split_then_byte_level], ids=["smollm2", "llama3-pre-tokenizer"])
+def qwen2_normalizer_and_pre_tokenizer(spec):
+    spec["normalizer"] = {"type": "NFC"}
+    split_then_byte_level(spec, QWEN2_PATTERN)
+
+
+@pytest.mark.parametrize("change", [None, split_then_byte_level, qwen2_normalizer_and_pre_tokenizer],
+                         ids=["smollm2", "llama3-pre-tokenizer", "qwen2-normalizer-and-pre-tokenizer"])
 def test_the_twin_gives_the_backend_ids_on_random_texts(smollm2_tokenizer, generator, change):
     tokenizer = smollm2_tokenizer if change is None else modified(smollm2_tokenizer, change)
     twin = TiktokenTwin.of(tokenizer)
     assert twin is not None
     rng, vocabulary = random.Random(generator.initial_seed()), list(tokenizer.get_vocab())
-    encoded = 0
+    encoded, not_nfc = 0, 0
     for _ in range(2000):
         text = random_text(rng, tokenizer, vocabulary)
         ids = twin.encode(text)
         if ids is not None:
             assert ids == backend_ids(tokenizer, text), text
             encoded += 1
-    assert encoded > 1000  # the texts the twin leaves to the backend are those with control characters
+        not_nfc += not unicodedata.is_normalized("NFC", text)
+    # the texts the twin leaves to the backend are those with control characters (and, under NFC, not in NFC)
+    assert encoded > 1000 and not_nfc > 100
 
 
 def test_the_twin_leaves_to_the_backend_exactly_the_characters_holding_a_byte_without_a_token(smollm2_tokenizer):
