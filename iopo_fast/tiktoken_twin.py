@@ -16,9 +16,9 @@ GPT-2-style one:
 `TiktokenTwin.of` checks those conditions on the tokenizer's own JSON, then encodes `PROBES` both ways,
 and returns None (the backend stays) if anything differs. A vocabulary may lack some bytes (SmolLM2 has
 no token for a few control characters): the backend drops them, tiktoken cannot, so texts holding them
-are left to the backend, as are texts not in NFC under an NFC normalizer. What no static check rules out (a word whose
-merges could reach one token two ways) `ChatEncoder` guards by re-encoding every `VERIFY_EVERY`-th
-conversation with the backend and raising `EncodingMismatch` on a difference.
+are left to the backend, as are texts not in NFC under an NFC normalizer. What no static check rules
+out (a word whose merges could reach one token two ways) `ChatEncoder` guards by re-encoding every
+`VERIFY_EVERY`-th conversation with the backend and raising `EncodingMismatch` on a difference.
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ class TiktokenTwin:
             return None
         spec = json.loads(backend.to_str())
         pattern, ranks = _pattern(spec), _mergeable_ranks(spec)
-        added = spec.get("added_tokens") or []
-        if (pattern is None or ranks is None or spec.get("normalizer") not in (None, NFC)
+        added, normalizer = spec.get("added_tokens") or [], spec.get("normalizer")
+        if (pattern is None or ranks is None or normalizer not in (None, NFC)
                 or spec.get("truncation") is not None or spec.get("padding") is not None
                 or any(token["lstrip"] or token["rstrip"] or token["single_word"] for token in added)
                 or _overlapping(added)):
@@ -75,7 +75,7 @@ class TiktokenTwin:
         missing = {byte for byte in range(256) if bytes([byte]) not in ranks}
         if any(0x80 <= byte < 0xC0 for byte in missing):  # a continuation byte: in too many characters
             return None
-        nfc = spec.get("normalizer") == NFC
+        nfc = normalizer == NFC
         probes = [*PROBES, "".join(token["content"] + " a" for token in added)]
         try:
             twin = cls(tiktoken.Encoding(f"{tokenizer.name_or_path}-twin", pat_str=pattern, mergeable_ranks=ranks,

@@ -98,7 +98,8 @@ def test_the_twin_leaves_to_the_backend_exactly_the_characters_holding_a_byte_wi
         holds_missing = not missing.isdisjoint(character.encode())
         assert holds_missing == (twin.encode(character) is None), hex(code_point)
     # and the backend drops such a byte
-    assert backend_ids(smollm2_tokenizer, "a\x04b") == backend_ids(smollm2_tokenizer, "a") + backend_ids(smollm2_tokenizer, "b")
+    assert backend_ids(smollm2_tokenizer, "a\x04b") == [*backend_ids(smollm2_tokenizer, "a"),
+                                                        *backend_ids(smollm2_tokenizer, "b")]
 
 
 def test_a_whitespace_run_too_long_for_tiktokens_regex_engine_is_left_to_the_backend(smollm2_tokenizer):
