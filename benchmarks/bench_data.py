@@ -4,9 +4,9 @@ It writes --records synthetic IOPO records with TRACE's shape (an instruction of
 4-5 constraints, x2 with one constraint changed, responses of 150-300 words; deterministic from
 --seed) to a JSON Lines file, then measures with the embedded SmolLM2 tokenizer and its chat template:
 
-  - `iopo_fast.data.load_examples`, the one-process loader, on the first --baseline-records records
+  - `iopo_fast.data.records.load_examples`, the one-process loader, on the first --baseline-records records
     (its rate, records per second);
-  - `iopo_fast.prepared_data.prepared_examples` into an empty cache, with --workers processes (the
+  - `iopo_fast.data.prepared.prepared_examples` into an empty cache, with --workers processes (the
     first start);
   - the same call again, reading the cache (every later start and resume), and a pass over every
     example it returns;
@@ -37,9 +37,9 @@ from pathlib import Path
 
 from _results import cpu_name, versions
 
-from iopo_fast.data import ChatEncoder, load_examples
-from iopo_fast.model import DEFAULT_MODEL, load_tokenizer
-from iopo_fast.prepared_data import prepared_examples
+from iopo_fast.data.records import ChatEncoder, load_examples
+from iopo_fast.model.loading import DEFAULT_MODEL, load_tokenizer
+from iopo_fast.data.prepared import prepared_examples
 
 WORDS = ("water light river stone garden market music window paper story city forest engine cloud field "
          "bridge signal planet letter memory winter season harbor valley mirror candle theory method").split()

@@ -5,7 +5,7 @@ logp[t] = log_softmax(h W^T)[t, y_t], the four sequence sums of every example, t
 reference scores, beta 0.1) and its gradient back to h and W. T tokens form examples of four
 sequences of --sequence-tokens each. Methods:
   - iopo-fast's two-pass Triton kernels (`fused_logprobs`, 8 T D V FLOPs) and their chunked PyTorch twin,
-  - iopo-fast's example chunks (`example_chunked_loss`: the loss fused in, gradients formed in the
+  - iopo-fast's example chunks (`example_chunks_loss`: the loss fused in, gradients formed in the
     forward, 6 T D V FLOPs), Triton passes and PyTorch twin,
   - the full-logits path (h @ W.T in bf16 -> float -> log_softmax -> gather),
   - Liger-Kernel's fused linear cross entropy and fused scaled cross entropy (per-token loss = -logp),
@@ -42,9 +42,9 @@ import torch
 from _results import RESULTS_DIR, device_slug, versions
 
 from iopo_fast import iopo_loss
-from iopo_fast.kernels import example_chunked_loss, fused_logprobs, resolve_impl
-from iopo_fast.scores import sequence_sums
-from iopo_fast.monitor import device_peak_flops
+from iopo_fast.kernels import example_chunks_loss, fused_logprobs, resolve_impl
+from iopo_fast.kernels.scores import sequence_sums
+from iopo_fast.training.monitor import device_peak_flops
 
 # Timed runs per method and shape: up to --repeats, but only MIN_REPEATS once TIME_BUDGET_MS is spent
 # (the chunked twin takes seconds per run at the largest shapes).
@@ -91,7 +91,7 @@ def through_loss(name: str, logprobs: Callable[[torch.Tensor, torch.Tensor, torc
 
 def example_chunks(impl: str, max_chunk_logits: int | None) -> LossMethod:
     def loss(hidden, weight, targets, examples: Examples):
-        return example_chunked_loss(hidden, weight, targets, examples.segment_ids, examples.num_examples, 4,
+        return example_chunks_loss(hidden, weight, targets, examples.segment_ids, examples.num_examples, 4,
                                     examples.losses, impl=impl, max_chunk_logits=max_chunk_logits)
 
     return loss

@@ -25,17 +25,17 @@ when it loads a model), DeepSpeed's bf16 optimizer for iopo-fast. --zero-stage a
 
 Steps run in the loop each system comes with: `Trainer.train` for TRL, timed by a callback from the
 start to the end of each optimizer step (Trainer collates a step's batches before it starts), and
-iopo-fast's own `build` and `train_step` (`iopo_fast.trainer`), timed around the step (packing
+iopo-fast's own `build` and `train_step` (`iopo_fast.training.loop`), timed around the step (packing
 included). On GPU every system runs in a fresh process, so that no kernel patch or allocator state
 leaks from one to the next (on CPU only with --fresh-processes: the smoke run keeps them in one
 process, for speed).
 
 Columns: useful tokens per second (the tokens of the four unpacked sequences of every example a step
-processes, `iopo_fast.packing.unpacked_length`, the same numerator for every system; the median over
+processes, `iopo_fast.data.examples.unpacked_length`, the same numerator for every system; the median over
 the timed steps after the warm-up steps), seconds per step and milliseconds per example (medians),
 peak memory (`torch.cuda.max_memory_allocated` on GPU; on CPU the peak resident set of the system's
 process), the throughput ratio to systems 1 and 2, and the model-FLOP utilisation (GPU only):
-`iopo_fast.monitor.step_flops` of the tokens each system's models actually process (the unpacked
+`iopo_fast.training.monitor.step_flops` of the tokens each system's models actually process (the unpacked
 sequences for systems 1-3, the packed stream for 4 and 5, each scored once more by the reference,
 live or precomputed), the same count the training loop reports. A precomputed reference is part of
 the step: the time of scoring all examples once is spread over the steps, by examples.
@@ -103,11 +103,11 @@ from iopo_fast import DPOExample, IOPOExample, PreferenceModel, pack_examples, p
 from iopo_fast.compat import attention_implementation, check_trl_precompute_ref_logps
 from iopo_fast.config import TrainConfig
 from iopo_fast.distributed import init_distributed
-from iopo_fast.monitor import device_peak_flops, peak_host_memory_gib, peak_memory_gib, step_flops
-from iopo_fast.packing import packed_length, unpacked_length
-from iopo_fast.preference_model import ALGORITHMS
-from iopo_fast.scores import sequence_sums
-from iopo_fast.trainer import build, train_step
+from iopo_fast.training.monitor import device_peak_flops, peak_host_memory_gib, peak_memory_gib, step_flops
+from iopo_fast.data.examples import packed_length, unpacked_length
+from iopo_fast.model.preference_model import ALGORITHMS
+from iopo_fast.kernels.scores import sequence_sums
+from iopo_fast.training.loop import build, train_step
 
 SYSTEMS = {
     1: "TRL DPOTrainer, defaults",
@@ -431,7 +431,7 @@ def captured_warnings():
 
 
 def run_iopo_fast(job: Job, examples, device: torch.device) -> Run:
-    """Systems 3 to 5 through `iopo_fast.trainer.build` and `train_step`, as `iopo-fast train` runs them."""
+    """Systems 3 to 5 through `iopo_fast.training.loop.build` and `train_step`, as `iopo-fast train` runs them."""
     original, dpo = job.system == 3, job.system == 5
     train_examples = dpo_pairs(examples) if dpo else examples
     total_steps = job.warmup + job.steps
@@ -456,8 +456,7 @@ def run_iopo_fast(job: Job, examples, device: torch.device) -> Run:
         run = build(config, examples=(train_examples, []),
                     make_model=lambda name: random_model(job.model, training_dtype(device), device, job.seed),
                     layout=pad_examples if original else pack_examples,
-                    preference_model=OriginalComputation if original else PreferenceModel)
-        run.order = InOrder()
+                    preference_model=OriginalComputation if original else PreferenceModel, order=InOrder())
         step_seconds = []
         for step in range(1, total_steps + 1):
             start = synchronized_clock(device)
@@ -743,7 +742,7 @@ def main() -> None:
         f"{' with optimizer offload' if args.offload_optimizer else ''}; seed {args.seed}; iopo-fast log-prob "
         f"algorithm {args.logprob_algorithm}",
         "- useful tokens: the four unpacked sequences of every example; a precomputed reference's time is spread "
-        "over the steps; MFU: `iopo_fast.monitor.step_flops` of the tokens each system's models process",
+        "over the steps; MFU: `iopo_fast.training.monitor.step_flops` of the tokens each system's models process",
     ]
     print("\n".join(header), flush=True)
     table, record = list(TABLE_HEADER), {"device": device_name, "versions": versions(), "command": command,

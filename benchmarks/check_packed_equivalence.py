@@ -4,8 +4,8 @@ For random Llama (GQA, untied head) and Qwen2 (attention biases, tied head) mode
 of mixed lengths, it computes the sequence scores s [B, 4] and the gradients of every parameter of
 sum(w * s) (random w) three ways:
 
-  - exact: `iopo_fast.reference` (each sequence alone, full logits) on a float64 copy of the model;
-  - naive: the same reference path in the training dtype (bf16 on GPU, fp32 on CPU), what the
+  - exact: `iopo_fast.model.naive` (each sequence alone, full logits) on a float64 copy of the model;
+  - naive: the same naive path in the training dtype (bf16 on GPU, fp32 on CPU), what the
     original implementation computes;
   - packed: `PreferenceModel(model, attention_backend=...)(pack_examples(...)).scores` in the training
     dtype, once per attention backend that runs here (flash_attn, torch_varlen, reference).
@@ -32,8 +32,9 @@ import torch
 from _results import RESULTS_DIR, device_slug, versions
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from iopo_fast import IOPOExample, PreferenceModel, pack_examples, reference
-from iopo_fast.attention import BACKENDS, resolve_backend
+from iopo_fast import IOPOExample, PreferenceModel, pack_examples
+from iopo_fast.model import naive
+from iopo_fast.model.attention import BACKENDS, resolve_backend
 
 MODELS = {
     "llama (GQA, untied)": (LlamaForCausalLM, LlamaConfig, dict(tie_word_embeddings=False)),
@@ -76,9 +77,9 @@ def check_model(name: str, examples, weights, dtype: torch.dtype, device: torch.
     torch.manual_seed(seed)
     model = model_class(config_class(**SHAPE, **settings)).to(device)
     exact_model = copy.deepcopy(model).double()
-    exact = scores_and_gradients(exact_model, lambda: reference.sequence_logps(exact_model, examples), weights)
+    exact = scores_and_gradients(exact_model, lambda: naive.sequence_logps(exact_model, examples), weights)
     model = model.to(dtype)
-    naive_errors = errors(scores_and_gradients(model, lambda: reference.sequence_logps(model, examples), weights),
+    naive_errors = errors(scores_and_gradients(model, lambda: naive.sequence_logps(model, examples), weights),
                           exact)
     rows, passed = [[name, "naive (four sequences)", *naive_errors, "baseline"]], True
     batch = pack_examples(examples).to(device)

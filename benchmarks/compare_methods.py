@@ -45,12 +45,12 @@ from pathlib import Path
 
 from _results import RESULTS_DIR, device_slug, versions
 
-from iopo_fast.checkpoint import write_atomically
+from iopo_fast.utils import write_atomically
 from iopo_fast.config import TrainConfig
-from iopo_fast.evaluation.generation import GenerationSettings, TransformersGenerator
+from iopo_fast.endpoints.generation import GenerationSettings, TransformersGenerator
 from iopo_fast.evaluation.run import evaluate_model
-from iopo_fast.model import DEFAULT_MODEL
-from iopo_fast.trainer import train
+from iopo_fast.model.loading import DEFAULT_MODEL
+from iopo_fast.training.loop import train
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
 METHODS = ("sft", "dpo", "iopo", "dpo-tokens")

@@ -38,7 +38,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from iopo_fast.preference_model import ALGORITHMS
+from iopo_fast.model.preference_model import ALGORITHMS
 
 MODEL = "llama-3.1-8b"
 # Host bytes per parameter under ZeRO-3 optimizer offload: fp32 master weight, Adam's exp_avg and

@@ -25,8 +25,8 @@ for stage in "${@:-tests equivalence logprob}"; do
     for name in $stage; do
         echo "== $name"
         case $name in
-            tests) python3 -m pytest -q -rs -p no:cacheprovider tests/test_kernels.py tests/test_attention.py \
-                       tests/test_preference_model.py 2>&1 | tee "benchmarks/results/gpu-tests-$slug.txt" ;;
+            tests) python3 -m pytest -q -rs -p no:cacheprovider tests/kernels/test_kernels.py tests/model/test_attention.py \
+                       tests/model/test_preference_model.py 2>&1 | tee "benchmarks/results/gpu-tests-$slug.txt" ;;
             equivalence) python3 benchmarks/check_packed_equivalence.py ;;
             # Example chunks of 2^26, 2^28 (the default) and 2^30 logits.
             logprob) python3 benchmarks/bench_logprob.py --chunk-logits 67108864 268435456 1073741824 ;;

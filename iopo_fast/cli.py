@@ -7,15 +7,15 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config, options_markdown
-from .data import DataError
+from .data.records import DataError
+from .endpoints.client import EndpointError, EndpointSettings
+from .endpoints.generation import BACKENDS, GenerationSettings, generator_class
+from .endpoints.local_chat import LocalModel
 from .evaluation.benchmarks import BenchmarkError
-from .endpoint import EndpointError, EndpointSettings
-from .evaluation.generation import BACKENDS, GenerationSettings, generator_class
 from .evaluation.judge import Judge, JudgeError, load_judge_prompt
 from .evaluation.offline_resources import MissingEvaluationPackage
 from .evaluation.run import EvaluationError, evaluate_model
-from .local_chat import LocalModel
-from .model import ModelError
+from .model.loading import ModelError
 
 EVALUATION_ERRORS = (BenchmarkError, EndpointError, EvaluationError, JudgeError, MissingEvaluationPackage)
 
@@ -75,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         if overrides:
             parser.error(f"unrecognized arguments: {' '.join(overrides)}")
         return _evaluate(args) if args.command == "eval" else _build_pairs(args)
-    from .checkpoint import CheckpointError
-    from .trainer import NonFiniteLossError, train  # imported here: it pulls in torch and DeepSpeed
+    from .training.checkpoint import CheckpointError
+    from .training.engine import NonFiniteLossError
+    from .training.loop import train  # imported here: it pulls in torch and DeepSpeed
 
     try:
         train(load_config(args.config, overrides))

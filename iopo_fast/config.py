@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 
-from .data import LOSS_MODES
-from .loss import LOSS_TYPES
-from .model import DEFAULT_MODEL
+from .data.records import LOSS_MODES
+from .loss import LOSS_TYPES, OBJECTIVES, PreferenceLoss, SFTLoss
+from .model.loading import DEFAULT_MODEL
+from .utils import first_line
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 
@@ -112,6 +115,31 @@ class TrainConfig:
         """`reference`, or none with the SFT loss, which has no reference model."""
         return "none" if self.loss == "sft" else self.reference
 
+    @property
+    def model_dtype(self) -> torch.dtype:
+        """The dtype the models are loaded and trained in."""
+        return torch.bfloat16 if self.bf16 else torch.float32
+
+    def preference_loss(self) -> PreferenceLoss | SFTLoss:
+        """The objective of `loss` with its hyper-parameters."""
+        if self.loss == "sft":
+            return SFTLoss()
+        return PreferenceLoss(OBJECTIVES[self.loss], beta=self.pref_beta, loss_type=self.pref_loss,
+                              label_smoothing=self.label_smoothing, ftx=self.pref_ftx)
+
+    def total_steps(self, num_examples: int, examples_per_step: int) -> int:
+        """`max_steps`, or the steps of `num_train_epochs` passes over `num_examples`."""
+        if self.max_steps > 0:
+            return self.max_steps
+        return math.ceil(self.num_train_epochs * math.ceil(num_examples / examples_per_step))
+
+    def lora_settings(self) -> dict | None:
+        """`apply_lora`'s keywords with `finetuning_type: lora`, else None."""
+        if self.finetuning_type != "lora":
+            return None
+        return {"rank": self.lora_rank, "alpha": self.lora_alpha, "dropout": self.lora_dropout,
+                "target": self.lora_target}
+
     def benchmark_list(self) -> list[str]:
         """`eval_benchmarks` as a list; empty without it."""
         from .evaluation.benchmarks import BenchmarkError, parse_benchmark
@@ -167,6 +195,10 @@ class TrainConfig:
             raise ConfigError(f"warmup_ratio: must be in [0, 1], got {self.warmup_ratio}")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ConfigError("set max_steps or num_train_epochs to a positive value")
+        output_dir = Path(self.output_dir).absolute()
+        existing = next(path for path in (output_dir, *output_dir.parents) if path.exists())
+        if not existing.is_dir():
+            raise ConfigError(f"output_dir: {existing} is a file, not a folder")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
@@ -179,7 +211,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: invalid YAML: {str(error).splitlines()[0]}") from None
+            raise ConfigError(f"{path}: invalid YAML: {first_line(error)}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a config file must be a mapping of keys to values")
         values.update((_check_key(key, path), value) for key, value in loaded.items())

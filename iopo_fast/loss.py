@@ -1,12 +1,13 @@
 """The group Bradley-Terry loss of IOPO and, with the same conventions, DPO (DESIGN.md, "The IOPO objective"),
 and the SFT baseline's negative log-likelihood.
 
-An `Objective` says, once, what the roles of a loss mode mean: their names in role order, each role's
-sign in the margin z, which roles hold the preferred responses (the SFT term's), and the accuracies
-reported. `PreferenceLoss` turns per-sequence scores `s_k` in that role order (`[B, num_roles]`) into
-per-example losses `[B]` and per-example metrics `[B]` (detached, the loss among them), which the
-caller averages over whatever it aggregates: micro-batches, accumulation steps, ranks. `SFTLoss` does the
-same for the SFT baseline, whose examples hold one role: a preferred response given its own instruction.
+An `Objective` says, once, what the roles of a loss mode mean: their names in role order, the (prompt,
+response) sequence of each, each role's sign in the margin z, which roles hold the preferred responses
+(the SFT term's), and the accuracies reported. `PreferenceLoss` turns per-sequence scores `s_k` in that
+role order (`[B, num_roles]`) into per-example losses `[B]` and per-example metrics `[B]` (detached, the
+loss among them), which the caller averages over whatever it aggregates: micro-batches, accumulation
+steps, ranks. `SFTLoss` does the same for the SFT baseline, whose examples hold one role: a preferred
+response given its own instruction.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ class Objective:
 
     name: str
     roles: tuple[str, ...]  # role names, in role order
+    # Each role's sequence: (prompt, response) as indices into an example's prompts and responses.
+    pairs: tuple[tuple[int, int], ...]
     signs: tuple[float, ...]  # each role's sign in z: z = sum_k signs[k] * d_k
     preferred: tuple[int, ...]  # roles whose response follows its own instruction: the SFT term's
     accuracy: str | None  # the metric [z > 0]; None without a preference (SFT)
@@ -38,15 +41,17 @@ class Objective:
 # z = d_0 + d_2 - d_1 - d_3: the group {(x1,y1), (x2,y2)} against {(x1,y2), (x2,y1)}. Output preference:
 # each instruction prefers its own response; input preference: each response prefers its own instruction.
 IOPO = Objective(
-    name="iopo", roles=("chosen_v1", "rejected_v1", "chosen_v2", "rejected_v2"), signs=(1.0, -1.0, 1.0, -1.0),
-    preferred=(0, 2), accuracy="accuracies/group",
+    name="iopo", roles=("chosen_v1", "rejected_v1", "chosen_v2", "rejected_v2"),
+    pairs=((0, 0), (0, 1), (1, 1), (1, 0)),  # (x1, y1), (x1, y2), (x2, y2), (x2, y1)
+    signs=(1.0, -1.0, 1.0, -1.0), preferred=(0, 2), accuracy="accuracies/group",
     comparisons={"accuracies/output_v1": (0, 1), "accuracies/output_v2": (2, 3),
                  "accuracies/input_y1": (0, 3), "accuracies/input_y2": (2, 1)},
 )
 # z = d_w - d_l.
-DPO = Objective(name="dpo", roles=("chosen", "rejected"), signs=(1.0, -1.0), preferred=(0,), accuracy="accuracies/pair")
+DPO = Objective(name="dpo", roles=("chosen", "rejected"), pairs=((0, 0), (0, 1)), signs=(1.0, -1.0), preferred=(0,),
+                accuracy="accuracies/pair")
 # No preference: the response that follows its own instruction, (x1, y1) or (x2, y2), or (x, y_w).
-SFT = Objective(name="sft", roles=("response",), signs=(1.0,), preferred=(0,), accuracy=None)
+SFT = Objective(name="sft", roles=("response",), pairs=((0, 0),), signs=(1.0,), preferred=(0,), accuracy=None)
 OBJECTIVES = {objective.name: objective for objective in (IOPO, DPO, SFT)}
 
 

@@ -20,7 +20,7 @@ from transformers import (
 
 from iopo_fast import DPOExample, IOPOExample, SFTExample
 from iopo_fast.distributed import free_port
-from iopo_fast.model import DEFAULT_MODEL, resolve_model_path
+from iopo_fast.model.loading import DEFAULT_MODEL, resolve_model_path
 
 torch.set_num_threads(2)
 
@@ -120,9 +120,30 @@ def generator() -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+@pytest.fixture(autouse=True)
+def release_deepspeed_engines(monkeypatch):
+    """Destroys every DeepSpeed engine a test builds in this process once it is over, as `train` does: ZeRO-3
+    reserves gigabytes of address space per engine, and a process that holds many can no longer fork (the
+    data preparation's workers do)."""
+    import deepspeed
+
+    engines = []
+    initialize = deepspeed.initialize
+
+    def recorded(*args, **kwargs):
+        built = initialize(*args, **kwargs)
+        engines.append(built[0])
+        return built
+
+    monkeypatch.setattr(deepspeed, "initialize", recorded)
+    yield
+    for engine in engines:
+        engine.destroy()
+
+
 @pytest.fixture(scope="session")
 def smollm2_tokenizer():
-    from iopo_fast.model import DEFAULT_MODEL, load_tokenizer
+    from iopo_fast.model.loading import DEFAULT_MODEL, load_tokenizer
 
     return load_tokenizer(DEFAULT_MODEL)
 
@@ -185,3 +206,41 @@ def chat_server(tmp_path_factory):
 
 def completions_served(log: Path) -> int:
     return log.read_text().count("POST /v1/chat/completions")
+
+
+def write_lines(path: Path, records: list) -> Path:
+    """A JSON-lines file of `records`; a string is written as it is (a line that is not JSON, say)."""
+    path.write_text("".join((record if isinstance(record, str) else json.dumps(record, ensure_ascii=False)) + "\n"
+                            for record in records))
+    return path
+
+
+def completion(content: str | None):
+    """A chat completion of `content`, as an OpenAI-compatible server answers."""
+    import httpx2
+
+    return httpx2.Response(200, json={"id": "1", "object": "chat.completion", "created": 0, "model": "judge", "choices": [
+        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]})
+
+
+def scripted_endpoint(monkeypatch, answer) -> list[str]:
+    """The endpoint's answers given in process by `answer(user message) -> httpx2.Response`, for the statuses
+    and malformed answers a real local server does not give; returns the messages it was sent."""
+    import httpx2
+    import openai
+
+    from iopo_fast.endpoints import client as endpoint_client
+
+    sent = []
+
+    def handle(request):
+        sent.append(json.loads(request.content)["messages"][0]["content"])
+        return answer(sent[-1])
+
+    def client(settings):
+        transport = httpx2.MockTransport(handle)
+        return openai.AsyncOpenAI(base_url=settings.url, api_key="key", max_retries=0,
+                                  http_client=openai.DefaultAsyncHttpx2Client(transport=transport))
+
+    monkeypatch.setattr(endpoint_client, "_client", client)
+    return sent

@@ -14,7 +14,7 @@ from deepspeed.utils import safe_get_full_fp32_param
 from iopo_fast import compat
 from iopo_fast.config import TrainConfig
 from iopo_fast.distributed import init_distributed
-from iopo_fast.engine import build_engine, deepspeed_config
+from iopo_fast.training.engine import build_engine, deepspeed_config
 
 
 def test_attention_implementation_reads_the_config():

@@ -51,9 +51,11 @@ def test_unknown_override_names_the_nearest_key():
     ("model_name_or_path: {tmp}/no-model\n", [], "no-model: no such model directory"),
     ("max_steps: 1\n", ["--warmup_ratio=2"], "warmup_ratio: must be in [0, 1], got 2.0"),
     ("attention_backend: flash_attn\n", [], "attention backend 'flash_attn' cannot run: it needs a CUDA device"),
+    ("max_steps: 1\n", ["--output_dir={tmp}/c.yaml"], "output_dir: {tmp}/c.yaml is a file, not a folder"),
 ])
 def test_cli_errors_are_one_line_without_a_traceback(tmp_path, capsys, config_text, extra, message):
     path = tmp_path / "c.yaml"
+    extra, message = [argument.format(tmp=tmp_path) for argument in extra], message.format(tmp=tmp_path)
     if config_text is not None:
         path.write_text(config_text.format(tmp=tmp_path) + f"output_dir: {tmp_path}/out\n")
     assert main(["train", str(path), *extra]) == 2

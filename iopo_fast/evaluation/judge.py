@@ -17,7 +17,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..endpoint import CachedChat, EndpointSettings, check_reachable
+from ..endpoints.client import CachedChat, EndpointSettings, check_reachable
 from .checks import FAILED, MET
 
 UNJUDGED = "unjudged"

@@ -20,13 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..model import cache_dir
+from ..utils import cache_dir, publish, staged_folder
 
 PUNKT_FILES = ("abbrev_types.txt", "sent_starters.txt", "collocations.tab", "ortho_context.tab")
 
@@ -61,16 +58,10 @@ def write_punkt_tab(root: Path) -> Path:
         "collocations.tab": [f"{first}\t{second}" for first, second in sorted(parameters.collocations)],
         "ortho_context.tab": [f"{word}\t{flags}" for word, flags in sorted(dict(parameters.ortho_context).items())],
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".english-", dir=target.parent))
-    try:
+    with staged_folder(target) as staging:
         for name, lines in contents.items():
             (staging / name).write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-        if not _complete(target):  # another process may have finished first
-            shutil.rmtree(target, ignore_errors=True)  # a folder left incomplete by hand or by another tool
-            os.rename(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        publish(staging, target, _complete)
     return target
 
 

@@ -8,8 +8,8 @@ For each benchmark, in `output_dir/<benchmark>/`:
 - `generation.json`: the model (with a fingerprint of its files), the backend, the generation settings
   and the benchmark; responses written under other settings, another backend or another model are
   never mixed in.
-- `judge-cache.jsonl`, for constraints in words: the LLM judge's answers by request (`endpoint`), so an
-  interrupted judging resumes and a rerun asks nothing again.
+- `judge-cache.jsonl`, for constraints in words: the LLM judge's answers by request
+  (`iopo_fast.endpoints.client`), so an interrupted judging resumes and a rerun asks nothing again.
 - `summary.json`: accuracies in both modes (`report.summarize`), and the judge's settings if one was asked.
 """
 
@@ -23,9 +23,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..checkpoint import write_atomically
+from ..endpoints.generation import GenerationSettings, generator_class
+from ..utils import write_atomically
 from .benchmarks import EvalItem, benchmark_name, load_benchmark
-from .generation import GenerationSettings, generator_class
 from .judge import Judge, Judgment
 from .report import format_table, summarize
 

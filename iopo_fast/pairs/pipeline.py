@@ -39,13 +39,13 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..checkpoint import write_atomically
-from ..endpoint import AnswerCache, CachedRequests, Chat, EndpointError, EndpointSettings
+from ..data.sources import DataError, check_source, read_records, resolve_source
+from ..endpoints.append_log import AppendLog, complete_lines
+from ..endpoints.client import AnswerCache, CachedRequests, Chat, EndpointError, EndpointSettings
+from ..endpoints.local_chat import LocalChat, LocalModel
 from ..evaluation.checks import FAILED, MET
 from ..evaluation.judge import fill, parse_verdict
-from ..jsonl import AppendLog, complete_lines
-from ..local_chat import LocalChat, LocalModel
-from ..sources import DataError, check_source, read_records, resolve_source
+from ..utils import write_atomically
 from .changes import Change, rule_changes, rule_response
 from .prompts import PROMPTS
 from .records import RecordError, Requirement, Task, read_task

@@ -1,6 +1,6 @@
 """The input of `build-pairs`: instructions with their constraints, and a response to each when there is one.
 
-Records come from any source the trainer reads (`sources`: JSON Lines, a JSON array, Parquet, a folder,
+Records come from any source the trainer reads (`iopo_fast.data.sources`: JSON Lines, a JSON array, Parquet, a folder,
 a saved or Hub `datasets` data set, a `dataset_info.json` entry), in any of these shapes:
 
 - `{"prompt" | "instruction": ..., "input": ... (appended, Alpaca), "response" | "output" | "chosen": ...}`;

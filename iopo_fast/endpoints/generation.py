@@ -1,0 +1,158 @@
+"""Responses of a causal LM to evaluation prompts, rendered by the model's chat template.
+
+Two backends take the same prompt tokens and sampling settings:
+
+- `TransformersGenerator`: batched `generate` with left padding, on any device;
+- `VLLMGenerator`: vLLM's offline engine (`LLM.generate`), when vLLM is installed and a GPU is present.
+
+The model is a Hugging Face causal-LM directory, a run's exported `model/` (full weights, or LoRA
+adapters, recognised by their `adapter_config.json`), a hub id, or the embedded default model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..model.loading import ModelError, load_model, load_tokenizer, resolve_model_path
+from ..utils import first_line
+
+BACKENDS = ("auto", "transformers", "vllm")
+VLLM_BATCH = 512  # prompts per vLLM call: vLLM schedules them itself; responses reach the disk after each call
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How responses are sampled; greedy when `temperature` is 0."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 8
+
+    def __post_init__(self):
+        if self.max_new_tokens <= 0 or self.batch_size <= 0:
+            raise ValueError(f"max_new_tokens and batch_size must be positive, got {self.max_new_tokens}, {self.batch_size}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"temperature must be >= 0 and top_p in (0, 1], got {self.temperature}, {self.top_p}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class TransformersGenerator:
+    """Batched greedy or sampled generation with transformers, prompts rendered by the model's chat template."""
+
+    backend = "transformers"
+
+    def __init__(self, model_path: str, settings: GenerationSettings, device: torch.device | None = None):
+        self.settings = settings
+        self.batch_size = settings.batch_size
+        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.tokenizer = _chat_tokenizer(model_path)
+        self.model = _load_causal_lm(model_path, dtype).to(self.device).eval()
+        torch.manual_seed(settings.seed)
+
+    def __call__(self, prompts: list[str | list[dict]]) -> list[str]:
+        """One response per prompt (a user message, or a chat's messages): the generated text without special
+        tokens and surrounding whitespace."""
+        texts = [_chat_text(self.tokenizer, prompt) for prompt in prompts]
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        sampling = (dict(do_sample=True, temperature=self.settings.temperature, top_p=self.settings.top_p)
+                    if self.settings.temperature > 0 else dict(do_sample=False, temperature=None, top_p=None, top_k=None))
+        with torch.inference_mode():
+            output = self.model.generate(**batch, max_new_tokens=self.settings.max_new_tokens,
+                                         pad_token_id=self.tokenizer.pad_token_id, **sampling)
+        new_tokens = output[:, batch["input_ids"].shape[1]:]
+        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+class VLLMGenerator:
+    """vLLM's offline engine on the prompt tokens `TransformersGenerator` generates from (rendered and
+    tokenized here, so that vLLM adds no second BOS), with the same sampling settings."""
+
+    backend = "vllm"
+
+    def __init__(self, model_path: str, settings: GenerationSettings):
+        from vllm import LLM, SamplingParams
+
+        self.batch_size = max(settings.batch_size, VLLM_BATCH)
+        self.tokenizer = _chat_tokenizer(model_path)
+        with _model_directory(model_path) as directory:  # vLLM reads the weights while the engine starts
+            self.engine = LLM(model=directory, dtype="bfloat16", seed=settings.seed)  # as transformers on a GPU
+        # temperature 0 is greedy in vLLM; top_p is then ignored, as it is by `generate`.
+        self.sampling = SamplingParams(temperature=settings.temperature, top_p=settings.top_p,
+                                       max_tokens=settings.max_new_tokens, seed=settings.seed, skip_special_tokens=True)
+
+    def __call__(self, prompts: list[str | list[dict]]) -> list[str]:
+        token_ids = self.tokenizer([_chat_text(self.tokenizer, prompt) for prompt in prompts],
+                                   add_special_tokens=False)["input_ids"]
+        requests = [{"prompt_token_ids": ids} for ids in token_ids]
+        outputs = self.engine.generate(requests, self.sampling, use_tqdm=False)
+        return [output.outputs[0].text.strip() for output in outputs]
+
+
+def generator_class(backend: str = "auto"):
+    """The generator of `backend`: `vllm`, `transformers`, or `auto` (vLLM when it is installed and a GPU is present)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    vllm_runs = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+    if backend == "vllm" and not vllm_runs:
+        raise ModelError("the vllm backend needs vLLM (pip install vllm) and a CUDA GPU; "
+                         "--backend transformers runs anywhere")
+    return VLLMGenerator if backend == "vllm" or (backend == "auto" and vllm_runs) else TransformersGenerator
+
+
+def _chat_tokenizer(model_path: str):
+    """The model's tokenizer, set up to render chat prompts and to pad on the left."""
+    path = Path(model_path).expanduser()
+    if path.is_dir() and not any((path / name).is_file() for name in ("config.json", "adapter_config.json")):
+        raise ModelError(f"{model_path}: not a model directory (no config.json)")
+    tokenizer = load_tokenizer(model_path)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelError(f"{model_path}: the tokenizer has no chat template to render prompts with")
+    tokenizer.padding_side = "left"  # generated tokens follow every prompt directly
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _chat_text(tokenizer, prompt: str | list[dict]) -> str:
+    """A user message, or a chat's messages, ready for the assistant's answer (special tokens included: it is
+    tokenized without adding any)."""
+    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@contextlib.contextmanager
+def _model_directory(model_path: str):
+    """A directory of full weights for `model_path`: itself, the default model's converted copy, or, for
+    LoRA adapters, their base model with the adapters merged, saved in a temporary directory."""
+    if not (Path(model_path).expanduser() / "adapter_config.json").is_file():
+        yield resolve_model_path(model_path)
+        return
+    with tempfile.TemporaryDirectory(prefix="iopo-fast-merged-") as directory:
+        # Merged in fp32, saved in bf16: the precision vLLM runs at, without bf16 rounding in the merge.
+        _load_causal_lm(model_path, torch.float32).to(torch.bfloat16).save_pretrained(directory)
+        load_tokenizer(model_path).save_pretrained(directory)
+        yield directory
+
+
+def _load_causal_lm(model_path: str, dtype: torch.dtype):
+    """A causal LM, or a base model with a run's LoRA adapters applied."""
+    path = Path(model_path).expanduser()
+    if (path / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+
+        try:
+            return AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype).merge_and_unload()
+        except (OSError, ValueError) as error:
+            raise ModelError(f"cannot load the LoRA model in {model_path}: {first_line(error)}") from None
+    return load_model(model_path, dtype)

@@ -1,0 +1,142 @@
+"""The DeepSpeed engine: ZeRO stages, two ranks, CPU offload and a user's DeepSpeed JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import fresh_process_env, logged, training_config
+
+from iopo_fast.config import ConfigError, TrainConfig
+from iopo_fast.distributed import free_port
+from iopo_fast.training.engine import deepspeed_config
+from iopo_fast.training.loop import train
+
+
+@pytest.fixture(scope="module")
+def zero0_run(tiny_model_dir, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("zero0")
+    train(training_config(tiny_model_dir, output_dir, max_tokens_per_micro_batch=400))
+    return output_dir
+
+
+@pytest.mark.parametrize("settings", [
+    {"zero_stage": 1}, {"zero_stage": 2}, {"zero_stage": 3}, {"zero_stage": 3, "reference": "precomputed"},
+    {"zero_stage": 3, "offload_optimizer": True, "offload_param": True},
+])
+def test_zero_stages_train_the_same(tiny_model_dir, tmp_path, zero0_run, settings):
+    """The same losses and gradient norms (taken by DeepSpeed under ZeRO, by the loop without it)."""
+    train(training_config(tiny_model_dir, tmp_path, max_tokens_per_micro_batch=400, **settings))
+    assert logged(tmp_path) == pytest.approx(logged(zero0_run), abs=2e-6)
+    assert logged(tmp_path, "grad_norm") == pytest.approx(logged(zero0_run, "grad_norm"), rel=1e-5)
+
+
+def test_bf16_without_zero_reports_the_norm_of_the_whole_steps_gradient(tiny_model_dir, tmp_path):
+    """Without ZeRO, DeepSpeed's bf16 optimizer (on GPU) accumulates the micro-batches (2 here) in its own
+    fp32 buffers, not in the parameters' gradients: the norm must be the one it takes."""
+    for stage in (0, 2):
+        train(training_config(tiny_model_dir, tmp_path / str(stage), bf16=True, zero_stage=stage, max_steps=1))
+    assert logged(tmp_path / "0", "grad_norm") == pytest.approx(logged(tmp_path / "2", "grad_norm"), rel=2e-2)
+
+
+def run_cli(launcher: list[str], settings: dict, path) -> None:
+    """`iopo-fast train` on `settings` (written to `path`), `launcher` running the module; fails with the
+    run's output."""
+    path.write_text(yaml.safe_dump(settings))
+    result = subprocess.run([*launcher, "iopo_fast.cli", "train", str(path)], capture_output=True, text=True,
+                            timeout=300, env=fresh_process_env())
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+
+
+def two_rank_settings(tiny_model_dir, output_dir, **overrides) -> dict:
+    """ZeRO-3 steps of 4 examples in token-budget micro-batches, as 2 ranks of 2 examples by default."""
+    settings = dict(max_tokens_per_micro_batch=400, zero_stage=3, gradient_accumulation_steps=1,
+                    per_device_train_batch_size=2, max_steps=4)
+    return training_config(tiny_model_dir, output_dir, **{**settings, **overrides}).__dict__
+
+
+@pytest.fixture(scope="module")
+def one_rank_run(tiny_model_dir, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("one-rank")
+    run_cli([sys.executable, "-m"], two_rank_settings(tiny_model_dir, output_dir, per_device_train_batch_size=4),
+            output_dir.parent / "one-rank.yaml")
+    return output_dir
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
+def test_two_ranks_with_zero3_match_one_rank_with_the_same_global_batch(tiny_model_dir, tmp_path, one_rank_run,
+                                                                         launcher):
+    """Two gloo ranks of 2 examples per micro-batch against one rank of 4, under either launcher."""
+    command = {
+        "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"],
+        # The deepspeed launcher passes --local_rank to the CLI, before its command.
+        "deepspeed": [str(Path(sys.executable).with_name("deepspeed")), "--num_accelerators=2",
+                      f"--master_port={free_port()}", "--module"],
+    }[launcher]
+    run_cli(command, two_rank_settings(tiny_model_dir, tmp_path / "two"), tmp_path / "two.yaml")
+
+    assert logged(tmp_path / "two") == pytest.approx(logged(one_rank_run), abs=1e-5)
+    # The gradient's norm before clipping: a wrong scale across ranks shows here (Adam would hide it).
+    assert logged(tmp_path / "two", "grad_norm") == pytest.approx(logged(one_rank_run, "grad_norm"), rel=1e-4)
+    for two, one in zip(logged(tmp_path / "two", "examples"), logged(one_rank_run, "examples")):
+        assert sorted(two) == sorted(one)
+
+
+def test_an_evaluation_failing_on_the_main_rank_stops_every_rank(tiny_model_dir, tmp_path):
+    """The main rank evaluates alone; when it fails, the other rank stops too instead of waiting for it."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"key": "q1", "prompt": "Say hi."}\n')  # no constraints: the evaluation refuses it
+    settings = two_rank_settings(tiny_model_dir, tmp_path / "two", eval_benchmarks=f"jsonl:{prompts}")
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(settings))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "iopo_fast.cli", "train", str(tmp_path / "two.yaml")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=fresh_process_env())
+    assert result.returncode != 0
+    assert f"iopo-fast: error: {prompts}:1: needs instruction_id_list" in result.stderr
+    assert "iopo-fast: error: the evaluation before training failed on the main rank" in result.stderr
+
+
+def test_a_deepspeed_json_gets_its_auto_values_and_the_loop_owns_the_batch_keys(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({
+        "zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}},
+        "optimizer": {"type": "AdamW", "params": {"lr": "auto", "weight_decay": "auto", "betas": [0.9, 0.95]}},
+        "bf16": {"enabled": "auto"}, "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
+        "scheduler": {"type": "WarmupLR"},
+    }))
+    config = TrainConfig(deepspeed=str(path), learning_rate=3e-5, weight_decay=0.1, bf16=True,
+                         per_device_train_batch_size=2, gradient_accumulation_steps=8)
+    ds_config = deepspeed_config(config, world_size=4)
+    assert ds_config["optimizer"]["params"] == {"lr": 3e-5, "weight_decay": 0.1, "betas": [0.9, 0.95]}
+    assert ds_config["bf16"] == {"enabled": True, "check_grad_overflow": True}
+    assert ds_config["gradient_accumulation_steps"] == 1 and ds_config["train_batch_size"] == 8
+    assert "scheduler" not in ds_config and ds_config["zero_optimization"]["stage"] == 3
+    assert ds_config["gradient_clipping"] == 1.0  # absent from the JSON: max_grad_norm
+
+
+@pytest.mark.parametrize("json_config, expected", [
+    ({"gradient_clipping": 0.3}, {"gradient_clipping": 0.3, "zero_optimization": {"stage": 0}}),
+    ({"gradient_clipping": "auto", "zero_optimization": {"stage": 2}},
+     {"gradient_clipping": 1.0, "zero_optimization": {"stage": 2}}),
+])
+def test_a_deepspeed_json_keeps_its_own_values(tmp_path, json_config, expected):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(json_config))
+    ds_config = deepspeed_config(TrainConfig(deepspeed=str(path)), world_size=1)
+    assert {key: ds_config[key] for key in expected} == expected
+
+
+@pytest.mark.parametrize("json_config, message", [
+    ({"bf16": {"enabled": True}}, "bf16.enabled is True, but bf16 is False"),
+    ({"fp16": {"enabled": True}}, "fp16 is not supported"),
+    ("{not json", "invalid JSON"),
+])
+def test_a_deepspeed_json_that_disagrees_is_a_config_error(tmp_path, json_config, message):
+    path = tmp_path / "ds.json"
+    path.write_text(json_config if isinstance(json_config, str) else json.dumps(json_config))
+    with pytest.raises(ConfigError, match=message):
+        deepspeed_config(TrainConfig(deepspeed=str(path)), world_size=1)
