@@ -25,7 +25,8 @@ for stage in "${@:-tests equivalence logprob}"; do
     for name in $stage; do
         echo "== $name"
         case $name in
-            tests) python3 -m pytest -q -rs -p no:cacheprovider tests/kernels/test_kernels.py tests/model/test_attention.py \
+            tests) python3 -m pytest -q -rs -p no:cacheprovider tests/kernels/test_kernels.py \
+                       tests/kernels/test_kernels_static.py tests/model/test_attention.py \
                        tests/model/test_preference_model.py 2>&1 | tee "benchmarks/results/gpu-tests-$slug.txt" ;;
             equivalence) python3 benchmarks/check_packed_equivalence.py ;;
             # Example chunks of 2^26, 2^28 (the default) and 2^30 logits.

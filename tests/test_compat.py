@@ -4,6 +4,7 @@ and the one-line error a missing private API gives."""
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 
 import pytest
@@ -14,6 +15,8 @@ from deepspeed.utils import safe_get_full_fp32_param
 from iopo_fast import compat
 from iopo_fast.config import TrainConfig
 from iopo_fast.distributed import init_distributed
+from iopo_fast.model.hf_attention import SUPPORTED_MODEL_TYPES
+from iopo_fast.model.loading import LIGER_KERNELS
 from iopo_fast.training.engine import build_engine, deepspeed_config
 
 
@@ -49,6 +52,16 @@ def test_apply_liger_to_instance_knows_llama_and_not_an_unknown_type():
                                           fused_linear_cross_entropy=False)
     model.config.model_type = "not-a-model"
     assert not compat.apply_liger_to_instance(model)
+
+
+@pytest.mark.parametrize("model_type", SUPPORTED_MODEL_TYPES)
+def test_liger_takes_every_kernel_setting_for_each_supported_family(model_type):
+    """Liger's instance patcher silently drops the settings its family's function does not name: each one
+    iopo-fast passes must be a parameter there (Liger's kernels run on CUDA only; this checks the call)."""
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+
+    parameters = inspect.signature(MODEL_TYPE_TO_APPLY_LIGER_FN[model_type]).parameters
+    assert set(LIGER_KERNELS) <= set(parameters), set(LIGER_KERNELS) - set(parameters)
 
 
 def test_zero3_full_state_dict_gathers_every_weight(generator):

