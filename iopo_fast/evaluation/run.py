@@ -15,7 +15,6 @@ For each benchmark, in `output_dir/<benchmark>/`:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..endpoints.generation import GenerationSettings, generator_class
+from ..model.loading import model_fingerprint
 from ..utils import write_atomically
 from .benchmarks import EvalItem, benchmark_name, load_benchmark
 from .judge import Judge, Judgment
@@ -113,16 +113,6 @@ def _judge(judge: Judge, items: list[EvalItem], responses: list[str], cache_path
              for constraint in item.judged]
     judgments = iter(judge.judge(cases, cache_path))
     return [[next(judgments) for _ in item.judged] for item in items]
-
-
-def model_fingerprint(model: str) -> str:
-    """A digest of a model directory's file names, sizes and modification times; the name for a hub id."""
-    path = Path(model).expanduser()
-    if not path.is_dir():
-        return model
-    files = {str(file.relative_to(path)): file.stat() for file in sorted(path.rglob("*")) if file.is_file()}
-    stats = [(name, stat.st_size, stat.st_mtime_ns) for name, stat in files.items()]
-    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
 
 
 def _responses_so_far(folder: Path, identity: dict, replace_stale: bool) -> dict[str, dict]:

@@ -7,7 +7,9 @@ cached as safetensors, so later runs load it like any Hugging Face checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 from pathlib import Path
 
 import torch
@@ -35,6 +37,16 @@ def resolve_model_path(name_or_path: str) -> str:
     if name_or_path.startswith(("/", ".", "~")) and not Path(name_or_path).expanduser().is_dir():
         raise ModelError(f"{name_or_path}: no such model directory")
     return name_or_path
+
+
+def model_fingerprint(model: str) -> str:
+    """A digest of a model directory's file names, sizes and modification times; the name for a hub id."""
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return model
+    files = {str(file.relative_to(path)): file.stat() for file in sorted(path.rglob("*")) if file.is_file()}
+    stats = [(name, stat.st_size, stat.st_mtime_ns) for name, stat in files.items()]
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
 
 
 def load_tokenizer(name_or_path: str):

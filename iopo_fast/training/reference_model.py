@@ -21,7 +21,7 @@ from ..config import TrainConfig
 from ..data.examples import Example
 from ..distributed import all_reduce, is_main, rank_batches
 from ..model.fast_paths import liger_runs, resolved_paths
-from ..model.loading import resolve_model_path
+from ..model.loading import model_fingerprint, resolve_model_path
 from ..model.packing import Batch, pack_examples
 from ..utils import replaced_atomically
 from .engine import partitions_parameters, reference_engine
@@ -78,13 +78,7 @@ def cache_path(output_dir: str | Path, model_path: str, examples: list[Example],
     """`<output_dir>/reference_logps/<key>.pt`, the key a digest of the model's files, the token ids and
     `settings`: everything else that changes the scores (dtype, attention backend, log-prob implementation,
     model kernels, LoRA)."""
-    digest = hashlib.sha256(model_path.encode())
-    model_dir = Path(model_path)
-    if model_dir.is_dir():
-        for file in sorted(model_dir.rglob("*")):
-            if file.is_file():
-                stat = file.stat()
-                digest.update(f"{file.relative_to(model_dir)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    digest = hashlib.sha256(f"{model_path}:{model_fingerprint(model_path)}".encode())
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for example in examples:
         digest.update(repr(example).encode())
