@@ -16,12 +16,12 @@ For each benchmark, in `output_dir/<benchmark>/`:
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..endpoints.append_log import AppendLog, complete_lines
 from ..endpoints.generation import GenerationSettings, generator_class
 from ..model.loading import model_fingerprint
 from ..utils import write_atomically
@@ -30,6 +30,7 @@ from .judge import Judge, Judgment
 from .report import format_table, summarize
 
 MODES = ("strict", "loose")
+RESPONSE_FIELDS = ("key", "prompt", "response")  # what a line of responses.jsonl holds at least
 
 
 class EvaluationError(RuntimeError):
@@ -119,40 +120,38 @@ def _responses_so_far(folder: Path, identity: dict, replace_stale: bool) -> dict
     """The rows already generated under exactly these settings (`generation.json`), by prompt key."""
     folder.mkdir(parents=True, exist_ok=True)
     path, identity_file = folder / "responses.jsonl", folder / "generation.json"
-    # Not splitlines: a response may hold U+2028, which json.dumps(ensure_ascii=False) writes as is.
-    lines = [line for line in path.read_text(encoding="utf-8").split("\n") if line] if path.is_file() else []
     # Files written before the backend was recorded were all written by transformers.
     saved = json.loads(identity_file.read_text()) if identity_file.is_file() else None
-    stale = lines and (saved is None or {"backend": "transformers", **saved} != identity)
+    written = path.is_file() and path.stat().st_size > 0
+    stale = written and (saved is None or {"backend": "transformers", **saved} != identity)
     if stale and replace_stale:
         path.unlink()
         return {}
     if stale:
         raise EvaluationError(f"{folder} holds responses of another model, backend or generation settings "
                               f"(see {identity_file}): choose another output folder, delete it, or match them")
-    responses = {}
-    for line in lines:
-        try:
-            row = json.loads(line)
-            responses[row["key"]] = {"key": row["key"], "prompt": row["prompt"], "response": row["response"]}
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # the last line of a run that was killed while writing it: generated again
-    if len(responses) != len(lines):
-        _write_lines(path, list(responses.values()))
-    return responses
+    # A line cut by a kill is dropped (and the file rewritten without it): that prompt is answered again.
+    rows = (row for _, _, row in complete_lines(path, _is_response))
+    return {row["key"]: {name: row[name] for name in RESPONSE_FIELDS} for row in rows}
+
+
+def _is_response(row: object) -> bool:
+    return isinstance(row, dict) and all(isinstance(row.get(name), str) for name in RESPONSE_FIELDS)
 
 
 def _generate(generator, items: list[EvalItem], path: Path, responses: dict[str, dict], batch_size: int) -> None:
-    """Generate batch by batch, appending each batch's responses to `path` (flushed to disk) as it finishes."""
-    with path.open("a", encoding="utf-8") as file, tqdm(total=len(items), desc="generating", unit="prompt") as bar:
-        for start in range(0, len(items), batch_size):
-            batch = items[start:start + batch_size]
-            for item, response in zip(batch, generator([item.prompt for item in batch])):
-                responses[item.key] = {"key": item.key, "prompt": item.prompt, "response": response}
-                file.write(json.dumps(responses[item.key], ensure_ascii=False) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-            bar.update(len(batch))
+    """Generate batch by batch, appending each response to `path` (an `AppendLog`) as its batch finishes."""
+    log = AppendLog(path)
+    try:
+        with tqdm(total=len(items), desc="generating", unit="prompt") as bar:
+            for start in range(0, len(items), batch_size):
+                batch = items[start:start + batch_size]
+                for item, response in zip(batch, generator([item.prompt for item in batch])):
+                    responses[item.key] = {"key": item.key, "prompt": item.prompt, "response": response}
+                    log.append(responses[item.key])
+                bar.update(len(batch))
+    finally:
+        log.close()
 
 
 def _write_lines(path: Path, rows: list[dict]) -> None:
