@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 
 from .demo_constraints import KINDS, Constraint
 
-MET, FAILED, UNSUPPORTED = "met", "failed", "unsupported"
+# UNSUPPORTED: the checker needs a resource that is not installed (no verdict); ERROR: it raised on the
+# response, which counts as not met and is reported apart.
+MET, FAILED, UNSUPPORTED, ERROR = "met", "failed", "unsupported", "error"
 DEMO_PREFIX = "demo:"
 
 
@@ -32,7 +34,8 @@ class CheckError(ValueError):
 class Check:
     """One constraint of a prompt: its id, its arguments and the program that tells whether a response meets it.
 
-    `follows` may raise `LookupError` when it needs an NLTK resource that is not installed.
+    `follows` may raise `LookupError` when it needs an NLTK resource that is not installed; any other
+    exception is the checker failing on that response.
     """
 
     id: str
@@ -42,13 +45,31 @@ class Check:
     reads_prompt: bool = field(default=False, compare=False)  # compares the response with the prompt's text
 
     def verdicts(self, response: str) -> tuple[str, str]:
-        """(strict, loose) verdicts of this constraint on `response`."""
+        """(strict, loose) verdicts of this constraint on `response`. Loose is met if the response or one of
+        its loose variants is; it is ERROR if none is and the checker raised on one of them."""
         try:
-            strict = bool(response.strip()) and self.follows(response)
-            loose = strict or any(variant.strip() and self.follows(variant) for variant in loose_variants(response))
+            strict = self._verdict(response)
+            raised = strict == ERROR
+            if strict != MET:
+                for variant in loose_variants(response):
+                    verdict = self._verdict(variant)
+                    if verdict == MET:
+                        return strict, MET
+                    raised |= verdict == ERROR
         except LookupError:
             return UNSUPPORTED, UNSUPPORTED
-        return (MET if strict else FAILED), (MET if loose else FAILED)
+        return strict, (MET if strict == MET else ERROR if raised else FAILED)
+
+    def _verdict(self, text: str) -> str:
+        """MET or FAILED for one text (an empty one meets nothing); ERROR if the checker raised on it."""
+        if not text.strip():
+            return FAILED
+        try:
+            return MET if self.follows(text) else FAILED
+        except LookupError:
+            raise
+        except Exception:  # e.g. IFBench's ratio:overlap divides by zero on a text of one or two characters
+            return ERROR
 
 
 def loose_variants(response: str) -> list[str]:

@@ -19,10 +19,10 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from .checks import FAILED, MET
+from .checks import ERROR, FAILED, MET
 
 RESAMPLES = 1000
-DECIDED = (MET, FAILED)
+DECIDED = (MET, FAILED, ERROR)  # ERROR counts as not met
 
 
 def summarize(rows: list[dict], mode: str, seed: int = 0) -> dict:
@@ -46,6 +46,7 @@ def summarize(rows: list[dict], mode: str, seed: int = 0) -> dict:
         "undecided_prompts": prompt_outcomes.count(None),
         "constraints": sum(map(len, verdicts)),
         "constraints_without_verdict": dict(sorted(no_verdict.items())),
+        "constraints_with_error": sum(verdict == ERROR for row in verdicts for verdict in row),
         "empty_responses": sum(not row["response"].strip() for row in rows),
     }
 
@@ -54,7 +55,7 @@ def _prompt_outcome(verdicts: list[str]) -> bool | None:
     """Whether every constraint is met; None when one has no verdict."""
     if not all(verdict in DECIDED for verdict in verdicts):
         return None
-    return FAILED not in verdicts
+    return all(verdict == MET for verdict in verdicts)
 
 
 def _accuracy(values: list[bool], rng: np.random.Generator) -> dict:
@@ -76,12 +77,13 @@ def _ratio_of_sums(hits: list[int], totals: list[int], rng: np.random.Generator)
 
 def format_table(summaries: dict[str, dict[str, dict]]) -> str:
     """A printable table: one row per (model or stage, benchmark, mode), instruction- and constraint-level."""
-    lines = [f"{'':<28} {'instruction-level':>26} {'constraint-level':>26}  no verdict"]
+    lines = [f"{'':<28} {'instruction-level':>26} {'constraint-level':>26}  no verdict  checker errors"]
     for label, by_mode in summaries.items():
         for mode, summary in by_mode.items():
             missing = sum(summary["constraints_without_verdict"].values())
+            errors = summary.get("constraints_with_error", 0)  # absent from summaries written before it was counted
             lines.append(f"{label + ' ' + mode:<28} {_cell(summary['instruction_level']):>26} "
-                         f"{_cell(summary['constraint_level']):>26}  {missing}")
+                         f"{_cell(summary['constraint_level']):>26}  {missing:>10}  {errors:>14}")
     return "\n".join(lines)
 
 

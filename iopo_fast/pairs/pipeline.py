@@ -43,7 +43,7 @@ from ..data.sources import DataError, check_source, read_records, resolve_source
 from ..endpoints.append_log import AppendLog, complete_lines
 from ..endpoints.client import AnswerCache, CachedRequests, Chat, EndpointError, EndpointSettings
 from ..endpoints.local_chat import LocalChat, LocalModel
-from ..evaluation.checks import FAILED, MET
+from ..evaluation.checks import ERROR, FAILED, MET
 from ..evaluation.judge import fill, parse_verdict
 from ..utils import write_atomically
 from .changes import Change, rule_changes, rule_response
@@ -176,10 +176,9 @@ class PairBuilder:
 
     def _verdict_by_program(self, requirement: Requirement, response: str, stage: str) -> dict:
         with self.statistics.measure("checks"):
-            try:
-                strict, _ = requirement.check.verdicts(response)
-            except Exception as error:  # a reference checker that cannot read this response
-                raise Dropped(stage, "a check raised an error", f"{requirement.check.id}: {error!r}") from None
+            strict, _ = requirement.check.verdicts(response)
+        if strict == ERROR:  # a reference checker that cannot read this response
+            raise Dropped(stage, "a check raised an error", f"{requirement.check.id}: {requirement.text}")
         if strict not in (MET, FAILED):
             raise Dropped(stage, f"a check is {strict}", requirement.text)
         return {"constraint": requirement.text, "verdict": strict, "by": "program"}

@@ -16,9 +16,9 @@ from conftest import DEMO_DATA, fresh_process_env
 
 from iopo_fast.evaluation import offline_resources
 from iopo_fast.evaluation.benchmarks import BenchmarkError, load_benchmark
-from iopo_fast.evaluation.checks import FAILED, MET, UNSUPPORTED, CheckError, make_check
+from iopo_fast.evaluation.checks import ERROR, FAILED, MET, UNSUPPORTED, Check, CheckError, make_check
 from iopo_fast.endpoints.generation import GenerationSettings, TransformersGenerator, _model_directory, generator_class
-from iopo_fast.evaluation.report import summarize
+from iopo_fast.evaluation.report import format_table, summarize
 from iopo_fast.evaluation.run import EvaluationError, evaluate_model, score
 from iopo_fast.model.loading import ModelError
 
@@ -144,6 +144,26 @@ def test_ifbench_sample_outputs_score_as_the_package_scores_them():
         row = score(items[key], responses[items[key].prompt])
         assert [check["strict"] == MET for check in row["checks"]] == strict, key
         assert [check["loose"] == MET for check in row["checks"]] == loose, key
+
+
+def test_a_checker_that_raises_gives_an_error_verdict_and_the_scoring_goes_on():
+    """IFBench's ratio:overlap divides by zero on the loose variant ":)" of this response; a checker raising
+    on the response itself errs in both modes. An error counts as not met, and apart."""
+    item = next(item for item in load_benchmark("ifbench") if any(check.id == "ratio:overlap" for check in item.checks))
+    overlap = next(check for check in item.checks if check.id == "ratio:overlap")
+    assert overlap.verdicts("Deserts are easier.\n:)") == (FAILED, ERROR)
+
+    def raises(response):
+        raise ZeroDivisionError
+
+    broken = Check("demo:broken", {}, raises)
+    assert broken.verdicts("Some answer.") == (ERROR, ERROR)
+    rows = [{"response": "a", "checks": [{"id": "x", "strict": MET}, {"id": "y", "strict": ERROR}]},
+            {"response": "b", "checks": [{"id": "x", "strict": MET}]}]
+    summary = summarize(rows, "strict")
+    assert summary["instruction_level"]["accuracy"] == 1 / 2 and summary["constraint_level"]["accuracy"] == 2 / 3
+    assert summary["constraints_with_error"] == 1 and summary["constraints_without_verdict"] == {}
+    assert "checker errors" in format_table({"model": {"strict": summary}})
 
 
 def test_report_counts_verdicts_and_bootstraps_intervals():
