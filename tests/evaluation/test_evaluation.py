@@ -166,6 +166,18 @@ def test_a_checker_that_raises_gives_an_error_verdict_and_the_scoring_goes_on():
     assert "checker errors" in format_table({"model": {"strict": summary}})
 
 
+def test_ifeval_is_its_541_prompts_and_834_instructions_checked_offline():
+    items = load_benchmark("ifeval")
+    assert len(items) == 541 and sum(len(item.checks) for item in items) == 834
+    assert len({check.id for item in items for check in item.checks}) == 25
+    first = items[0]  # "Write a 300+ word summary ... Do not use any commas and highlight at least 3 sections ..."
+    assert [check.id for check in first.checks] == ["punctuation:no_comma", "detectable_format:number_highlighted_sections",
+                                                   "length_constraints:number_words"]
+    meets = "*One* *two* *three* " + "word " * 300
+    assert [check.verdicts(meets)[0] for check in first.checks] == [MET, MET, MET]
+    assert [check.verdicts("*One*, *two*.")[0] for check in first.checks] == [FAILED, FAILED, FAILED]
+
+
 def test_report_counts_verdicts_and_bootstraps_intervals():
     rows = [
         {"response": "a", "checks": [{"id": "x", "strict": MET}, {"id": "y", "strict": MET}]},
@@ -204,8 +216,8 @@ def test_benchmark_files_with_bad_lines_name_file_and_line(tmp_path):
         path.write_text(json.dumps(good) + "\n" + line + "\n")
         with pytest.raises(BenchmarkError, match=f"{path}:2: .*{reason}"):
             load_benchmark(f"jsonl:{path}")
-    with pytest.raises(BenchmarkError, match="unknown benchmark 'ifeval'"):
-        load_benchmark("ifeval")
+    with pytest.raises(BenchmarkError, match="unknown benchmark 'mmlu'"):
+        load_benchmark("mmlu")
 
 
 class CountingGenerator(TransformersGenerator):
