@@ -16,6 +16,7 @@ For each benchmark, in `output_dir/<benchmark>/`:
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -31,6 +32,11 @@ from .report import format_table, summarize
 
 MODES = ("strict", "loose")
 RESPONSE_FIELDS = ("key", "prompt", "response")  # what a line of responses.jsonl holds at least
+GENERIC_ANSWER = ("Thank you for the question. Here is a clear and helpful answer: the main points are explained "
+                  "in order, each with a short example, and a brief summary closes the answer.")
+# Answers that follow no instruction on purpose: a score is read beside what these score on the same prompts.
+TRIVIAL_ANSWERS = {"empty": lambda item: "", "dot": lambda item: ".", "echo": lambda item: item.prompt,
+                   "generic": lambda item: GENERIC_ANSWER}
 
 
 class EvaluationError(RuntimeError):
@@ -61,7 +67,7 @@ def evaluate_model(model: str, benchmarks: list[str], output_dir: str | Path, se
                               f"(--judge-url and --judge-model)")
     identity = {"model": model, "model_fingerprint": model_fingerprint(model), "backend": make_generator.backend,
                 "generation": settings.as_dict()}
-    responses, pending = {}, {}
+    responses, pending, floors = {}, {}, {}
     for spec, benchmark_items in items.items():
         responses[spec] = _responses_so_far(Path(output_dir) / benchmark_name(spec), {**identity, "benchmark": spec},
                                             replace_stale)
@@ -90,10 +96,24 @@ def evaluate_model(model: str, benchmarks: list[str], output_dir: str | Path, se
         _write_lines(folder / "responses.jsonl", rows + list(written.values()))  # and those beyond `limit`
         results[name] = {mode: summarize(rows, mode) for mode in MODES}
         judge_settings = {"judge": judge.describe()} if judged else {}
-        _write_json(folder / "summary.json",
-                    {**benchmark_identity, **judge_settings, "limit": limit, "summary": results[name]})
+        # What trivial answers score on the same prompts (by program; a judge is not asked about them).
+        floors[name] = {} if judged else trivial_floors(benchmark_items)
+        _write_json(folder / "summary.json", {**benchmark_identity, **judge_settings, "limit": limit,
+                                              "summary": results[name], "trivial_floors": floors[name]})
     log(format_table(results))
+    log("what trivial answers score on the same prompts:\n" + format_table(
+        {f"{name} {answer}": by_mode for name, by_answer in floors.items() for answer, by_mode in by_answer.items()}))
     return results
+
+
+def trivial_floors(items: list[EvalItem]) -> dict[str, dict[str, dict]]:
+    """The summaries, in each mode, of every trivial answer (`TRIVIAL_ANSWERS`) to every item."""
+    logging.disable(logging.ERROR)  # IFEval's language check logs every text with no words: "." here
+    try:
+        return {answer: {mode: summarize([score(item, respond(item)) for item in items], mode) for mode in MODES}
+                for answer, respond in TRIVIAL_ANSWERS.items()}
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def score(item: EvalItem, response: str, judgments: Sequence[Judgment] = ()) -> dict:

@@ -252,6 +252,9 @@ def test_evaluate_a_model_end_to_end_and_resume_after_an_interruption(tmp_path, 
     assert all(row["checks"] and {"strict", "loose", "id", "kwargs"} <= row["checks"][0].keys() for row in rows)
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert summary["summary"] == json.loads(json.dumps(results["demo"]))
+    floors = summary["trivial_floors"]  # what trivial answers score on the same six prompts
+    assert set(floors) == {"empty", "dot", "echo", "generic"} and floors["empty"]["loose"]["prompts"] == 6
+    assert floors["empty"]["loose"]["constraint_level"]["accuracy"] == 0
     assert summary["summary"]["strict"]["prompts"] == 6
     evaluate_model(str(tiny_model_dir), [DEMO], tmp_path, settings, limit=2, make_generator=CountingGenerator)
     assert (tmp_path / "demo" / "responses.jsonl").read_text().count("\n") == 6  # a smaller limit keeps the others
