@@ -46,6 +46,17 @@ class GenerationSettings:
         return asdict(self)
 
 
+class Generated(str):
+    """A generated response, and whether it was cut: stopped at `max_new_tokens` before its end."""
+
+    cut: bool
+
+    def __new__(cls, text: str, cut: bool):
+        generated = super().__new__(cls, text)
+        generated.cut = cut
+        return generated
+
+
 class TransformersGenerator:
     """Batched greedy or sampled generation with transformers, prompts rendered by the model's chat template."""
 
@@ -60,7 +71,7 @@ class TransformersGenerator:
         self.model = _load_causal_lm(model_path, dtype).to(self.device).eval()
         torch.manual_seed(settings.seed)
 
-    def __call__(self, prompts: list[str | list[dict]]) -> list[str]:
+    def __call__(self, prompts: list[str | list[dict]]) -> list[Generated]:
         """One response per prompt (a user message, or a chat's messages): the generated text without special
         tokens and surrounding whitespace."""
         texts = [_chat_text(self.tokenizer, prompt) for prompt in prompts]
@@ -71,7 +82,13 @@ class TransformersGenerator:
             output = self.model.generate(**batch, max_new_tokens=self.settings.max_new_tokens,
                                          pad_token_id=self.tokenizer.pad_token_id, **sampling)
         new_tokens = output[:, batch["input_ids"].shape[1]:]
-        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        # A sequence that ended holds an end token (those that end first are padded after it).
+        eos = self.model.generation_config.eos_token_id
+        end_ids = [*(eos if isinstance(eos, list) else [eos]), self.tokenizer.pad_token_id]
+        ended = torch.isin(new_tokens.cpu(), torch.tensor([i for i in end_ids if i is not None])).any(dim=1)
+        cut = ~ended & (new_tokens.shape[1] == self.settings.max_new_tokens)
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return [Generated(text.strip(), bool(is_cut)) for text, is_cut in zip(texts, cut)]
 
 
 class VLLMGenerator:
@@ -91,12 +108,13 @@ class VLLMGenerator:
         self.sampling = SamplingParams(temperature=settings.temperature, top_p=settings.top_p,
                                        max_tokens=settings.max_new_tokens, seed=settings.seed, skip_special_tokens=True)
 
-    def __call__(self, prompts: list[str | list[dict]]) -> list[str]:
+    def __call__(self, prompts: list[str | list[dict]]) -> list[Generated]:
         token_ids = self.tokenizer([_chat_text(self.tokenizer, prompt) for prompt in prompts],
                                    add_special_tokens=False)["input_ids"]
         requests = [{"prompt_token_ids": ids} for ids in token_ids]
         outputs = self.engine.generate(requests, self.sampling, use_tqdm=False)
-        return [output.outputs[0].text.strip() for output in outputs]
+        return [Generated(output.outputs[0].text.strip(), output.outputs[0].finish_reason == "length")
+                for output in outputs]
 
 
 def generator_class(backend: str = "auto"):

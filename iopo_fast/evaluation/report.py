@@ -48,6 +48,10 @@ def summarize(rows: list[dict], mode: str, seed: int = 0) -> dict:
         "constraints_without_verdict": dict(sorted(no_verdict.items())),
         "constraints_with_error": sum(verdict == ERROR for row in verdicts for verdict in row),
         "empty_responses": sum(not row["response"].strip() for row in rows),
+        # Responses that stopped at max_new_tokens: None when the generator did not say (or no generation).
+        "responses_cut_at_limit": (sum(bool(row.get("cut")) for row in rows)
+                                   if any(row.get("cut") is not None for row in rows) else None),
+        "response_words": _distribution([len(row["response"].split()) for row in rows]),
     }
 
 
@@ -56,6 +60,13 @@ def _prompt_outcome(verdicts: list[str]) -> bool | None:
     if not all(verdict in DECIDED for verdict in verdicts):
         return None
     return all(verdict == MET for verdict in verdicts)
+
+
+def _distribution(values: list[int]) -> dict:
+    """Mean and quartiles of `values` (None without any)."""
+    if not values:
+        return {"mean": None, "quartiles": None}
+    return {"mean": float(np.mean(values)), "quartiles": [float(q) for q in np.percentile(values, [25, 50, 75])]}
 
 
 def _accuracy(values: list[bool], rng: np.random.Generator) -> dict:
@@ -77,13 +88,15 @@ def _ratio_of_sums(hits: list[int], totals: list[int], rng: np.random.Generator)
 
 def format_table(summaries: dict[str, dict[str, dict]]) -> str:
     """A printable table: one row per (model or stage, benchmark, mode), instruction- and constraint-level."""
-    lines = [f"{'':<28} {'instruction-level':>26} {'constraint-level':>26}  no verdict  checker errors"]
+    lines = [f"{'':<28} {'instruction-level':>26} {'constraint-level':>26}  no verdict  checker errors  cut at limit"]
     for label, by_mode in summaries.items():
         for mode, summary in by_mode.items():
             missing = sum(summary["constraints_without_verdict"].values())
-            errors = summary.get("constraints_with_error", 0)  # absent from summaries written before it was counted
+            # Absent from summaries written before they were counted.
+            errors, cut = summary.get("constraints_with_error", 0), summary.get("responses_cut_at_limit")
+            cut = "-" if cut is None else f"{cut}/{summary['prompts']}"
             lines.append(f"{label + ' ' + mode:<28} {_cell(summary['instruction_level']):>26} "
-                         f"{_cell(summary['constraint_level']):>26}  {missing:>10}  {errors:>14}")
+                         f"{_cell(summary['constraint_level']):>26}  {missing:>10}  {errors:>14}  {cut:>12}")
     return "\n".join(lines)
 
 

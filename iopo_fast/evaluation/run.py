@@ -88,11 +88,13 @@ def evaluate_model(model: str, benchmarks: list[str], output_dir: str | Path, se
             _write_json(folder / "generation.json", benchmark_identity)
             _generate(generator, pending[spec], folder / "responses.jsonl", written,
                       getattr(generator, "batch_size", settings.batch_size))
-        texts = [written.pop(item.key)["response"] for item in benchmark_items]
+        generated = [written.pop(item.key) for item in benchmark_items]
+        texts = [row["response"] for row in generated]
         judged = spec in judged_specs
         judgments = (_judge(judge, benchmark_items, texts, folder / "judge-cache.jsonl") if judged
                      else [[] for _ in benchmark_items])
-        rows = [score(*row) for row in zip(benchmark_items, texts, judgments)]
+        rows = [{**score(item, text, judged_verdicts), "cut": answer["cut"]}
+                for item, text, judged_verdicts, answer in zip(benchmark_items, texts, judgments, generated)]
         _write_lines(folder / "responses.jsonl", rows + list(written.values()))  # and those beyond `limit`
         results[name] = {mode: summarize(rows, mode) for mode in MODES}
         judge_settings = {"judge": judge.describe()} if judged else {}
@@ -152,7 +154,7 @@ def _responses_so_far(folder: Path, identity: dict, replace_stale: bool) -> dict
                               f"(see {identity_file}): choose another output folder, delete it, or match them")
     # A line cut by a kill is dropped (and the file rewritten without it): that prompt is answered again.
     rows = (row for _, _, row in complete_lines(path, _is_response))
-    return {row["key"]: {name: row[name] for name in RESPONSE_FIELDS} for row in rows}
+    return {row["key"]: {**{name: row[name] for name in RESPONSE_FIELDS}, "cut": row.get("cut")} for row in rows}
 
 
 def _is_response(row: object) -> bool:
@@ -167,7 +169,9 @@ def _generate(generator, items: list[EvalItem], path: Path, responses: dict[str,
             for start in range(0, len(items), batch_size):
                 batch = items[start:start + batch_size]
                 for item, response in zip(batch, generator([item.prompt for item in batch])):
-                    responses[item.key] = {"key": item.key, "prompt": item.prompt, "response": response}
+                    # `cut`: whether it stopped at max_new_tokens (None from a generator that does not say).
+                    responses[item.key] = {"key": item.key, "prompt": item.prompt, "response": str(response),
+                                           "cut": getattr(response, "cut", None)}
                     log.append(responses[item.key])
                 bar.update(len(batch))
     finally:

@@ -20,7 +20,7 @@ from iopo_fast.evaluation.checks import ERROR, FAILED, MET, UNSUPPORTED, Check, 
 from iopo_fast.endpoints.generation import GenerationSettings, TransformersGenerator, _model_directory, generator_class
 from iopo_fast.evaluation.report import format_table, summarize
 from iopo_fast.evaluation.run import EvaluationError, evaluate_model, score
-from iopo_fast.model.loading import ModelError
+from iopo_fast.model.loading import DEFAULT_MODEL, ModelError
 
 DEMO = f"demo:{DEMO_DATA / 'eval.jsonl'}"
 DEMO_CASES = [  # (id, args, a response that meets it, one that does not)
@@ -220,6 +220,12 @@ def test_benchmark_files_with_bad_lines_name_file_and_line(tmp_path):
         load_benchmark("mmlu")
 
 
+def test_responses_that_stop_at_the_token_limit_are_marked_cut():
+    generator = TransformersGenerator(DEFAULT_MODEL, GenerationSettings(max_new_tokens=24, batch_size=2))
+    short, long = generator(["What is 2+2? Answer with a number.", "Write a long story about a cat."])
+    assert (short, short.cut, long.cut) == ("The answer is 4.", False, True)
+
+
 class CountingGenerator(TransformersGenerator):
     """The real generator, counting the prompts it answers; it can fail after a number of batches."""
 
@@ -252,6 +258,8 @@ def test_evaluate_a_model_end_to_end_and_resume_after_an_interruption(tmp_path, 
     assert all(row["checks"] and {"strict", "loose", "id", "kwargs"} <= row["checks"][0].keys() for row in rows)
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert summary["summary"] == json.loads(json.dumps(results["demo"]))
+    assert all(isinstance(row["cut"], bool) for row in rows)  # at 4 new tokens the answers are mostly cut
+    assert summary["summary"]["strict"]["responses_cut_at_limit"] == sum(row["cut"] for row in rows)
     floors = summary["trivial_floors"]  # what trivial answers score on the same six prompts
     assert set(floors) == {"empty", "dot", "echo", "generic"} and floors["empty"]["loose"]["prompts"] == 6
     assert floors["empty"]["loose"]["constraint_level"]["accuracy"] == 0
