@@ -162,7 +162,9 @@ def _is_response(row: object) -> bool:
 
 
 def _generate(generator, items: list[EvalItem], path: Path, responses: dict[str, dict], batch_size: int) -> None:
-    """Generate batch by batch, appending each response to `path` (an `AppendLog`) as its batch finishes."""
+    """Generate batch by batch, appending each response to `path` (an `AppendLog`) as its batch finishes.
+    Prompts of similar length share a batch: less padding to attend to."""
+    items = sorted(items, key=lambda item: len(item.prompt))
     log = AppendLog(path)
     try:
         with tqdm(total=len(items), desc="generating", unit="prompt") as bar:
