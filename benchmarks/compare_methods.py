@@ -21,7 +21,7 @@ Each finished run (training and evaluation) is recorded in its folder of the wor
 same settings goes on from the first unfinished run.
 
 Written to --output: methods-<device>.md, .json and .png: per method and benchmark, the mean over
-seeds of the strict instruction- and constraint-level accuracies with a 95% t-interval over the seeds
+seeds of the strict prompt- and instruction-level accuracies with a 95% t-interval over the seeds
 (the base model: its bootstrap interval over prompts), the tokens trained and the wall time. Run it
 alone: the wall times are only comparable within one run on an unloaded machine.
 
@@ -55,7 +55,7 @@ from iopo_fast.training.loop import train
 DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
 METHODS = ("sft", "dpo", "iopo", "dpo-tokens")
 BENCHMARKS = ("demo", "ifbench")
-LEVELS = ("instruction_level", "constraint_level")
+LEVELS = ("prompt_level", "instruction_level")
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
@@ -184,6 +184,7 @@ def markdown(report: dict) -> str:
         return f"{100 * value['mean']:.1f} [{100 * value['low']:.1f}, {100 * value['high']:.1f}]"
 
     table, settings = report["table"], report["settings"]
+    columns = " | ".join(f"{benchmark} {level.replace('_', '-')}" for benchmark in BENCHMARKS for level in LEVELS)
     lines = [
         "# SFT, DPO and IOPO on the embedded SmolLM2-135M-Instruct: instruction following",
         "",
@@ -197,7 +198,7 @@ def markdown(report: dict) -> str:
         f"{settings['ifbench_prompts'] or 'all'}. Strict accuracies in %, mean over seeds with a 95% t-interval "
         "over seeds (the base model: its bootstrap interval over prompts).",
         "",
-        "| method | demo instruction | demo constraint | ifbench instruction | ifbench constraint | tokens trained | wall time |",
+        f"| method | {columns} | tokens trained | wall time |",
         "|---|---|---|---|---|---|---|",
     ]
     for method, row in table.items():
@@ -209,7 +210,7 @@ def markdown(report: dict) -> str:
               "that is stopped resumes from its finished runs, so its runs may come from several sessions of the same "
               "machine.",
               "", "Differences between methods, paired by seed (points of strict accuracy, 95% t-interval over seeds):",
-              "", "| difference | demo instruction | demo constraint | ifbench instruction | ifbench constraint |",
+              "", f"| difference | {columns} |",
               "|---|---|---|---|---|"]
     for pair, row in paired_differences(report["runs"]).items():
         lines.append(f"| {pair} | {' | '.join(cell(row[benchmark][level]) for benchmark in BENCHMARKS for level in LEVELS)} |")
@@ -302,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             outcome = finished(config, run_settings(config, args), study_run)
             runs.append(outcome)
             log(f"{method} seed {seed}: {outcome['tokens_trained']} tokens in {outcome['seconds']:.0f} s, "
-                + ", ".join(f"{b} {100 * outcome['benchmarks'][b]['instruction_level']['accuracy']:.1f}%"
+                + ", ".join(f"{b} {100 * outcome['benchmarks'][b]['prompt_level']['accuracy']:.1f}%"
                             for b in BENCHMARKS))
     report = {
         "device": f"{args.device_name} ({platform.processor() or platform.machine()})", "versions": versions(),

@@ -1,12 +1,12 @@
 """Constraints no program can check, judged by an LLM behind an OpenAI-compatible endpoint.
 
 The protocol is the IOPO paper's (TRACE): every constraint of every response is judged on its own, met
-or not, and an instruction counts as followed only if all its constraints are met. One request per
+or not, and a prompt counts as followed only if all its constraints are met. One request per
 (response, constraint): the judge sees the whole instruction, the one constraint and the response, and
 ends its answer with `Verdict: YES` or `Verdict: NO`.
 
 An answer without a verdict, or a request that failed after its retries, is `unjudged`: counted apart,
-never as met or failed (the report leaves the prompt out of the instruction level, as it does with an
+never as met or failed (the report leaves the prompt out of the prompt level, as it does with an
 `unsupported` check). An empty response meets nothing, as in IFBench, and is not sent.
 """
 

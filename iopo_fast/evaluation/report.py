@@ -1,11 +1,12 @@
-"""What a model follows: accuracies with 95% bootstrap intervals, at the instruction and constraint level.
+"""What a model follows: accuracies with 95% bootstrap intervals, at the prompt and instruction level, as
+IFEval and IFBench name them (their instruction is a constraint here).
 
-- Instruction-level accuracy: the share of prompts whose response meets every constraint.
-- Constraint-level accuracy: the share of constraints met, over all prompts.
+- Prompt-level accuracy: the share of prompts whose response meets every constraint.
+- Instruction-level accuracy: the share of constraints met, over all prompts.
 - Per constraint type: the share met of the constraints with that id.
 
 A constraint that is `unsupported` (its checker's resource is missing) has no verdict: it is counted,
-not scored. A prompt with such a constraint is left out of the instruction level whatever its other
+not scored. A prompt with such a constraint is left out of the prompt level whatever its other
 verdicts (keeping it only when another constraint fails would bias the accuracy down), and counted
 as undecided.
 
@@ -31,7 +32,7 @@ def summarize(rows: list[dict], mode: str, seed: int = 0) -> dict:
     verdicts = [[check[mode] for check in row["checks"]] for row in rows]
     decided = [[verdict == MET for verdict in row if verdict in DECIDED] for row in verdicts]
     prompt_outcomes = [_prompt_outcome(row) for row in verdicts]
-    instruction = [outcome for outcome in prompt_outcomes if outcome is not None]
+    decided_prompts = [outcome for outcome in prompt_outcomes if outcome is not None]
     by_type: dict[str, list[bool]] = defaultdict(list)
     for row in rows:
         for check in row["checks"]:
@@ -39,8 +40,8 @@ def summarize(rows: list[dict], mode: str, seed: int = 0) -> dict:
                 by_type[check["id"]].append(check[mode] == MET)
     no_verdict = Counter(verdict for row in verdicts for verdict in row if verdict not in DECIDED)
     return {
-        "instruction_level": _accuracy(instruction, rng),
-        "constraint_level": _ratio_of_sums([sum(row) for row in decided], [len(row) for row in decided], rng),
+        "prompt_level": _accuracy(decided_prompts, rng),
+        "instruction_level": _ratio_of_sums([sum(row) for row in decided], [len(row) for row in decided], rng),
         "per_constraint": {name: _accuracy(values, rng) for name, values in sorted(by_type.items())},
         "prompts": len(rows),
         "undecided_prompts": prompt_outcomes.count(None),
@@ -87,16 +88,16 @@ def _ratio_of_sums(hits: list[int], totals: list[int], rng: np.random.Generator)
 
 
 def format_table(summaries: dict[str, dict[str, dict]]) -> str:
-    """A printable table: one row per (model or stage, benchmark, mode), instruction- and constraint-level."""
-    lines = [f"{'':<28} {'instruction-level':>26} {'constraint-level':>26}  no verdict  checker errors  cut at limit"]
+    """A printable table: one row per (model or stage, benchmark, mode), prompt- and instruction-level."""
+    lines = [f"{'':<28} {'prompt-level':>26} {'instruction-level':>26}  no verdict  checker errors  cut at limit"]
     for label, by_mode in summaries.items():
         for mode, summary in by_mode.items():
             missing = sum(summary["constraints_without_verdict"].values())
             # Absent from summaries written before they were counted.
             errors, cut = summary.get("constraints_with_error", 0), summary.get("responses_cut_at_limit")
             cut = "-" if cut is None else f"{cut}/{summary['prompts']}"
-            lines.append(f"{label + ' ' + mode:<28} {_cell(summary['instruction_level']):>26} "
-                         f"{_cell(summary['constraint_level']):>26}  {missing:>10}  {errors:>14}  {cut:>12}")
+            lines.append(f"{label + ' ' + mode:<28} {_cell(summary['prompt_level']):>26} "
+                         f"{_cell(summary['instruction_level']):>26}  {missing:>10}  {errors:>14}  {cut:>12}")
     return "\n".join(lines)
 
 

@@ -161,7 +161,7 @@ def test_a_checker_that_raises_gives_an_error_verdict_and_the_scoring_goes_on():
     rows = [{"response": "a", "checks": [{"id": "x", "strict": MET}, {"id": "y", "strict": ERROR}]},
             {"response": "b", "checks": [{"id": "x", "strict": MET}]}]
     summary = summarize(rows, "strict")
-    assert summary["instruction_level"]["accuracy"] == 1 / 2 and summary["constraint_level"]["accuracy"] == 2 / 3
+    assert summary["prompt_level"]["accuracy"] == 1 / 2 and summary["instruction_level"]["accuracy"] == 2 / 3
     assert summary["constraints_with_error"] == 1 and summary["constraints_without_verdict"] == {}
     assert "checker errors" in format_table({"model": {"strict": summary}})
 
@@ -186,14 +186,14 @@ def test_report_counts_verdicts_and_bootstraps_intervals():
         {"response": "", "checks": [{"id": "x", "strict": FAILED}]},
     ]
     summary = summarize(rows, "strict")
-    instruction, constraint = summary["instruction_level"], summary["constraint_level"]
-    assert (instruction["accuracy"], instruction["count"]) == (1 / 2, 2)  # prompts 2 and 3 are undecided
-    assert (constraint["accuracy"], constraint["count"]) == (3 / 5, 5)
+    prompt, instruction = summary["prompt_level"], summary["instruction_level"]
+    assert (prompt["accuracy"], prompt["count"]) == (1 / 2, 2)  # prompts 2 and 3 are undecided
+    assert (instruction["accuracy"], instruction["count"]) == (3 / 5, 5)
     assert summary["per_constraint"]["x"]["accuracy"] == 0.5 and summary["per_constraint"]["y"]["count"] == 1
     assert summary["undecided_prompts"] == 2 and summary["constraints_without_verdict"] == {UNSUPPORTED: 2}
     assert summary["empty_responses"] == 1
-    assert 0 <= instruction["low"] < instruction["accuracy"] < instruction["high"] <= 1
-    assert summarize([], "strict")["instruction_level"]["accuracy"] is None
+    assert 0 <= prompt["low"] < prompt["accuracy"] < prompt["high"] <= 1
+    assert summarize([], "strict")["prompt_level"]["accuracy"] is None
 
 
 def test_benchmark_files_with_bad_lines_name_file_and_line(tmp_path):
@@ -262,7 +262,7 @@ def test_evaluate_a_model_end_to_end_and_resume_after_an_interruption(tmp_path, 
     assert summary["summary"]["strict"]["responses_cut_at_limit"] == sum(row["cut"] for row in rows)
     floors = summary["trivial_floors"]  # what trivial answers score on the same six prompts
     assert set(floors) == {"empty", "dot", "echo", "generic"} and floors["empty"]["loose"]["prompts"] == 6
-    assert floors["empty"]["loose"]["constraint_level"]["accuracy"] == 0
+    assert floors["empty"]["loose"]["instruction_level"]["accuracy"] == 0
     assert summary["summary"]["strict"]["prompts"] == 6
     evaluate_model(str(tiny_model_dir), [DEMO], tmp_path, settings, limit=2, make_generator=CountingGenerator)
     assert (tmp_path / "demo" / "responses.jsonl").read_text().count("\n") == 6  # a smaller limit keeps the others

@@ -238,7 +238,7 @@ def test_requests_that_time_out_are_unjudged_and_asked_again(tmp_path, chat_serv
     assert all(check["judge_answer"].startswith("APITimeoutError") for check in checks)
     summary = results["trace"]["strict"]
     assert summary["constraints_without_verdict"] == {UNJUDGED: 3} and summary["undecided_prompts"] == 2
-    assert summary["instruction_level"]["count"] == 0 and summary["constraint_level"]["count"] == 0
+    assert summary["prompt_level"]["count"] == 0 and summary["instruction_level"]["count"] == 0
     assert not (tmp_path / "out" / "trace" / "judge-cache.jsonl").exists()  # nothing cached: asked again
 
     evaluate_model("fixed", [benchmark], tmp_path / "out", GenerationSettings(), make_generator=FixedResponses,
