@@ -1,6 +1,7 @@
 """The benchmark scripts on CPU: bench_logprob.py's and bench_throughput.py's smoke runs print every row,
-fit_8b.py refuses in one line or runs its tiny smoke search, and compare_methods.py's smoke trains and
-evaluates every method. No speed, and no winner, is asserted; CUDA is hidden from the scripts."""
+fit_8b.py refuses in one line or runs its tiny smoke search, trace_memory.py traces every system and
+agrees with a real step, and compare_methods.py's smoke trains and evaluates every method. No speed, and
+no winner, is asserted; CUDA is hidden from the scripts."""
 
 from __future__ import annotations
 
@@ -98,6 +99,38 @@ def test_fit_8b_smoke_searches_both_systems():
     for row in rows:
         assert_finite_and_positive([row[1], row[3], row[4], row[6]])
     assert "largest that fit: 224" in run.stdout
+
+
+def test_trace_memory_smoke_traces_every_system_and_meets_a_real_step_of_smollm2_within_ten_percent():
+    """Traced on fake tensors against the same step run on real ones, in this process's children."""
+    sys.path.insert(0, str(BENCHMARKS))
+    from bench_throughput import SYSTEMS
+
+    results = BENCHMARKS / "results"
+    before = sorted(results.iterdir())
+
+    run = run_script("trace_memory.py", "--smoke", "--validate", "smollm2-135m:1")
+
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    rows = table_rows(run.stdout)
+    (validation,) = [row for row in rows if row[0] == "smollm2-135m"]
+    assert 0.9 <= float(validation[4]) <= 1.1, validation  # traced / measured peak above the step's start
+    assert abs(float(validation[5]) - 1) < 0.01, validation  # decoder FLOPs traced / step_flops
+    systems = [row[1] for row in rows if row[0] == "2,048"]
+    assert systems == [f"{n}. {name}" for n, name in SYSTEMS.items()] * 2, run.stdout  # full and LoRA
+    for row in rows:
+        if row[0] == "2,048":
+            assert_finite_and_positive([row[3], row[5], row[8]])  # the ratios to TRL (the GiB round to 0 here)
+    assert sorted(results.iterdir()) == before
+
+
+def test_causal_pairs_count_the_entries_of_each_segments_bottom_right_mask():
+    sys.path.insert(0, str(BENCHMARKS))
+    from _tracing import causal_pairs
+
+    query_lengths, key_lengths = [5, 3, 1, 7], [5, 8, 4, 7]
+    masks = [torch.ones(lq, lk, dtype=torch.bool).tril(lk - lq) for lq, lk in zip(query_lengths, key_lengths)]
+    assert causal_pairs(query_lengths, key_lengths) == sum(int(mask.sum()) for mask in masks)
 
 
 def test_packed_equivalence_check_passes_the_packed_path_and_would_fail_a_wrong_one(monkeypatch, generator):
