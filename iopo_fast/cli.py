@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
                              help="demo[:PATH] (in-domain), ifbench and ifeval (out-of-domain), jsonl:PATH (your own prompts), "
                                   "judge:PATH (constraints in words, TRACE's evaluation file or yours, for --judge-url)")
     eval_parser.add_argument("--output", help="results folder (default: eval/<model folder name>)")
-    eval_parser.add_argument("--max-new-tokens", type=int, default=GenerationSettings.max_new_tokens)
+    eval_parser.add_argument("--max-new-tokens", type=int, default=GenerationSettings.max_new_tokens,
+                             help="default: per benchmark (demo 256, ifbench and ifeval 1280, jsonl and judge 1280)")
     eval_parser.add_argument("--temperature", type=float, default=GenerationSettings.temperature, help="0: greedy")
     eval_parser.add_argument("--top-p", type=float, default=GenerationSettings.top_p)
     eval_parser.add_argument("--seed", type=int, default=GenerationSettings.seed)

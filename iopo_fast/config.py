@@ -93,7 +93,7 @@ class TrainConfig:
     seed: int = _option(42, "Seed of the data order and of any random initialisation.")
     logging_steps: int = _option(1, "Write metrics.jsonl every this many steps.")
     eval_benchmarks: str | None = _option(None, "Instruction-following benchmarks run on the initial and on the trained model (`iopo-fast eval`), comma-separated: demo, demo:PATH, ifbench, ifeval, jsonl:PATH; results in output_dir/eval/before and output_dir/eval/after.")
-    eval_max_new_tokens: int = _option(256, "Longest response generated for eval_benchmarks, in tokens (greedy decoding, per_device_eval_batch_size prompts at a time).")
+    eval_max_new_tokens: int = _option(0, "Longest response generated for eval_benchmarks, in tokens (greedy decoding, per_device_eval_batch_size prompts at a time); 0: each benchmark's default (demo 256, ifbench and ifeval 1280, jsonl 1280).")
     eval_steps: int = _option(0, "Evaluate the eval_dataset every this many steps, into metrics.jsonl as eval/<metric>; 0: before and after training only.")
 
     def mixture_proportions(self) -> list[float] | None:
@@ -162,7 +162,7 @@ class TrainConfig:
                 raise ConfigError(f"{item.name}: {getattr(self, item.name)!r} is not one of {', '.join(map(str, choices))}")
         positive = ("cutoff_len", "per_device_train_batch_size", "gradient_accumulation_steps",
                     "per_device_eval_batch_size", "logging_steps", "pref_beta", "learning_rate", "lora_rank",
-                    "save_total_limit", "max_nonfinite_steps", "eval_max_new_tokens")
+                    "save_total_limit", "max_nonfinite_steps")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")
@@ -173,6 +173,8 @@ class TrainConfig:
             raise ConfigError(f"eval_steps: must be >= 0, got {self.eval_steps}")
         if self.eval_steps and self.eval_dataset is None:
             raise ConfigError("eval_steps: needs an eval_dataset")
+        if self.eval_max_new_tokens < 0:
+            raise ConfigError(f"eval_max_new_tokens: must be >= 0 (0: each benchmark's default), got {self.eval_max_new_tokens}")
         if self.save_steps < 0:
             raise ConfigError(f"save_steps: must be >= 0, got {self.save_steps}")
         if self.offload_param and self.zero_stage != 3 and self.deepspeed is None:

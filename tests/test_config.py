@@ -17,6 +17,7 @@ def test_yaml_and_overrides(tmp_path):
     assert config.learning_rate == 5e-6 and config.pref_beta == 1.0 and config.bf16 is True
     assert config.max_steps == 7 and config.pref_loss == "ipo" and config.output_dir == "out"
     assert config.eval_dataset is None
+    assert config.eval_max_new_tokens == 0  # each benchmark's default
 
 
 @pytest.mark.parametrize("text, message", [
@@ -27,6 +28,7 @@ def test_yaml_and_overrides(tmp_path):
     ("learning_rate: fast\n", "learning_rate: expected a number, got 'fast'"),
     ("label_smoothing: 0.5\n", "label_smoothing: must be in [0, 0.5), got 0.5"),
     ("per_device_train_batch_size: 0\n", "per_device_train_batch_size: must be positive, got 0"),
+    ("eval_max_new_tokens: -1\n", "eval_max_new_tokens: must be >= 0 (0: each benchmark's default), got -1"),
     ("eval_benchmarks: demo,mmlu\n", "eval_benchmarks: unknown benchmark 'mmlu': expected demo, demo:PATH, ifbench, "
                                      "ifeval, jsonl:PATH or judge:PATH"),
     ("eval_benchmarks: judge:trace.jsonl\n", "eval_benchmarks: judge:trace.jsonl needs an LLM judge"),

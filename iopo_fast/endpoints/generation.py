@@ -28,22 +28,34 @@ VLLM_BATCH = 512  # prompts per vLLM call: vLLM schedules them itself; responses
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """How responses are sampled; greedy when `temperature` is 0."""
+    """How responses are sampled; greedy when `temperature` is 0. `max_new_tokens` None: each benchmark's
+    default (`evaluation.benchmarks.default_max_new_tokens`), resolved before generating; a number applies
+    to every benchmark."""
 
-    max_new_tokens: int = 256
+    max_new_tokens: int | None = None
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
     batch_size: int = 8
 
     def __post_init__(self):
-        if self.max_new_tokens <= 0 or self.batch_size <= 0:
-            raise ValueError(f"max_new_tokens and batch_size must be positive, got {self.max_new_tokens}, {self.batch_size}")
+        if (self.max_new_tokens is not None and self.max_new_tokens <= 0) or self.batch_size <= 0:
+            raise ValueError(f"max_new_tokens (None: per benchmark) and batch_size must be positive, "
+                             f"got {self.max_new_tokens}, {self.batch_size}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"temperature must be >= 0 and top_p in (0, 1], got {self.temperature}, {self.top_p}")
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def _token_limit(settings: GenerationSettings, max_new_tokens: int | None) -> int:
+    """The longest response of one call: `max_new_tokens` as given to it, else the generator's settings'."""
+    limit = settings.max_new_tokens if max_new_tokens is None else max_new_tokens
+    if limit is None or limit <= 0:
+        raise ValueError(f"generation needs a positive max_new_tokens, got {limit} (the settings leave it to each "
+                         f"benchmark: pass it to the call)")
+    return limit
 
 
 class Generated(str):
@@ -71,22 +83,23 @@ class TransformersGenerator:
         self.model = _load_causal_lm(model_path, dtype).to(self.device).eval()
         torch.manual_seed(settings.seed)
 
-    def __call__(self, prompts: list[str | list[dict]]) -> list[Generated]:
+    def __call__(self, prompts: list[str | list[dict]], max_new_tokens: int | None = None) -> list[Generated]:
         """One response per prompt (a user message, or a chat's messages): the generated text without special
-        tokens and surrounding whitespace."""
+        tokens and surrounding whitespace, of at most `max_new_tokens` (default: the settings') tokens."""
+        limit = _token_limit(self.settings, max_new_tokens)
         texts = [_chat_text(self.tokenizer, prompt) for prompt in prompts]
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         sampling = (dict(do_sample=True, temperature=self.settings.temperature, top_p=self.settings.top_p)
                     if self.settings.temperature > 0 else dict(do_sample=False, temperature=None, top_p=None, top_k=None))
         with torch.inference_mode():
-            output = self.model.generate(**batch, max_new_tokens=self.settings.max_new_tokens,
+            output = self.model.generate(**batch, max_new_tokens=limit,
                                          pad_token_id=self.tokenizer.pad_token_id, **sampling)
         new_tokens = output[:, batch["input_ids"].shape[1]:]
         # A sequence that ended holds an end token (those that end first are padded after it).
         eos = self.model.generation_config.eos_token_id
         end_ids = [*(eos if isinstance(eos, list) else [eos]), self.tokenizer.pad_token_id]
         ended = torch.isin(new_tokens.cpu(), torch.tensor([i for i in end_ids if i is not None])).any(dim=1)
-        cut = ~ended & (new_tokens.shape[1] == self.settings.max_new_tokens)
+        cut = ~ended & (new_tokens.shape[1] == limit)
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return [Generated(text.strip(), bool(is_cut)) for text, is_cut in zip(texts, cut)]
 
@@ -98,21 +111,28 @@ class VLLMGenerator:
     backend = "vllm"
 
     def __init__(self, model_path: str, settings: GenerationSettings):
-        from vllm import LLM, SamplingParams
+        from vllm import LLM
 
+        self.settings = settings
         self.batch_size = max(settings.batch_size, VLLM_BATCH)
         self.tokenizer = _chat_tokenizer(model_path)
         with _model_directory(model_path) as directory:  # vLLM reads the weights while the engine starts
             self.engine = LLM(model=directory, dtype="bfloat16", seed=settings.seed)  # as transformers on a GPU
-        # temperature 0 is greedy in vLLM; top_p is then ignored, as it is by `generate`.
-        self.sampling = SamplingParams(temperature=settings.temperature, top_p=settings.top_p,
-                                       max_tokens=settings.max_new_tokens, seed=settings.seed, skip_special_tokens=True)
 
-    def __call__(self, prompts: list[str | list[dict]]) -> list[Generated]:
+    def __call__(self, prompts: list[str | list[dict]], max_new_tokens: int | None = None) -> list[Generated]:
+        """As `TransformersGenerator`'s: at most `max_new_tokens` (default: the settings') tokens per response."""
+        from vllm import SamplingParams
+
+        settings = self.settings
+        # temperature 0 is greedy in vLLM; top_p is then ignored, as it is by `generate`. Built per call: the
+        # number of tokens is the call's.
+        sampling = SamplingParams(temperature=settings.temperature, top_p=settings.top_p,
+                                  max_tokens=_token_limit(settings, max_new_tokens), seed=settings.seed,
+                                  skip_special_tokens=True)
         token_ids = self.tokenizer([_chat_text(self.tokenizer, prompt) for prompt in prompts],
                                    add_special_tokens=False)["input_ids"]
         requests = [{"prompt_token_ids": ids} for ids in token_ids]
-        outputs = self.engine.generate(requests, self.sampling, use_tqdm=False)
+        outputs = self.engine.generate(requests, sampling, use_tqdm=False)
         return [Generated(output.outputs[0].text.strip(), output.outputs[0].finish_reason == "length")
                 for output in outputs]
 

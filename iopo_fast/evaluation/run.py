@@ -6,6 +6,7 @@ For each benchmark, in `output_dir/<benchmark>/`:
   Responses are appended batch by batch as they are generated: an interrupted evaluation, run again
   with the same model and settings, generates only the prompts that have no response yet.
 - `generation.json`: the model (with a fingerprint of its files), the backend, the generation settings
+  (`max_new_tokens` the number this benchmark is generated with: its own default unless one is given)
   and the benchmark; responses written under other settings, another backend or another model are
   never mixed in.
 - `judge-cache.jsonl`, for constraints in words: the LLM judge's answers by request
@@ -15,6 +16,7 @@ For each benchmark, in `output_dir/<benchmark>/`:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -26,7 +28,7 @@ from ..endpoints.append_log import AppendLog, complete_lines
 from ..endpoints.generation import GenerationSettings, generator_class
 from ..model.loading import model_fingerprint
 from ..utils import write_atomically
-from .benchmarks import EvalItem, benchmark_name, load_benchmark
+from .benchmarks import EvalItem, benchmark_name, default_max_new_tokens, load_benchmark
 from .judge import Judge, Judgment
 from .report import format_table, summarize
 
@@ -49,9 +51,11 @@ def evaluate_model(model: str, benchmarks: list[str], output_dir: str | Path, se
     """Evaluate `model` on each benchmark; returns {benchmark: {"strict": summary, "loose": summary}}.
 
     `limit` takes the first prompts of each benchmark only. `make_generator(model, settings)` builds the
-    generator (default: `generator_class("auto")`), a callable from prompts to responses; it is built only if
-    some response is missing. Its `backend` names it, and its `batch_size` (if it has one) is how many
-    prompts it is given at a time. Responses in `output_dir` of another model, backend or settings are an
+    generator (default: `generator_class("auto")`), once, only if some response is missing: a callable
+    `generator(prompts, max_new_tokens=...)` from prompts to responses, given each benchmark's number of new
+    tokens (`settings.max_new_tokens`, or that benchmark's default when it is None). Its `backend` names it,
+    and its `batch_size` (if it has one) is how many prompts it is given at a time. Responses in `output_dir`
+    of another model, backend or settings (that benchmark's number of new tokens included) are an
     `EvaluationError`, or with `replace_stale` are discarded (a training run's own output folder, where a new
     run replaces an old one). `judge` gives the verdicts of constraints stated in words (`judge:PATH`
     benchmarks); it is asked whether it is up before any generation they need.
@@ -65,12 +69,13 @@ def evaluate_model(model: str, benchmarks: list[str], output_dir: str | Path, se
     if judged_specs and judge is None:
         raise EvaluationError(f"{', '.join(judged_specs)}: constraints in words need an LLM judge "
                               f"(--judge-url and --judge-model)")
-    identity = {"model": model, "model_fingerprint": model_fingerprint(model), "backend": make_generator.backend,
-                "generation": settings.as_dict()}
+    identity = {"model": model, "model_fingerprint": model_fingerprint(model), "backend": make_generator.backend}
+    # Each benchmark's settings, with the number of new tokens it is generated with: recorded and compared as such.
+    resolved = {spec: _settings_for(spec, settings) for spec in benchmarks}
+    identities = {spec: {**identity, "generation": resolved[spec].as_dict(), "benchmark": spec} for spec in benchmarks}
     responses, pending, floors = {}, {}, {}
     for spec, benchmark_items in items.items():
-        responses[spec] = _responses_so_far(Path(output_dir) / benchmark_name(spec), {**identity, "benchmark": spec},
-                                            replace_stale)
+        responses[spec] = _responses_so_far(Path(output_dir) / benchmark_name(spec), identities[spec], replace_stale)
         # A response is reused only for the same prompt: an edited benchmark file has its changed prompts answered anew.
         pending[spec] = [item for item in benchmark_items
                          if responses[spec].get(item.key, {}).get("prompt") != item.prompt]
@@ -80,14 +85,14 @@ def evaluate_model(model: str, benchmarks: list[str], output_dir: str | Path, se
     results = {}
     for spec, benchmark_items in items.items():
         name = benchmark_name(spec)
-        folder, benchmark_identity, written = Path(output_dir) / name, {**identity, "benchmark": spec}, responses[spec]
+        folder, benchmark_identity, written = Path(output_dir) / name, identities[spec], responses[spec]
         if pending[spec]:
             generator = generator or make_generator(model, settings)
             log(f"{name}: generating {len(pending[spec])} responses with {generator.backend} "
                 f"({len(benchmark_items) - len(pending[spec])} already written)")
             _write_json(folder / "generation.json", benchmark_identity)
             _generate(generator, pending[spec], folder / "responses.jsonl", written,
-                      getattr(generator, "batch_size", settings.batch_size))
+                      getattr(generator, "batch_size", settings.batch_size), resolved[spec].max_new_tokens)
         generated = [written.pop(item.key) for item in benchmark_items]
         texts = [row["response"] for row in generated]
         judged = spec in judged_specs
@@ -106,6 +111,13 @@ def evaluate_model(model: str, benchmarks: list[str], output_dir: str | Path, se
     log("what trivial answers score on the same prompts:\n" + format_table(
         {f"{name} {answer}": by_mode for name, by_answer in floors.items() for answer, by_mode in by_answer.items()}))
     return results
+
+
+def _settings_for(spec: str, settings: GenerationSettings) -> GenerationSettings:
+    """`settings` as the benchmark `spec` is generated with: its default number of new tokens unless one is given."""
+    if settings.max_new_tokens is not None:
+        return settings
+    return dataclasses.replace(settings, max_new_tokens=default_max_new_tokens(spec))
 
 
 def trivial_floors(items: list[EvalItem]) -> dict[str, dict[str, dict]]:
@@ -161,8 +173,10 @@ def _is_response(row: object) -> bool:
     return isinstance(row, dict) and all(isinstance(row.get(name), str) for name in RESPONSE_FIELDS)
 
 
-def _generate(generator, items: list[EvalItem], path: Path, responses: dict[str, dict], batch_size: int) -> None:
-    """Generate batch by batch, appending each response to `path` (an `AppendLog`) as its batch finishes.
+def _generate(generator, items: list[EvalItem], path: Path, responses: dict[str, dict], batch_size: int,
+              max_new_tokens: int) -> None:
+    """Generate batch by batch, at most `max_new_tokens` per response, appending each response to `path` (an
+    `AppendLog`) as its batch finishes.
     Prompts of similar length share a batch: less padding to attend to."""
     items = sorted(items, key=lambda item: len(item.prompt))
     log = AppendLog(path)
@@ -170,7 +184,8 @@ def _generate(generator, items: list[EvalItem], path: Path, responses: dict[str,
         with tqdm(total=len(items), desc="generating", unit="prompt") as bar:
             for start in range(0, len(items), batch_size):
                 batch = items[start:start + batch_size]
-                for item, response in zip(batch, generator([item.prompt for item in batch])):
+                answers = generator([item.prompt for item in batch], max_new_tokens=max_new_tokens)
+                for item, response in zip(batch, answers):
                     # `cut`: whether it stopped at max_new_tokens (None from a generator that does not say).
                     responses[item.key] = {"key": item.key, "prompt": item.prompt, "response": str(response),
                                            "cut": getattr(response, "cut", None)}

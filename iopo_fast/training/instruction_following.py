@@ -24,7 +24,8 @@ def evaluate_instruction_following(config: TrainConfig, model: str, stage: str) 
         from ..endpoints.generation import GenerationSettings, TransformersGenerator
         from ..evaluation.run import evaluate_model
 
-        settings = GenerationSettings(max_new_tokens=config.eval_max_new_tokens, seed=config.seed,
+        # eval_max_new_tokens 0: each benchmark's own default.
+        settings = GenerationSettings(max_new_tokens=config.eval_max_new_tokens or None, seed=config.seed,
                                       batch_size=config.per_device_eval_batch_size)
         print(f"instruction following {stage} training:", flush=True)
         try:

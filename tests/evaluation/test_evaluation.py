@@ -15,7 +15,7 @@ import torch
 from conftest import DEMO_DATA, fresh_process_env
 
 from iopo_fast.evaluation import offline_resources
-from iopo_fast.evaluation.benchmarks import BenchmarkError, load_benchmark
+from iopo_fast.evaluation.benchmarks import BenchmarkError, default_max_new_tokens, load_benchmark
 from iopo_fast.evaluation.checks import ERROR, FAILED, MET, UNSUPPORTED, Check, CheckError, make_check
 from iopo_fast.endpoints.generation import GenerationSettings, TransformersGenerator, _model_directory, generator_class
 from iopo_fast.evaluation.report import format_table, summarize
@@ -221,9 +221,78 @@ def test_benchmark_files_with_bad_lines_name_file_and_line(tmp_path):
 
 
 def test_responses_that_stop_at_the_token_limit_are_marked_cut():
-    generator = TransformersGenerator(DEFAULT_MODEL, GenerationSettings(max_new_tokens=24, batch_size=2))
-    short, long = generator(["What is 2+2? Answer with a number.", "Write a long story about a cat."])
+    # Settings that leave the number of new tokens to each benchmark: the call gives it.
+    generator = TransformersGenerator(DEFAULT_MODEL, GenerationSettings(batch_size=2))
+    short, long = generator(["What is 2+2? Answer with a number.", "Write a long story about a cat."],
+                            max_new_tokens=24)
     assert (short, short.cut, long.cut) == ("The answer is 4.", False, True)
+    with pytest.raises(ValueError, match="needs a positive max_new_tokens"):
+        generator(["Hi."])
+
+
+class RecordingGenerator:
+    """Stands in for the model: a set answer, recording the number of new tokens each prompt is generated with."""
+
+    backend = "recording"
+    built = 0
+    max_new_tokens: dict[str, int] = {}
+
+    def __init__(self, model, settings):
+        type(self).built += 1
+
+    def __call__(self, prompts, max_new_tokens):
+        type(self).max_new_tokens.update(dict.fromkeys(prompts, max_new_tokens))
+        return ["An answer."] * len(prompts)
+
+
+def own_prompts(tmp_path) -> str:
+    path = tmp_path / "own.jsonl"
+    path.write_text("".join(json.dumps({"key": key, "prompt": f"Say {key} in lowercase.", "instruction_id_list":
+                                        ["demo:lowercase"], "kwargs": [{"args": []}]}) + "\n" for key in ("hi", "bye")))
+    return f"jsonl:{path}"
+
+
+def generated_with(output: Path, name: str) -> int:
+    return json.loads((output / name / "generation.json").read_text())["generation"]["max_new_tokens"]
+
+
+def test_each_benchmark_is_generated_with_its_own_default_number_of_new_tokens(tmp_path):
+    assert [default_max_new_tokens(spec) for spec in ("demo", DEMO, "ifbench", "ifeval", "jsonl:a", "judge:b")] == \
+        [256, 256, 1280, 1280, 1280, 1280]
+    own, output = own_prompts(tmp_path), tmp_path / "out"
+    RecordingGenerator.built, RecordingGenerator.max_new_tokens = 0, {}
+    evaluate_model("fixed", [DEMO, own], output, GenerationSettings(), limit=2, make_generator=RecordingGenerator)
+    demo_prompts = [item.prompt for item in load_benchmark(DEMO)[:2]]
+    assert RecordingGenerator.max_new_tokens == {**dict.fromkeys(demo_prompts, 256),
+                                                 "Say hi in lowercase.": 1280, "Say bye in lowercase.": 1280}
+    assert RecordingGenerator.built == 1  # the model is loaded once for both
+    assert (generated_with(output, "demo"), generated_with(output, "own")) == (256, 1280)
+
+
+def test_a_number_of_new_tokens_given_applies_to_every_benchmark(tmp_path):
+    own, output = own_prompts(tmp_path), tmp_path / "out"
+    RecordingGenerator.max_new_tokens = {}
+    evaluate_model("fixed", [DEMO, own], output, GenerationSettings(max_new_tokens=64), limit=2,
+                   make_generator=RecordingGenerator)
+    assert len(RecordingGenerator.max_new_tokens) == 4 and set(RecordingGenerator.max_new_tokens.values()) == {64}
+    assert (generated_with(output, "demo"), generated_with(output, "own")) == (64, 64)
+    with pytest.raises(ValueError, match="max_new_tokens .* must be positive"):
+        GenerationSettings(max_new_tokens=0)
+
+
+def test_responses_generated_at_another_number_of_new_tokens_are_stale(tmp_path):
+    own, output = own_prompts(tmp_path), tmp_path / "out"
+    at_256 = GenerationSettings(max_new_tokens=256)
+    evaluate_model("fixed", [DEMO, own], output, at_256, limit=2, make_generator=RecordingGenerator)
+    RecordingGenerator.max_new_tokens = {}
+    # demo's default is 256: its responses are those it would generate now, and are kept.
+    evaluate_model("fixed", [DEMO], output, GenerationSettings(), limit=2, make_generator=RecordingGenerator)
+    assert RecordingGenerator.max_new_tokens == {}
+    with pytest.raises(EvaluationError, match="another model, backend or generation settings"):  # own's is 1280
+        evaluate_model("fixed", [own], output, GenerationSettings(), limit=2, make_generator=RecordingGenerator)
+    evaluate_model("fixed", [own], output, GenerationSettings(), limit=2, make_generator=RecordingGenerator,
+                   replace_stale=True)
+    assert set(RecordingGenerator.max_new_tokens.values()) == {1280} and generated_with(output, "own") == 1280
 
 
 class CountingGenerator(TransformersGenerator):
@@ -232,11 +301,11 @@ class CountingGenerator(TransformersGenerator):
     fail_after_batches: int | None = None
     answered: list[str] = []
 
-    def __call__(self, prompts):
+    def __call__(self, prompts, max_new_tokens=None):
         if self.fail_after_batches is not None and len(self.answered) >= self.fail_after_batches * self.settings.batch_size:
             raise KeyboardInterrupt
         type(self).answered += prompts
-        return super().__call__(prompts)
+        return super().__call__(prompts, max_new_tokens)
 
 
 def test_evaluate_a_model_end_to_end_and_resume_after_an_interruption(tmp_path, tiny_model_dir):
@@ -287,7 +356,7 @@ def test_generation_is_greedy_batched_with_left_padding(tiny_model_dir):
 
 def test_a_response_holding_a_line_separator_is_kept_on_resume(tmp_path, tiny_model_dir):
     class Separator(CountingGenerator):
-        def __call__(self, prompts):
+        def __call__(self, prompts, max_new_tokens=None):
             type(self).answered += prompts
             return ["a\u2028b"] * len(prompts)
 

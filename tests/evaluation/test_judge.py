@@ -58,7 +58,7 @@ class FixedResponses:
     def __init__(self, model, settings):
         type(self).built += 1
 
-    def __call__(self, prompts):
+    def __call__(self, prompts, max_new_tokens):
         by_prompt = {record["messages"][1]["content"]: RESPONSES[record["id"]] for record in TRACE_RECORDS}
         return [by_prompt[prompt] for prompt in prompts]
 
