@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import itertools
-import math
 from dataclasses import dataclass, field
 from unittest import mock
 
@@ -367,7 +366,3 @@ def largest_layer_parameters(model: torch.nn.Module) -> int:
 
 def gib(size: float) -> float:
     return size / 2**30
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b) if b else math.inf
