@@ -97,7 +97,6 @@ GPUS_PER_NODE = 8
 TRL_OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")  # what DPOTrainer asks its head for
 BETA = 0.1
 DTYPE = torch.bfloat16
-LIVE_REFERENCE = {1: True, 2: False, 3: True, 4: False, 5: False}
 SEED = 0
 
 
@@ -110,7 +109,7 @@ class Setup:
     parameters: int  # the policy's
     trainable: int
     largest_layer: int
-    live_reference: bool
+    live_reference: bool  # a frozen second model is kept as the reference
     packed_tokens: int  # tokens the policy's forward runs
     precompute: Callable[[], object] | None = None  # a precomputed reference's scoring, once per example
 
@@ -166,10 +165,10 @@ def iopo_fast_setup(system: int, model_name: str, batch, lora: dict | None, chec
         scores = RootCall(reference_scores)()
         RootCall(lambda: preference(batch, scores).loss)().backward()
 
-    modules = [policy] + ([reference] if system == 3 and reference is not None else [])
+    modules = [policy] + ([reference] if reference is not None else [])
     precompute = None if system == 3 else lambda: preference(batch, with_loss=False)
     return Setup(step, modules, parameters, trainable, largest_layer_parameters(policy),
-                 LIVE_REFERENCE[system] and lora is None, int(batch.input_ids.numel()), precompute)
+                 reference is not None, int(batch.input_ids.numel()), precompute)
 
 
 def trl_batch(pairs) -> dict[str, torch.Tensor]:
@@ -242,7 +241,7 @@ def trl_setup(system: int, model_name: str, batch: dict, lora: dict | None, chec
 
     parameters, trainable = parameter_counts(policy)
     return Setup(step, [policy] + ([reference] if reference is not None else []), parameters, trainable,
-                 largest_layer_parameters(policy), LIVE_REFERENCE[system] and lora is None,
+                 largest_layer_parameters(policy), reference is not None,
                  int(batch["input_ids"].numel()), None if system == 1 else lambda: sequence_logps(policy))
 
 
