@@ -9,7 +9,7 @@ from pathlib import Path
 from .config import ConfigError, load_config, options_markdown
 from .data.records import DataError
 from .endpoints.client import EndpointError, EndpointSettings
-from .endpoints.generation import BACKENDS, GenerationSettings, generator_class
+from .endpoints.generation import BACKENDS, DTYPES, GenerationSettings, generator_class
 from .endpoints.local_chat import LocalModel
 from .evaluation.benchmarks import BenchmarkError
 from .evaluation.judge import Judge, JudgeError, load_judge_prompt
@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     eval_parser.add_argument("--temperature", type=float, default=GenerationSettings.temperature, help="0: greedy")
     eval_parser.add_argument("--top-p", type=float, default=GenerationSettings.top_p)
     eval_parser.add_argument("--seed", type=int, default=GenerationSettings.seed)
-    eval_parser.add_argument("--batch-size", type=int, default=GenerationSettings.batch_size)
+    eval_parser.add_argument("--batch-size", type=int, default=GenerationSettings.batch_size,
+                             help="transformers: sequences decoded at once (a row that ends takes the next prompt)")
+    eval_parser.add_argument("--dtype", choices=DTYPES, default=GenerationSettings.dtype)
     eval_parser.add_argument("--limit", type=int, help="only the first N prompts of each benchmark")
     eval_parser.add_argument("--backend", choices=BACKENDS, default="auto",
                              help="auto: vLLM when it is installed and a GPU is present, else transformers")
@@ -95,7 +97,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     try:
         if args.limit is not None and args.limit <= 0:
             raise ValueError(f"--limit must be positive, got {args.limit}")
-        settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.seed, args.batch_size)
+        settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.seed, args.batch_size,
+                                      args.dtype)
         evaluate_model(args.model, args.benchmarks, output, settings, limit=args.limit,
                        make_generator=generator_class(args.backend), judge=_judge(args))
     except (*EVALUATION_ERRORS, ModelError, ValueError) as error:

@@ -175,27 +175,36 @@ def _is_response(row: object) -> bool:
 
 def _generate(generator, items: list[EvalItem], path: Path, responses: dict[str, dict], batch_size: int,
               max_new_tokens: int) -> None:
-    """Generate batch by batch, at most `max_new_tokens` per response, appending each response to `path` (an
-    `AppendLog`) as its batch finishes.
-    Prompts of similar length share a batch: less padding to attend to."""
+    """Generate at most `max_new_tokens` per response, appending each response to `path` (an `AppendLog`) as
+    soon as it is known: as it ends, from a generator that streams (`generator.stream(prompts, max_new_tokens)`
+    yielding (index, response)), else as its batch of `batch_size` prompts ends.
+    Prompts of similar length are generated together: less padding to attend to."""
     items = sorted(items, key=lambda item: len(item.prompt))
     log = AppendLog(path)
     try:
         with tqdm(total=len(items), desc="generating", unit="prompt") as bar:
-            for start in range(0, len(items), batch_size):
-                batch = items[start:start + batch_size]
-                answers = generator([item.prompt for item in batch], max_new_tokens=max_new_tokens)
-                for item, response in zip(batch, answers):
-                    # `cut`: whether it stopped at max_new_tokens (None from a generator that does not say).
-                    responses[item.key] = {"key": item.key, "prompt": item.prompt, "response": str(response),
-                                           "cut": getattr(response, "cut", None)}
-                    log.append(responses[item.key])
-                bar.update(len(batch))
+            for item, response in _answers(generator, items, batch_size, max_new_tokens):
+                # `cut`: whether it stopped at max_new_tokens (None from a generator that does not say).
+                responses[item.key] = {"key": item.key, "prompt": item.prompt, "response": str(response),
+                                       "cut": getattr(response, "cut", None)}
+                log.append(responses[item.key])
+                bar.update()
     finally:
         log.close()
 
 
 def _write_lines(path: Path, rows: list[dict]) -> None:
+def _answers(generator, items: list[EvalItem], batch_size: int, max_new_tokens: int):
+    """(item, response) pairs, each as soon as the generator gives it."""
+    if hasattr(generator, "stream"):
+        for index, response in generator.stream([item.prompt for item in items], max_new_tokens=max_new_tokens):
+            yield items[index], response
+        return
+    for start in range(0, len(items), batch_size):
+        batch = items[start:start + batch_size]
+        yield from zip(batch, generator([item.prompt for item in batch], max_new_tokens=max_new_tokens))
+
+
     write_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
