@@ -12,10 +12,14 @@ instruction text, so `verify_quadruple` can check any record on its own. The con
 their checkers live in `iopo_fast.evaluation.demo_constraints`, which the `demo` evaluation
 benchmark uses to judge a model's responses to the same instructions.
 
-Train and eval come from disjoint topics. The output is deterministic: the same seed writes the
-same bytes on every run, and `--check` tells whether the files on disk are up to date.
+Train and eval come from disjoint topics. Every eval instruction is failed by each of the evaluation's
+trivial answers (empty, ".", the instruction echoed back, a fixed generic paragraph): a score on the
+`demo` benchmark stands on a floor of zero. Valid holds records of the train topics that are not in
+train, for choosing hyperparameters without looking at an evaluated prompt. The output is
+deterministic: the same seed writes the same bytes on every run, and `--check` tells whether the
+files on disk are up to date.
 
-    python examples/make_demo_data.py            # write examples/data/{train,eval}.jsonl
+    python examples/make_demo_data.py            # write examples/data/{train,eval,valid}.jsonl
     python examples/make_demo_data.py --check    # exit 1 if they differ from a fresh generation
 """
 
@@ -41,10 +45,11 @@ from iopo_fast.evaluation.demo_constraints import (
     count_words,
     parse_constraints,
 )
+from iopo_fast.evaluation.run import TRIVIAL_ANSWERS
 
 SEED = 2411
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "data"
-SPLIT_SIZES = {"train.jsonl": 300, "eval.jsonl": 40}
+SPLIT_SIZES = {"train.jsonl": 300, "eval.jsonl": 40, "valid.jsonl": 40}  # generated in this order
 EVAL_TOPIC_STRIDE = 6
 MAX_INSTRUCTION_WORDS = 40
 MAX_RESPONSE_WORDS = 35
@@ -303,20 +308,32 @@ def verify_quadruple(record: object) -> list[str]:
 
 
 def split_topics() -> dict[str, list[Topic]]:
-    """Disjoint topics for each split: every sixth topic is held out for evaluation."""
-    return {
-        "train.jsonl": [topic for index, topic in enumerate(TOPICS) if index % EVAL_TOPIC_STRIDE],
-        "eval.jsonl": TOPICS[::EVAL_TOPIC_STRIDE],
-    }
+    """Disjoint topics for train and eval: every sixth topic is held out for evaluation. Valid draws new
+    records from the train topics."""
+    train = [topic for index, topic in enumerate(TOPICS) if index % EVAL_TOPIC_STRIDE]
+    return {"train.jsonl": train, "eval.jsonl": TOPICS[::EVAL_TOPIC_STRIDE], "valid.jsonl": train}
 
 
-def generate_records(topics: Sequence[Topic], count: int, rng: random.Random) -> list[dict]:
-    """`count` distinct valid quadruples, going round the topics in turn."""
+def trivial_answers_fail(record: dict) -> bool:
+    """Whether every trivial answer of the evaluation breaks a constraint of x1, and one of x2."""
+    return all(broken(respond(instruction), parse_constraints(instruction))
+               for instruction in record_texts(record)[:2] for respond in TRIVIAL_ANSWERS.values())
+
+
+# What a split's records must also satisfy, beyond being valid quadruples.
+SPLIT_REQUIREMENTS: dict[str, Callable[[dict], bool]] = {"eval.jsonl": trivial_answers_fail}
+
+
+def generate_records(topics: Sequence[Topic], count: int, rng: random.Random,
+                     requirement: Callable[[dict], bool] | None = None,
+                     taken: frozenset[tuple[str, str]] = frozenset()) -> list[dict]:
+    """`count` distinct valid quadruples that meet `requirement`, going round the topics in turn, none with an
+    instruction pair in `taken`."""
     records: list[dict] = []
-    instruction_pairs: set[tuple[str, str]] = set()
+    instruction_pairs: set[tuple[str, str]] = set(taken)
     while len(records) < count:
         record = make_quadruple(topics[len(records) % len(topics)], rng)
-        if record is None or record_texts(record)[:2] in instruction_pairs:
+        if record is None or record_texts(record)[:2] in instruction_pairs or (requirement and not requirement(record)):
             continue
         problems = verify_quadruple(record)
         if problems:
@@ -327,9 +344,13 @@ def generate_records(topics: Sequence[Topic], count: int, rng: random.Random) ->
 
 
 def generate_splits(seed: int = SEED) -> dict[str, list[dict]]:
-    """The records of each output file, by file name."""
+    """The records of each output file, by file name; no instruction pair is in two of them."""
     rng = random.Random(seed)
-    return {name: generate_records(topics, SPLIT_SIZES[name], rng) for name, topics in split_topics().items()}
+    splits: dict[str, list[dict]] = {}
+    for name, topics in split_topics().items():
+        taken = frozenset(record_texts(record)[:2] for records in splits.values() for record in records)
+        splits[name] = generate_records(topics, SPLIT_SIZES[name], rng, SPLIT_REQUIREMENTS.get(name), taken)
+    return splits
 
 
 def jsonl_bytes(records: Sequence[dict]) -> bytes:

@@ -57,7 +57,8 @@ def test_check_flag_passes_on_committed_files_and_fails_on_edited_ones(tmp_path)
 
 
 def test_counts(splits):
-    assert {name: len(records) for name, records in splits.items()} == {"train.jsonl": 300, "eval.jsonl": 40}
+    assert {name: len(records) for name, records in splits.items()} == \
+        {"train.jsonl": 300, "eval.jsonl": 40, "valid.jsonl": 40}
 
 
 def test_every_line_is_a_record_in_the_release_format(splits):
@@ -96,11 +97,29 @@ def test_swapped_or_malformed_records_are_reported(splits):
     assert demo.verify_quadruple("not a record") != []
 
 
-def test_train_and_eval_share_no_instruction_pair_or_topic(splits):
+def test_no_instruction_pair_is_in_two_splits_and_eval_shares_no_topic(splits):
     pairs = {name: {demo.record_texts(record)[:2] for record in records} for name, records in splits.items()}
-    assert not pairs["train.jsonl"] & pairs["eval.jsonl"]
-    topics = demo.split_topics()
-    assert not {t.task for t in topics["train.jsonl"]} & {t.task for t in topics["eval.jsonl"]}
+    assert sum(map(len, pairs.values())) == len(set().union(*pairs.values())) == 380
+    tasks = {name: {record["conversations"][0]["value"].split(".")[0] for record in records}
+             for name, records in splits.items()}
+    assert not (tasks["train.jsonl"] | tasks["valid.jsonl"]) & tasks["eval.jsonl"]
+    assert tasks["valid.jsonl"] <= tasks["train.jsonl"]
+
+
+def test_every_trivial_answer_fails_every_eval_instruction(splits):
+    from iopo_fast.evaluation.benchmarks import load_benchmark
+    from iopo_fast.evaluation.run import trivial_floors
+
+    floors = trivial_floors(load_benchmark(f"demo:{DATA_DIR / 'eval.jsonl'}"))
+    assert {answer: by_mode["strict"]["prompt_level"]["accuracy"] for answer, by_mode in floors.items()} == \
+        dict.fromkeys(["empty", "dot", "echo", "generic"], 0.0)
+    # The requirement, not chance, gives eval its floor: records of the same kinds fail it without one.
+    assert not all(map(demo.trivial_answers_fail, splits["valid.jsonl"]))
+
+
+def test_case_constraints_need_a_cased_letter():
+    for kind in ("lowercase", "uppercase"):
+        assert not any(Constraint(kind).check(text) for text in ("", ".", "42!", "- 3\n- 4"))
 
 
 def test_instructions_and_responses_are_short(splits):

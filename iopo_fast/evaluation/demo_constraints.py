@@ -104,8 +104,9 @@ KINDS = {
     "include": Kind("keyword", "Include the word '{}'.", contains_word, LETTERS.pattern),
     "exclude": Kind("keyword", "Do not use the word '{}'.", lambda response, word: not contains_word(response, word),
                     LETTERS.pattern),
-    "lowercase": Kind("case", "Write entirely in lowercase.", lambda response: response == response.lower()),
-    "uppercase": Kind("case", "Write entirely in UPPERCASE.", lambda response: response == response.upper()),
+    # As IFEval's: a text with no cased letter is in neither case.
+    "lowercase": Kind("case", "Write entirely in lowercase.", str.islower),
+    "uppercase": Kind("case", "Write entirely in UPPERCASE.", str.isupper),
     "bullets": Kind("layout", "Answer as a list of exactly {} bullet points starting with '- '.",
                     lambda response, count: bullet_count(response) == count, COUNT, int),
     "json": Kind("layout", "Answer as a JSON object with keys '{}' and '{}'.", is_json_object_with_keys, r"\w+"),

@@ -36,9 +36,10 @@ MODES = ("strict", "loose")
 RESPONSE_FIELDS = ("key", "prompt", "response")  # what a line of responses.jsonl holds at least
 GENERIC_ANSWER = ("Thank you for the question. Here is a clear and helpful answer: the main points are explained "
                   "in order, each with a short example, and a brief summary closes the answer.")
-# Answers that follow no instruction on purpose: a score is read beside what these score on the same prompts.
-TRIVIAL_ANSWERS = {"empty": lambda item: "", "dot": lambda item: ".", "echo": lambda item: item.prompt,
-                   "generic": lambda item: GENERIC_ANSWER}
+# Answers to a prompt that follow no instruction on purpose: a score is read beside what these score on the same
+# prompts.
+TRIVIAL_ANSWERS = {"empty": lambda prompt: "", "dot": lambda prompt: ".", "echo": lambda prompt: prompt,
+                   "generic": lambda prompt: GENERIC_ANSWER}
 
 
 class EvaluationError(RuntimeError):
@@ -124,7 +125,7 @@ def trivial_floors(items: list[EvalItem]) -> dict[str, dict[str, dict]]:
     """The summaries, in each mode, of every trivial answer (`TRIVIAL_ANSWERS`) to every item."""
     logging.disable(logging.ERROR)  # IFEval's language check logs every text with no words: "." here
     try:
-        return {answer: {mode: summarize([score(item, respond(item)) for item in items], mode) for mode in MODES}
+        return {answer: {mode: summarize([score(item, respond(item.prompt)) for item in items], mode) for mode in MODES}
                 for answer, respond in TRIVIAL_ANSWERS.items()}
     finally:
         logging.disable(logging.NOTSET)
@@ -193,7 +194,6 @@ def _generate(generator, items: list[EvalItem], path: Path, responses: dict[str,
         log.close()
 
 
-def _write_lines(path: Path, rows: list[dict]) -> None:
 def _answers(generator, items: list[EvalItem], batch_size: int, max_new_tokens: int):
     """(item, response) pairs, each as soon as the generator gives it."""
     if hasattr(generator, "stream"):
@@ -205,6 +205,7 @@ def _answers(generator, items: list[EvalItem], batch_size: int, max_new_tokens: 
         yield from zip(batch, generator([item.prompt for item in batch], max_new_tokens=max_new_tokens))
 
 
+def _write_lines(path: Path, rows: list[dict]) -> None:
     write_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
