@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import fresh_process_env
@@ -168,6 +169,19 @@ def test_data_benchmark_smoke_prints_every_row(tmp_path):
     assert "300 examples" in run.stdout and (tmp_path / "data-cpu.md").is_file()
 
 
+def test_generation_benchmark_times_both_ways_on_the_same_prompts(tmp_path):
+    run = run_script("bench_generation.py", "--prompts", "4", "--max-new-tokens", "6", "--rows", "2", "--dtype",
+                     "float32", "--output-dir", str(tmp_path))
+
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    rows = table_rows(run.stdout)
+    assert [row[0] for row in rows] == ["generate", "rows"]
+    for row in rows:
+        assert_finite_and_positive(row[1:5])
+    results = json.loads((tmp_path / "generation-cpu.json").read_text())["results"]
+    assert {name: result["new_tokens"] <= 4 * 6 for name, result in results.items()} == {"generate": True, "rows": True}
+
+
 def test_method_comparison_smoke_trains_and_evaluates_every_method(tmp_path):
     run = run_script("compare_methods.py", "--smoke", "--output", str(tmp_path / "results"),
                      "--work-dir", str(tmp_path / "work"))
@@ -179,8 +193,13 @@ def test_method_comparison_smoke_trains_and_evaluates_every_method(tmp_path):
     assert list(report["table"]) == ["base", "sft", "dpo", "iopo", "dpo-tokens"]
     for run_report in report["runs"]:
         assert run_report["tokens_trained"] > 0
-        for benchmark in ("demo", "ifbench"):
-            assert run_report["benchmarks"][benchmark]["prompts"] == 5
+        for benchmark in ("demo", "ifeval"):
+            assert run_report["benchmarks"][benchmark]["summary"]["prompts"] == 5
+            assert len(run_report["benchmarks"][benchmark]["scores"]) == 5
+    for row in report["table"].values():  # one kind of interval for every row, the base model's included
+        assert all(value["low"] <= value["mean"] <= value["high"] for benchmark in ("demo", "ifeval")
+                   for value in (row[benchmark]["prompt_level"], row[benchmark]["instruction_level"]))
+    assert report["trivial_floors"]["empty"]["demo"] == {"prompt_level": 0.0, "instruction_level": 0.0}
     assert [row[0] for row in table_rows(run.stdout)][:5] == ["base", "sft", "dpo", "iopo", "dpo-tokens"]
     assert (tmp_path / "results" / "methods-cpu-smoke.png").read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "work" / "iopo-seed0" / "model").exists()  # trained models are not kept
@@ -202,3 +221,33 @@ def test_method_comparison_smoke_trains_and_evaluates_every_method(tmp_path):
     assert third.returncode == 0, third.stderr[-5000:]
     retrained = {path for path in trained if path.stat().st_mtime_ns != trained[path]}
     assert retrained == {tmp_path / "work" / "dpo-seed0" / "metrics.jsonl"}
+
+
+def test_study_intervals_are_paired_by_seed_and_prompt():
+    """The draws are shared by every method: a method that meets more on some prompts and less on none is ahead
+    on every draw; a single run (the base model) stands for every drawn seed; seeds that disagree widen the
+    interval."""
+    sys.path.insert(0, str(BENCHMARKS))
+    import numpy as np
+    from compare_methods import resampled_levels
+
+    rng = np.random.default_rng(0)
+    prompts, seeds = 40, 3
+    met = rng.integers(0, 2, prompts)
+    base = [[(int(hit), 1, bool(hit)) for hit in met]]
+    better = [[(1, 1, True) if index < 5 else score for index, score in enumerate(base[0])]]
+    seed_draws = rng.integers(0, seeds, size=(500, seeds))
+    prompt_draws = rng.integers(0, prompts, size=(500, seeds, prompts))
+    alone = resampled_levels(base, seed_draws, prompt_draws)
+    ahead = resampled_levels(better * seeds, seed_draws, prompt_draws)
+    for level in ("prompt_level", "instruction_level"):
+        assert np.array_equal(resampled_levels(base * seeds, seed_draws, prompt_draws)[level]["draws"],
+                              alone[level]["draws"])
+        gains = ahead[level]["draws"] - alone[level]["draws"]
+        assert gains.min() >= 0 and (gains > 0).mean() > 0.9
+        assert ahead[level]["point"] - alone[level]["point"] == pytest.approx((1 - met[:5]).sum() / prompts)
+    every, none = [[(1, 1, True)] * prompts], [[(0, 1, False)] * prompts]
+    two_thirds = [[(1, 1, True) if index % 3 else (0, 1, False) for index in range(prompts)]]
+    spread = resampled_levels(every + none + every, seed_draws, prompt_draws)["prompt_level"]["draws"]
+    steady = resampled_levels(two_thirds * seeds, seed_draws, prompt_draws)["prompt_level"]["draws"]
+    assert spread.std() > 3 * steady.std()

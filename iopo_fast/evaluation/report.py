@@ -30,9 +30,7 @@ def summarize(rows: list[dict], mode: str, seed: int = 0) -> dict:
     """The accuracies of scored responses (`rows[i]["checks"][j][mode]` is a verdict) in one mode."""
     rng = np.random.default_rng(seed)
     verdicts = [[check[mode] for check in row["checks"]] for row in rows]
-    decided = [[verdict == MET for verdict in row if verdict in DECIDED] for row in verdicts]
-    prompt_outcomes = [_prompt_outcome(row) for row in verdicts]
-    decided_prompts = [outcome for outcome in prompt_outcomes if outcome is not None]
+    scores = prompt_scores(rows, mode)
     by_type: dict[str, list[bool]] = defaultdict(list)
     for row in rows:
         for check in row["checks"]:
@@ -40,11 +38,11 @@ def summarize(rows: list[dict], mode: str, seed: int = 0) -> dict:
                 by_type[check["id"]].append(check[mode] == MET)
     no_verdict = Counter(verdict for row in verdicts for verdict in row if verdict not in DECIDED)
     return {
-        "prompt_level": _accuracy(decided_prompts, rng),
-        "instruction_level": _ratio_of_sums([sum(row) for row in decided], [len(row) for row in decided], rng),
+        "prompt_level": _accuracy([every for _, _, every in scores if every is not None], rng),
+        "instruction_level": _ratio_of_sums([met for met, _, _ in scores], [decided for _, decided, _ in scores], rng),
         "per_constraint": {name: _accuracy(values, rng) for name, values in sorted(by_type.items())},
         "prompts": len(rows),
-        "undecided_prompts": prompt_outcomes.count(None),
+        "undecided_prompts": sum(every is None for _, _, every in scores),
         "constraints": sum(map(len, verdicts)),
         "constraints_without_verdict": dict(sorted(no_verdict.items())),
         "constraints_with_error": sum(verdict == ERROR for row in verdicts for verdict in row),
@@ -54,6 +52,14 @@ def summarize(rows: list[dict], mode: str, seed: int = 0) -> dict:
                                    if any(row.get("cut") is not None for row in rows) else None),
         "response_words": _distribution([len(row["response"].split()) for row in rows]),
     }
+
+
+def prompt_scores(rows: list[dict], mode: str) -> list[tuple[int, int, bool | None]]:
+    """Per response: the constraints met, the constraints decided (an error is decided, not met), and whether
+    every constraint is met (None when one has no verdict): what the prompt and instruction levels add up."""
+    verdicts = [[check[mode] for check in row["checks"]] for row in rows]
+    return [(sum(verdict == MET for verdict in row), sum(verdict in DECIDED for verdict in row), _prompt_outcome(row))
+            for row in verdicts]
 
 
 def _prompt_outcome(verdicts: list[str]) -> bool | None:
