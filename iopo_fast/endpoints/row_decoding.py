@@ -126,6 +126,7 @@ class RowDecoder:
                 self._keep([slot for slot, row in enumerate(self.held) if row is not None])
             if any(self.held):
                 yield from self._step()
+        self.cache = self.mask = None  # the buffers are freed between calls
 
     @torch.inference_mode()
     def _admit(self, slots: list[int], indices: list[int]) -> Iterator[Finished]:
