@@ -30,7 +30,7 @@ prompts with replacement; two methods (or a method and the base model) are compa
 so the difference is paired by seed and prompt. Run it alone: the wall times are only comparable within
 one run on an unloaded machine.
 
-    python benchmarks/compare_methods.py                       # the full study, about three hours on 2 CPU cores
+    python benchmarks/compare_methods.py                       # the full study: hours on 2 CPU cores
     python benchmarks/compare_methods.py --smoke --output DIR  # one seed, two steps, five prompts per benchmark
 """
 
