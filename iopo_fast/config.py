@@ -93,7 +93,7 @@ class TrainConfig:
     seed: int = _option(42, "Seed of the data order and of any random initialisation.")
     logging_steps: int = _option(1, "Write metrics.jsonl every this many steps.")
     eval_benchmarks: str | None = _option(None, "Instruction-following benchmarks run on the initial and on the trained model (`iopo-fast eval`), comma-separated: demo, demo:PATH, ifbench, ifeval, jsonl:PATH; results in output_dir/eval/before and output_dir/eval/after.")
-    eval_max_new_tokens: int = _option(0, "Longest response generated for eval_benchmarks, in tokens (greedy decoding, per_device_eval_batch_size prompts at a time); 0: each benchmark's default (demo 256, ifbench and ifeval 1280, jsonl 1280).")
+    eval_max_new_tokens: int = _option(0, "Longest response generated for eval_benchmarks, in tokens (greedy decoding, per_device_eval_batch_size rows at a time, a row that ends taking the next prompt); 0: each benchmark's default (demo 256, ifbench and ifeval 1280, jsonl 1280).")
     eval_steps: int = _option(0, "Evaluate the eval_dataset every this many steps, into metrics.jsonl as eval/<metric>; 0: before and after training only.")
 
     def mixture_proportions(self) -> list[float] | None:

@@ -54,7 +54,8 @@ def evaluate_model(model: str, benchmarks: list[str], output_dir: str | Path, se
     `limit` takes the first prompts of each benchmark only. `make_generator(model, settings)` builds the
     generator (default: `generator_class("auto")`), once, only if some response is missing: a callable
     `generator(prompts, max_new_tokens=...)` from prompts to responses, given each benchmark's number of new
-    tokens (`settings.max_new_tokens`, or that benchmark's default when it is None). Its `backend` names it,
+    tokens (`settings.max_new_tokens`, or that benchmark's default when it is None); if it has a `stream` of
+    the same arguments, yielding (index, response) as each ends, that is used instead. Its `backend` names it,
     and its `batch_size` (if it has one) is how many prompts it is given at a time. Responses in `output_dir`
     of another model, backend or settings (that benchmark's number of new tokens included) are an
     `EvaluationError`, or with `replace_stale` are discarded (a training run's own output folder, where a new
