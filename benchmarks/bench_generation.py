@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|---|---|---|---|"]
     for name, result in results.items():
         lines.append(f"| {name} | {result['seconds']:.1f} | {result['prompts_per_second']:.3f} | "
-                     f"{result['tokens_per_second']:.0f} | {result['new_tokens']} | {result['cut']} | "
+                     f"{result['tokens_per_second']:.1f} | {result['new_tokens']} | {result['cut']} | "
                      f"{baseline / result['seconds']:.2f}x |")
     lines += ["", f"Identical responses: {100 * identical:.0f}% of {len(prompts)}."]
     report = "\n".join(lines) + "\n"
