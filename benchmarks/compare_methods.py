@@ -54,7 +54,6 @@ from _results import RESULTS_DIR, device_slug, versions
 from iopo_fast.utils import write_atomically
 from iopo_fast.config import TrainConfig
 from iopo_fast.endpoints.generation import GenerationSettings, TransformersGenerator
-from iopo_fast.evaluation.benchmarks import load_benchmark
 from iopo_fast.evaluation.report import prompt_scores
 from iopo_fast.evaluation.run import TRIVIAL_ANSWERS, evaluate_model
 from iopo_fast.model.loading import DEFAULT_MODEL
@@ -148,10 +147,11 @@ def evaluate(model: str, name: str, args, work: Path) -> dict:
     for benchmark, limit in prompt_limits(args).items():
         result = evaluate_model(model, [benchmark], work / "eval" / name, settings, limit=limit,
                                 make_generator=TransformersGenerator, log=lambda _: None)
-        rows = {row["key"]: row for row in map(json.loads, (work / "eval" / name / benchmark / "responses.jsonl")
-                                                .read_text(encoding="utf-8").splitlines())}
-        scored = [rows[item.key] for item in load_benchmark(benchmark)[:limit]]
-        results[benchmark] = {"summary": result[benchmark]["strict"], "scores": prompt_scores(scored, "strict")}
+        summary = result[benchmark]["strict"]
+        # evaluate_model writes the evaluated prompts' rows first, in the benchmark's order.
+        lines = (work / "eval" / name / benchmark / "responses.jsonl").read_text(encoding="utf-8").splitlines()
+        scored = [json.loads(line) for line in lines[:summary["prompts"]]]
+        results[benchmark] = {"summary": summary, "scores": prompt_scores(scored, "strict")}
     return results
 
 
