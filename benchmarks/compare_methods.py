@@ -15,7 +15,8 @@ evaluated prompt), and are then used for every method, so that no method is tune
 sweep's runs compute a held-out loss: the study's runs are judged by their responses. The base model
 and every trained model are evaluated with `iopo-fast eval` (greedy, each benchmark at its own
 max_new_tokens) on `demo` (in-domain: the 80 held-out instructions, on which every trivial answer
-scores 0) and `ifeval` (out-of-domain: its first prompts, 96 of 541 by default), and `ifbench` if asked.
+scores 0) and `ifeval` (out-of-domain: its first prompts, 64 of 541 by default, one batch of rows), and
+`ifbench` if asked.
 
 Each finished run (training and evaluation) is recorded in its folder of the work directory
 (`outcome.json`, with the settings it ran under): a study that is stopped and started again with the
@@ -314,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--benchmarks", nargs="+", choices=("demo", "ifeval", "ifbench"), default=["demo", "ifeval"])
     # Generation at 1280 new tokens dominates the study's time on CPU: a part of the out-of-domain prompts.
     parser.add_argument("--demo-prompts", type=int, default=0, help="first N demo prompts (0: all 80)")
-    parser.add_argument("--ifeval-prompts", type=int, default=96, help="first N IFEval prompts (0: all 541)")
+    parser.add_argument("--ifeval-prompts", type=int, default=64, help="first N IFEval prompts (0: all 541)")
     parser.add_argument("--ifbench-prompts", type=int, default=32, help="first N IFBench prompts (0: all 294)")
     parser.add_argument("--max-new-tokens", type=int, help="for every benchmark (default: each benchmark's own)")
     parser.add_argument("--eval-batch-size", type=int, default=64, help="rows decoding at once")
