@@ -16,11 +16,14 @@ from iopo_fast.distributed import free_port
 from iopo_fast.training.engine import deepspeed_config
 from iopo_fast.training.loop import train
 
+# Token-budget micro-batches above the longest example of the demo eval set (412 packed tokens).
+TOKENS_PER_MICRO_BATCH = 450
+
 
 @pytest.fixture(scope="module")
 def zero0_run(tiny_model_dir, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("zero0")
-    train(training_config(tiny_model_dir, output_dir, max_tokens_per_micro_batch=450))
+    train(training_config(tiny_model_dir, output_dir, max_tokens_per_micro_batch=TOKENS_PER_MICRO_BATCH))
     return output_dir
 
 
@@ -30,7 +33,7 @@ def zero0_run(tiny_model_dir, tmp_path_factory):
 ])
 def test_zero_stages_train_the_same(tiny_model_dir, tmp_path, zero0_run, settings):
     """The same losses and gradient norms (taken by DeepSpeed under ZeRO, by the loop without it)."""
-    train(training_config(tiny_model_dir, tmp_path, max_tokens_per_micro_batch=450, **settings))
+    train(training_config(tiny_model_dir, tmp_path, max_tokens_per_micro_batch=TOKENS_PER_MICRO_BATCH, **settings))
     assert logged(tmp_path) == pytest.approx(logged(zero0_run), abs=2e-6)
     # fp32 norms summed in another order: DESIGN.md's fp32 gradient tolerance, 1e-4 relative.
     assert logged(tmp_path, "grad_norm") == pytest.approx(logged(zero0_run, "grad_norm"), rel=1e-4)
@@ -55,7 +58,7 @@ def run_cli(launcher: list[str], settings: dict, path) -> None:
 
 def two_rank_settings(tiny_model_dir, output_dir, **overrides) -> dict:
     """ZeRO-3 steps of 4 examples in token-budget micro-batches, as 2 ranks of 2 examples by default."""
-    settings = dict(max_tokens_per_micro_batch=450, zero_stage=3, gradient_accumulation_steps=1,
+    settings = dict(max_tokens_per_micro_batch=TOKENS_PER_MICRO_BATCH, zero_stage=3, gradient_accumulation_steps=1,
                     per_device_train_batch_size=2, max_steps=4)
     return training_config(tiny_model_dir, output_dir, **{**settings, **overrides}).__dict__
 
