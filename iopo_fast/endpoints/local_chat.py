@@ -3,8 +3,8 @@
 Requests are gathered as they arrive and generated `batch_size` at a time, in a worker thread, so the
 asynchronous pipeline that asks them keeps running meanwhile. Generation goes through the evaluation's
 generators (`generation.generator_class`: transformers on rows that take the next chat as one ends, or
-vLLM's offline engine when it is installed and a GPU is present), each chat rendered by the model's chat template. Answers are
-cached like an endpoint's, keyed by the model name as given.
+vLLM's offline engine when it is installed and a GPU is present), each chat rendered by the model's chat
+template. Answers are cached like an endpoint's, keyed by the model name as given.
 """
 
 from __future__ import annotations
