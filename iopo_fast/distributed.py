@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 
@@ -44,6 +45,45 @@ def is_main() -> bool:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+class RankError(RuntimeError):
+    """Another rank's failure, with its message, where its own exception class cannot be rebuilt here."""
+
+
+def raise_if_any_rank_failed(error: Exception | None) -> None:
+    """Returns if no rank failed; otherwise raises on every rank: `error` where it is set, elsewhere the failing
+    rank's message (the lowest one's), as its own class where `cls(message)` rebuilds it, else as `RankError`.
+
+    Every rank must call it after a step that may fail on some ranks only (a collective: it also waits for
+    the others), so that none is left waiting in the next collective for a rank that has stopped.
+    """
+    failure = None if error is None else (type(error).__module__, type(error).__qualname__, str(error))
+    failures = [failure]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        failures = [None] * dist.get_world_size()
+        dist.all_gather_object(failures, failure)  # plain strings: any exception's description pickles
+    if error is not None:
+        raise error
+    for failed_rank, failure in enumerate(failures):
+        if failure is not None:
+            raised = _rebuilt(*failure)
+            raised.add_note(f"(the error of rank {failed_rank}, raised on every rank)")
+            raise raised
+
+
+def _rebuilt(module: str, name: str, message: str) -> Exception:
+    """An exception of the class `module.name` with `message`, or a `RankError` where that class is not importable
+    here or not built from its message alone."""
+    try:
+        cls = importlib.import_module(module)
+        for part in name.split("."):
+            cls = getattr(cls, part)
+        rebuilt = cls(message)
+    except Exception:  # a class local to a function, or one built from other arguments
+        return RankError(message)
+    # A class that formats its argument (KeyError quotes it) would show another message.
+    return rebuilt if isinstance(rebuilt, Exception) and str(rebuilt) == message else RankError(message)
 
 
 def all_reduce(values: torch.Tensor, op: str = "sum") -> torch.Tensor:

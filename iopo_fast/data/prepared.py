@@ -14,7 +14,8 @@
   killed half-way), or whose files no longer match the digests the marker lists, is never read, and
   is rebuilt;
 - under several ranks, local rank 0 of each node prepares while the others wait, then all of them
-  memory-map the same files rather than each holding its own copy of the token lists.
+  memory-map the same files rather than each holding its own copy of the token lists; if the preparation
+  fails, every rank stops with its error (`distributed.raise_if_any_rank_failed`).
 
 The rejected records are kept with the cache, so a cached start reports them (file, line, reason)
 exactly as the first one did. `load_datasets` reads a training setting's comma-separated data sets,
@@ -37,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..distributed import barrier
+from ..distributed import raise_if_any_rank_failed
 from ..utils import publish, staged_folder
 from .chat_splice import SpliceMismatch
 from .examples import DPOExample, Example, IOPOExample, SFTExample
@@ -55,10 +56,12 @@ COMPLETE = "complete.json"  # written last: its presence means the directory is 
 
 
 class PreparedExamples(Sequence):
-    """The examples of a prepared data set, read from its memory-mapped Arrow table as they are indexed."""
+    """The examples of a prepared data set, read from its memory-mapped Arrow table as they are indexed;
+    `fingerprint` is its cache key, a digest of everything that decides them."""
 
-    def __init__(self, dataset, loss: str):
+    def __init__(self, dataset, loss: str, fingerprint: str):
         self.dataset = dataset
+        self.fingerprint = fingerprint
         self.example_type = {"iopo": IOPOExample, "dpo": DPOExample, "sft": SFTExample}[loss]
 
     def __len__(self) -> int:
@@ -76,10 +79,15 @@ def prepared_examples(path: str | Path | DataSource, tokenizer, cache_root: str 
 
     source = resolve_source(path)
     check_source(source)
-    directory = Path(cache_root) / "data" / cache_key(source, tokenizer, loss, cutoff_len)
+    key = cache_key(source, tokenizer, loss, cutoff_len)
+    directory = Path(cache_root) / "data" / key
+    error = None
     if int(os.environ.get("LOCAL_RANK", "0")) == 0 and not _is_whole(directory):
-        _prepare(source, tokenizer, loss, cutoff_len, directory, num_proc)
-    barrier()
+        try:
+            _prepare(source, tokenizer, loss, cutoff_len, directory, num_proc)
+        except Exception as caught:  # raised below on every rank, rather than leaving the others waiting
+            error = caught
+    raise_if_any_rank_failed(error)  # also the barrier: the files are whole once it returns
     summary = json.loads((directory / COMPLETE).read_text(encoding="utf-8"))
     rejection_log = rejection_log if rejection_log is not None else RejectionLog()
     rejected_before = Counter(rejection_log.reasons)
@@ -95,7 +103,7 @@ def prepared_examples(path: str | Path | DataSource, tokenizer, cache_root: str 
                                            for name in summary["tables"]])
     if len(table) != stats.examples:  # the rows of rejected records hold a reason and no sequences
         table = table.select(_positions(table, rejected=False), keep_in_memory=True)  # no file in the cache
-    return PreparedExamples(table.select_columns(["sequences"]), loss), stats
+    return PreparedExamples(table.select_columns(["sequences"]), loss, key), stats
 
 
 def _is_whole(directory: Path) -> bool:

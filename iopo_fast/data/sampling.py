@@ -1,9 +1,12 @@
-"""Which examples a run takes, and in which order: data sets mixed in fixed proportions, and the
-seeded order of the examples, epoch after epoch."""
+"""Which examples a run takes, and in which order: data sets mixed in fixed proportions, the seeded
+order of the examples, epoch after epoch, and the fingerprint that says whether two runs hold the same
+examples."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 from collections.abc import Sequence
 
 import torch
@@ -26,6 +29,8 @@ class MixedExamples(Sequence):
             total = min(len(part) / share for part, share in zip(parts, proportions))
             counts = [int(share * total + 1e-9) for share in proportions]  # 0.3 * 100 is 29.999...
         self.parts = parts
+        identity = json.dumps([[examples_fingerprint(part) for part in parts], proportions, seed])
+        self.fingerprint = hashlib.sha256(identity.encode()).hexdigest()[:24]
         self.index = []  # (part, position) of every example of the mixture
         for number, (part, count) in enumerate(zip(parts, counts)):
             order = torch.randperm(len(part), generator=torch.Generator().manual_seed(seed * 1_000_003 + number))
@@ -61,3 +66,15 @@ class ExampleOrder:
     def _at(self, position: int) -> int:
         epoch, offset = divmod(position, self.num_examples)
         return self._permutation(epoch)[offset]
+
+
+def examples_fingerprint(examples: Sequence[Example]) -> str:
+    """A digest of `examples`, their token ids in order: the `fingerprint` of a prepared or mixed data set (a
+    digest of what fixes its examples), else a digest of every example."""
+    fingerprint = getattr(examples, "fingerprint", None)
+    if fingerprint is not None:
+        return fingerprint
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(repr(example).encode())
+    return digest.hexdigest()[:24]

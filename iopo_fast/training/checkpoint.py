@@ -2,8 +2,8 @@
 
 Layout under `<output_dir>/checkpoints/`:
 
-    step-000040/   DeepSpeed's model, optimizer and scheduler states, `trainer_state.json` (the step and
-                   the examples per step, which fix the data position, and the run's counters) and one
+    step-000040/   DeepSpeed's model, optimizer and scheduler states, `trainer_state.json` (the step, the
+                   data order: what fixes the examples of every step, and the run's counters) and one
                    `rng-rank<r>.pt` per rank
     latest         the name of the newest complete checkpoint
 
@@ -88,17 +88,20 @@ class Checkpoints:
     def _remove_old(self) -> None:
         """Keep the newest `keep` complete checkpoints, and whichever `latest` names."""
         latest = self.latest()
-        complete = sorted(p for p in self.root.glob(f"{_PREFIX}*") if (p / "trainer_state.json").is_file())
+        complete = sorted((p for p in self.root.glob(f"{_PREFIX}*") if (p / "trainer_state.json").is_file()),
+                          key=lambda path: int(path.name.removeprefix(_PREFIX)))  # step-1000000 after step-999999
         for path in complete[: -self.keep]:
             if path != latest:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def checkpoint_to_resume(checkpoints: Checkpoints, resume: str, examples_per_step: int) -> Path | None:
+def checkpoint_to_resume(checkpoints: Checkpoints, resume: str, data_order: dict) -> Path | None:
     """The checkpoint a run continues from, or None; a run that cannot continue it exactly is refused.
 
-    The data position is the step times the examples per step, so those must not change; and a fresh
-    start (`resume: never`) must not mix its checkpoints with an earlier run's.
+    `data_order` is what fixes the examples of every step (`loop.data_order`): the examples per step, the
+    seed, and the training examples themselves. A resume must keep all of it, or it would train on other
+    examples than the uninterrupted run; and a fresh start (`resume: never`) must not mix its checkpoints
+    with an earlier run's.
     """
     latest = checkpoints.latest()
     if latest is None:
@@ -106,11 +109,15 @@ def checkpoint_to_resume(checkpoints: Checkpoints, resume: str, examples_per_ste
     if resume == "never":
         raise ConfigError(f"resume: never, but {checkpoints.root} holds an earlier run's checkpoints ({latest.name}); "
                           "set resume: auto to continue it, or choose another output_dir")
-    saved = json.loads((latest / "trainer_state.json").read_text(encoding="utf-8"))["examples_per_step"]
-    if saved != examples_per_step:
-        raise ConfigError(f"resume: {latest} took {saved} examples per step, this run takes {examples_per_step} "
-                          "(ranks x per_device_train_batch_size x gradient_accumulation_steps): resume with the "
-                          "same, or choose another output_dir")
+    saved = json.loads((latest / "trainer_state.json").read_text(encoding="utf-8")).get("data_order")
+    if saved is None:
+        raise ConfigError(f"resume: {latest} does not record the order of its training examples, so it cannot be "
+                          "continued exactly: choose another output_dir")
+    changed = [f"{name} {saved.get(name)} -> {value}" for name, value in data_order.items() if saved.get(name) != value]
+    if changed:
+        raise ConfigError(f"resume: {latest} was trained in another data order ({'; '.join(changed)}): resume with "
+                          "the same data, seed, ranks x per_device_train_batch_size x gradient_accumulation_steps, "
+                          "or choose another output_dir")
     return latest
 
 

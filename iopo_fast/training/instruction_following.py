@@ -5,20 +5,16 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import torch
-
 from ..config import TrainConfig
-from ..distributed import all_reduce, is_main
+from ..distributed import is_main, raise_if_any_rank_failed
 
 
 def evaluate_instruction_following(config: TrainConfig, model: str, stage: str) -> dict | None:
     """`iopo-fast eval` of `model` on the eval_benchmarks, into output_dir/eval/<stage>, on the main rank
     while the others wait; None on the other ranks and without eval_benchmarks. If it fails, every rank
-    raises (the others are told, rather than left waiting for the main rank)."""
+    raises with its message (the others are told, rather than left waiting for the main rank)."""
     if not config.benchmark_list():
         return None
-    from ..evaluation.run import EvaluationError
-
     summaries, error = None, None
     if is_main():
         from ..endpoints.generation import GenerationSettings, TransformersGenerator
@@ -35,8 +31,5 @@ def evaluate_instruction_following(config: TrainConfig, model: str, stage: str) 
                                        log=functools.partial(print, flush=True))
         except Exception as caught:  # raised again below, once every rank knows
             error = caught
-    if all_reduce(torch.tensor(int(error is not None)), "max"):
-        if error is not None:
-            raise error
-        raise EvaluationError(f"the evaluation {stage} training failed on the main rank (its error is above)")
+    raise_if_any_rank_failed(error)
     return summaries

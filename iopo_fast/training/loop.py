@@ -2,8 +2,8 @@
 
 One loop for one process or many (`torchrun`, `deepspeed`), ZeRO 0-3, full or LoRA training. A
 step takes `per_device_train_batch_size * gradient_accumulation_steps` examples per rank from a
-seeded order that depends only on the step number, so a resumed run sees exactly the examples an
-uninterrupted one would. Its gradient is that of the mean loss over the examples of all ranks,
+seeded order that depends only on the step number and the data order (`data_order`), which a checkpoint
+records and a resume must keep, so a resumed run sees exactly the examples an uninterrupted one would. Its gradient is that of the mean loss over the examples of all ranks,
 whatever the micro-batch split (see `accumulate_gradients`). The benchmarks and the tests drive the
 same `build` and `train_step`. Everything else is a component of its own: the engine, checkpoints,
 the reference model, the monitor, the export and the instruction-following evaluation.
@@ -24,7 +24,7 @@ from ..config import ConfigError, TrainConfig
 from ..data.examples import Example, packed_length
 from ..data.prepared import dataset_names, load_datasets
 from ..data.records import RejectionLog
-from ..data.sampling import ExampleOrder
+from ..data.sampling import ExampleOrder, examples_fingerprint
 from ..data.sources import check_source, resolve_source
 from ..distributed import all_reduce, init_distributed, is_main, rank, rank_batches, world_size
 from ..model.batching import micro_batches
@@ -55,9 +55,13 @@ def train(config: TrainConfig) -> dict[str, dict[str, float]]:
         results = run.state["results"]
         if before is not None:
             results["benchmarks"] = {"before": before}
-        if run.eval_examples and "before" not in results:
-            results["before"] = held_out_metrics(run)
-            run.log(f"eval before training: {describe_held_out(config.loss, results['before'])}")
+        if run.eval_examples and not results.keys() & {"before", "at_resume"}:
+            # A run resumed with held-out data it did not have before: its first held-out metrics are the
+            # resumed weights', not the initial model's.
+            step = run.state["step"]
+            results["before" if step == 0 else "at_resume"] = {**held_out_metrics(run), **({"step": step} if step else {})}
+            label, first = _first_held_out(results)
+            run.log(f"eval {label}: {describe_held_out(config.loss, first)}")
         if run_steps(run):
             finish(run)
         return results
@@ -125,9 +129,10 @@ def build(config: TrainConfig, *, examples: tuple[Sequence[Example], Sequence[Ex
     if 0 < config.max_tokens_per_micro_batch < longest:
         raise ConfigError(f"max_tokens_per_micro_batch: {config.max_tokens_per_micro_batch} is below the longest "
                           f"example ({longest} packed tokens); raise it or lower cutoff_len")
-    examples_per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps * world_size()
+    order_of_examples = data_order(config, train_examples)
+    examples_per_step = order_of_examples["examples_per_step"]
     checkpoints = Checkpoints(output_dir, config.save_total_limit)
-    latest = checkpoint_to_resume(checkpoints, config.resume, examples_per_step)
+    latest = checkpoint_to_resume(checkpoints, config.resume, order_of_examples)
     ds_config = deepspeed_config(config, world_size())
     total_steps = config.total_steps(len(train_examples), examples_per_step)
 
@@ -149,7 +154,7 @@ def build(config: TrainConfig, *, examples: tuple[Sequence[Example], Sequence[Ex
               eval_examples=eval_examples, train_reference=live, eval_reference=live, layout=layout,
               order=order or ExampleOrder(len(train_examples), config.seed), checkpoints=checkpoints,
               total_steps=total_steps, tokenizer=tokenizer, log=log,
-              state={"step": 0, "examples_per_step": examples_per_step, "nonfinite_in_a_row": 0, "results": {}})
+              state={"step": 0, "data_order": order_of_examples, "nonfinite_in_a_row": 0, "results": {}})
     if config.reference_mode == "precomputed":
         started = time.perf_counter()
         run.train_reference, run.eval_reference = precompute_references(config, live, [train_examples, eval_examples],
@@ -159,6 +164,14 @@ def build(config: TrainConfig, *, examples: tuple[Sequence[Example], Sequence[Ex
         run.state = checkpoints.load(engine, latest)
         log(f"resumed from {latest} (step {run.state['step']} of {total_steps})")
     return run
+
+
+def data_order(config: TrainConfig, train_examples: Sequence[Example]) -> dict:
+    """What fixes the examples of every step: the examples per step (of all ranks), and the seeded order's
+    seed and training examples (their count and a fingerprint of their token ids)."""
+    return {"examples_per_step": config.per_device_train_batch_size * config.gradient_accumulation_steps * world_size(),
+            "seed": config.seed, "training_examples": len(train_examples),
+            "training_data": examples_fingerprint(train_examples)}
 
 
 def train_step(run: Run, step: int) -> dict:
@@ -247,8 +260,9 @@ def finish(run: Run) -> None:
     config, results = run.config, run.state["results"]
     if run.eval_examples:
         results["after"] = held_out_metrics(run)
-        run.log(f"eval before training: {describe_held_out(config.loss, results['before'])}")
-        run.log(f"eval after training:  {describe_held_out(config.loss, results['after'])}")
+        label, first = _first_held_out(results)
+        run.log(f"eval {label}: {describe_held_out(config.loss, first)}")
+        run.log(f"eval after training: {describe_held_out(config.loss, results['after'])}")
     output_dir = Path(config.output_dir)
     export_model(run.engine, config, run.tokenizer, run.log)
     after = evaluate_instruction_following(config, str(output_dir / "model"), "after")
@@ -258,6 +272,13 @@ def finish(run: Run) -> None:
         if results:
             write_atomically(output_dir / "eval_results.json", json.dumps(results, indent=2) + "\n")
         plot_metrics(output_dir / "metrics.jsonl", output_dir / "training.png")
+
+
+def _first_held_out(results: dict) -> tuple[str, dict[str, float]]:
+    """(label, metrics) of the first held-out metrics: before training, or at the step a run resumed from."""
+    if "before" in results:
+        return "before training", results["before"]
+    return f"at step {results['at_resume']['step']} (resumed)", results["at_resume"]
 
 
 def _load_data(config: TrainConfig, tokenizer, output_dir: Path, log) -> tuple[Sequence[Example], Sequence[Example]]:

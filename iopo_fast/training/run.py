@@ -42,7 +42,7 @@ class Run:
 
     @property
     def examples_per_step(self) -> int:
-        return self.state["examples_per_step"]
+        return self.state["data_order"]["examples_per_step"]
 
     @property
     def steps_per_epoch(self) -> int:

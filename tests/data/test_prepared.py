@@ -4,10 +4,16 @@ twin), tokenized in worker processes, cached under a key that changes with what 
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
-from conftest import DEMO_DATA
+from conftest import DEMO_DATA, fresh_process_env
 
 import iopo_fast.data.prepared as prepared
 from iopo_fast.data.records import DataError, RejectionLog, load_examples
@@ -150,3 +156,51 @@ def test_a_file_of_blank_lines_is_an_error_and_caches_nothing(tmp_path, smollm2_
     with pytest.raises(DataError, match=f"^{data}: no records$"):
         prepared_examples(data, smollm2_tokenizer, tmp_path / "cache")
     assert not any((tmp_path / "cache" / "data").iterdir())
+
+
+# One rank of `prepared_examples` under torchrun: prints its error as the CLI does, then exits at once (a rank
+# still tearing down when torchrun sees the other's exit would be stopped and report another code).
+RANK_SCRIPT = """
+import os, sys
+import torch.distributed as dist
+from transformers import AutoTokenizer
+from iopo_fast.data.prepared import prepared_examples
+
+dist.init_process_group("gloo")
+try:
+    prepared_examples(sys.argv[1], AutoTokenizer.from_pretrained(sys.argv[2]), sys.argv[3])
+except Exception as error:
+    print(f"rank {dist.get_rank()}: {type(error).__name__}: {error}", flush=True)
+    os._exit(3)
+"""
+TWO_RANK_TIMEOUT = 120  # seconds; the run takes about 25 on two busy cores
+
+
+def test_a_preparation_failing_on_local_rank_0_stops_every_rank_with_its_error(tmp_path, smollm2_tokenizer):
+    """Local rank 0 prepares alone; when that fails, the other rank raises the same one-line error instead of
+    waiting at the barrier (a hang fails the test at the timeout)."""
+    data = tmp_path / "broken.json"
+    data.write_text('[{"x1": "a", "x2": "b", "y1": "c", "y2": "d"}, {')
+    smollm2_tokenizer.save_pretrained(tmp_path / "tokenizer")
+    (tmp_path / "rank.py").write_text(RANK_SCRIPT)
+    # --monitor-interval 1: torchrun looks after both ranks have exited, rather than stopping the slower one.
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "--monitor-interval=1", str(tmp_path / "rank.py"), str(data), str(tmp_path / "tokenizer"),
+               str(tmp_path / "cache")]
+    started = time.monotonic()
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={**fresh_process_env(), "HF_HUB_OFFLINE": "1"}, start_new_session=True) as run:
+        try:
+            stdout, stderr = run.communicate(timeout=TWO_RANK_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(run.pid, signal.SIGKILL)  # torchrun and its ranks: the session it leads
+            stdout, stderr = run.communicate()
+            pytest.fail(f"hung for {TWO_RANK_TIMEOUT} s:\n{stdout[-3000:]}{stderr[-3000:]}")
+    print(f"two ranks: {time.monotonic() - started:.1f} s")
+
+    errors = dict(re.findall(r"^rank (\d): (.*)$", stdout, re.MULTILINE))
+    assert errors.keys() == {"0", "1"}, stdout[-3000:] + stderr[-3000:]
+    assert errors["0"] == errors["1"]
+    assert errors["0"].startswith(f"DataError: {data}:1: invalid JSON array: ")
+    exit_codes = dict(re.findall(r"rank\s*: (\d) \(local_rank: \d\)\s+exitcode\s*: (-?\d+)", stderr))
+    assert run.returncode != 0 and exit_codes == {"0": "3", "1": "3"}, stderr[-3000:]

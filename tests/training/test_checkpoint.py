@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,11 +162,53 @@ def test_resume_restores_every_random_generator(tmp_path):
     assert torch.equal(drawn[0], expected[0]) and drawn[1] == expected[1] and (drawn[2] == expected[2]).all()
 
 
+@pytest.fixture(scope="module")
+def checkpointed_run(tiny_model_dir, tmp_path_factory):
+    """A run checkpointed after its first step, on its own copy of the data: (output_dir, data file)."""
+    root = tmp_path_factory.mktemp("checkpointed")
+    data = root / "data.jsonl"
+    shutil.copy(DEMO_DATA / "valid.jsonl", data)
+    train(training_config(tiny_model_dir, root / "run", dataset=str(data), max_steps=2, save_steps=1))
+    assert Checkpoints(root / "run", 2).latest().name == "step-000001"
+    return root / "run", data
+
+
 @pytest.mark.parametrize("overrides, message", [
-    ({"resume": "never"}, "resume: never, but .* holds an earlier run's checkpoints \\(step-000005\\)"),
-    ({"resume": "auto", "per_device_train_batch_size": 3}, "took 4 examples per step, this run takes 6"),
+    ({"resume": "never"}, "resume: never, but .* holds an earlier run's checkpoints \\(step-000001\\)"),
+    ({"per_device_train_batch_size": 3}, "another data order \\(examples_per_step 4 -> 6\\)"),
+    ({"seed": 7}, "another data order \\(seed 42 -> 7\\)"),
+    ({"edit_data": True}, "another data order \\(training_data [0-9a-f]+ -> [0-9a-f]+\\)"),
+    ({"drop_record": True}, "another data order \\(training_examples 40 -> 39; training_data"),
 ])
-def test_a_run_that_cannot_continue_a_checkpoint_exactly_is_refused(tiny_model_dir, tmp_path, overrides, message):
-    Checkpoints(tmp_path, keep=2).save(WritingEngine(), {"step": 5, "examples_per_step": 4})
+def test_a_run_that_cannot_continue_a_checkpoint_exactly_is_refused(tiny_model_dir, tmp_path, checkpointed_run,
+                                                                    overrides, message):
+    """The examples of a step follow from the examples per step, the seed and the data: a resume that changes
+    any of them would train on other examples than the uninterrupted run."""
+    output_dir, data = checkpointed_run
+    lines = data.read_text().splitlines(keepends=True)
+    data = tmp_path / data.name  # the same file name: the edits alone change the data's fingerprint
+    if overrides.pop("edit_data", False):
+        lines[0] = lines[0].replace("Explain", "Describe", 1)
+    if overrides.pop("drop_record", False):
+        lines = lines[1:]
+    data.write_text("".join(lines))
+    config = training_config(tiny_model_dir, output_dir, **{"dataset": str(data), "max_steps": 2, "resume": "auto",
+                                                             **overrides})
     with pytest.raises(ConfigError, match=message):
-        train(training_config(tiny_model_dir, tmp_path, **overrides))
+        train(config)
+
+
+def test_held_out_data_added_on_resume_scores_the_resumed_weights_not_the_initial_ones(tiny_model_dir,
+                                                                                      checkpointed_run):
+    output_dir, data = checkpointed_run
+    results = train(training_config(tiny_model_dir, output_dir, dataset=str(data), max_steps=2, resume="auto",
+                                    eval_dataset=str(DEMO_DATA / "valid.jsonl")))
+    assert "before" not in results and results["at_resume"]["step"] == 1
+    assert set(results["after"]) == set(results["at_resume"]) - {"step"}
+
+
+def test_checkpoints_are_pruned_by_step_number_not_by_name(tmp_path):
+    checkpoints = Checkpoints(tmp_path, keep=2)
+    for step in (999_998, 999_999, 1_000_000):  # "step-1000000" sorts before "step-999998" as a string
+        checkpoints.save(WritingEngine(), {"step": step})
+    assert sorted(p.name for p in checkpoints.root.iterdir()) == ["latest", "step-1000000", "step-999999"]

@@ -91,7 +91,8 @@ def test_two_ranks_with_zero3_match_one_rank_with_the_same_global_batch(tiny_mod
 
 
 def test_an_evaluation_failing_on_the_main_rank_stops_every_rank(tiny_model_dir, tmp_path):
-    """The main rank evaluates alone; when it fails, the other rank stops too instead of waiting for it."""
+    """The main rank evaluates alone; when it fails, the other rank stops too, with the same error, instead of
+    waiting for it."""
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"key": "q1", "prompt": "Say hi."}\n')  # no constraints: the evaluation refuses it
     settings = two_rank_settings(tiny_model_dir, tmp_path / "two", eval_benchmarks=f"jsonl:{prompts}")
@@ -100,8 +101,7 @@ def test_an_evaluation_failing_on_the_main_rank_stops_every_rank(tiny_model_dir,
                "iopo_fast.cli", "train", str(tmp_path / "two.yaml")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=fresh_process_env())
     assert result.returncode != 0
-    assert f"iopo-fast: error: {prompts}:1: needs instruction_id_list" in result.stderr
-    assert "iopo-fast: error: the evaluation before training failed on the main rank" in result.stderr
+    assert result.stderr.count(f"iopo-fast: error: {prompts}:1: needs instruction_id_list") == 2  # every rank says why
 
 
 def test_a_deepspeed_json_gets_its_auto_values_and_the_loop_owns_the_batch_keys(tmp_path):
