@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -18,7 +19,7 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from iopo_fast import DPOExample, IOPOExample, SFTExample
+from iopo_fast import DPOExample, IOPOExample, Objective, SFTExample
 from iopo_fast.distributed import free_port
 from iopo_fast.model.loading import DEFAULT_MODEL, resolve_model_path
 
@@ -109,6 +110,15 @@ def random_dpo_examples(count: int, vocab_size: int, generator: torch.Generator)
 
 def random_sft_examples(count: int, vocab_size: int, generator: torch.Generator) -> list[SFTExample]:
     return [SFTExample(*example.sequences()[0]) for example in random_iopo_examples(count, vocab_size, generator)]
+
+
+def permuted_roles(objective: Objective, order: tuple[int, ...]) -> Objective:
+    """The same objective with its roles in another order: role k of the result is role order[k] of `objective`."""
+    new_index = {old: new for new, old in enumerate(order)}
+    return dataclasses.replace(
+        objective, roles=tuple(objective.roles[k] for k in order), pairs=tuple(objective.pairs[k] for k in order),
+        signs=tuple(objective.signs[k] for k in order), preferred=tuple(sorted(new_index[k] for k in objective.preferred)),
+        comparisons={name: (new_index[a], new_index[b]) for name, (a, b) in objective.comparisons.items()})
 
 
 @pytest.fixture

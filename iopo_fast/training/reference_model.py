@@ -4,7 +4,8 @@ training, or none (reference-free).
 `reference: precomputed` scores every example once with the initial policy (the reference model by
 definition; with LoRA, the policy with its adapters disabled) before training starts, and caches the
 `[num_examples, num_roles]` table in `<output_dir>/reference_logps/`, keyed by everything that
-changes the scores (`cache_path`): training then holds no second model and runs no reference forward.
+changes the scores or what its columns mean (`cache_path`): training then holds no second model and runs
+no reference forward.
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ import torch
 
 from ..config import TrainConfig
 from ..data.examples import Example
+from ..data.sampling import examples_fingerprint
 from ..distributed import all_reduce, is_main, rank_batches
 from ..model.fast_paths import liger_runs, resolved_paths
 from ..model.loading import model_fingerprint, resolve_model_path
 from ..model.packing import Batch, pack_examples
 from ..utils import replaced_atomically
 from .engine import partitions_parameters, reference_engine
+
+# Bump when the table's layout changes: a table of an older layout is then never read.
+TABLE_FORMAT = 1
 
 
 class LiveReference:
@@ -74,14 +79,16 @@ def precompute(reference: LiveReference, examples: list[Example], cache_file: Pa
     return PrecomputedReference(table)
 
 
-def cache_path(output_dir: str | Path, model_path: str, examples: list[Example], settings: dict) -> Path:
-    """`<output_dir>/reference_logps/<key>.pt`, the key a digest of the model's files, the token ids and
-    `settings`: everything else that changes the scores (dtype, attention backend, log-prob implementation,
-    model kernels, LoRA)."""
+def cache_path(output_dir: str | Path, model_path: str, examples: Sequence[Example], settings: dict) -> Path:
+    """`<output_dir>/reference_logps/<key>.pt`, the key a digest of the model's files, the token ids, the table's
+    format, the meaning of its columns (the objective's roles: names, sequences, signs) and `settings`:
+    everything else that changes the scores (dtype, attention backend, log-prob implementation, model
+    kernels, LoRA)."""
+    objective = examples[0].objective
     digest = hashlib.sha256(f"{model_path}:{model_fingerprint(model_path)}".encode())
-    digest.update(json.dumps(settings, sort_keys=True).encode())
-    for example in examples:
-        digest.update(repr(example).encode())
+    digest.update(json.dumps({"format": TABLE_FORMAT, "roles": objective.roles, "pairs": objective.pairs,
+                              "signs": objective.signs, **settings}, sort_keys=True).encode())
+    digest.update(examples_fingerprint(examples).encode())
     return Path(output_dir) / "reference_logps" / f"{digest.hexdigest()[:20]}.pt"
 
 

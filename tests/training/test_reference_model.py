@@ -6,11 +6,12 @@ import copy
 
 import pytest
 import torch
-from conftest import random_iopo_examples, tiny_llama
+from conftest import permuted_roles, random_iopo_examples, tiny_llama
 
-from iopo_fast import PreferenceModel, pack_examples
+from iopo_fast import IOPO, IOPOExample, PreferenceModel, pack_examples
 from iopo_fast.model import naive
 from iopo_fast.model.loading import apply_lora
+from iopo_fast.training import reference_model
 from iopo_fast.training.reference_model import LiveReference, cache_path, precompute
 
 SETTINGS = {"dtype": "torch.float32", "attention": "reference", "logprobs": "chunked", "liger": False,
@@ -46,6 +47,16 @@ def test_cache_key_covers_what_changes_the_scores(generator, tmp_path, setting, 
     assert cache_path(tmp_path, "tiny", examples[1:], SETTINGS) != cache_file
     assert cache_path(tmp_path, "other", examples, SETTINGS) != cache_file
     assert cache_path(tmp_path, "tiny", examples, dict(SETTINGS)) == cache_file
+
+
+def test_cache_key_covers_what_the_columns_mean_and_the_table_format(generator, tmp_path, monkeypatch):
+    examples = random_iopo_examples(3, 96, generator)
+    cache_file = cache_path(tmp_path, "tiny", examples, SETTINGS)
+    with monkeypatch.context() as patch:  # the same sequences, scored in another role order
+        patch.setattr(IOPOExample, "objective", permuted_roles(IOPO, (2, 3, 0, 1)))
+        assert cache_path(tmp_path, "tiny", examples, SETTINGS) != cache_file
+    monkeypatch.setattr(reference_model, "TABLE_FORMAT", reference_model.TABLE_FORMAT + 1)
+    assert cache_path(tmp_path, "tiny", examples, SETTINGS) != cache_file
 
 
 def test_lora_reference_is_the_base_model_with_its_adapters_disabled(generator):
