@@ -41,7 +41,7 @@ from typing import Callable
 import torch
 from _results import RESULTS_DIR, device_slug, versions
 
-from iopo_fast import iopo_loss
+from iopo_fast import IOPO, PreferenceLoss
 from iopo_fast.kernels import example_chunks_loss, fused_logprobs, resolve_impl
 from iopo_fast.kernels.scores import sequence_sums
 from iopo_fast.training.monitor import device_peak_flops
@@ -51,23 +51,32 @@ from iopo_fast.training.monitor import device_peak_flops
 MIN_REPEATS = 3
 TIME_BUDGET_MS = 2000.0
 
+# The objective benchmarked: its roles are the sequences of an example, in its role order (DESIGN.md, "The IOPO
+# objective"), read from it rather than assumed.
+OBJECTIVE = IOPO
+
 
 @dataclass
 class Examples:
-    """IOPO examples over the T rows: segment_ids [T] (example * 4 + role) and the loss of their scores."""
+    """Examples of OBJECTIVE over the T rows: segment_ids [T] (example * num_roles + role) and the loss of their
+    scores."""
 
     segment_ids: torch.Tensor
-    reference_logps: torch.Tensor  # [num_examples, 4]
+    reference_logps: torch.Tensor  # [num_examples, num_roles]
 
     @property
     def num_examples(self) -> int:
         return len(self.reference_logps)
 
+    @property
+    def num_roles(self) -> int:
+        return self.reference_logps.shape[1]
+
     def losses(self, scores: torch.Tensor, examples: slice) -> torch.Tensor:
-        return iopo_loss(scores, self.reference_logps[examples], beta=0.1)[0]
+        return PreferenceLoss(OBJECTIVE, beta=0.1)(scores, self.reference_logps[examples])[0]
 
 
-# method(hidden, weight, targets, examples) -> (summed loss, differentiable; scores [num_examples, 4])
+# method(hidden, weight, targets, examples) -> (summed loss, differentiable; scores [num_examples, num_roles])
 LossMethod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Examples], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -83,7 +92,7 @@ def through_loss(name: str, logprobs: Callable[[torch.Tensor, torch.Tensor, torc
 
     def loss(hidden, weight, targets, examples: Examples):
         logp = logprobs(hidden, weight, targets).float()
-        scores = sequence_sums(logp, examples.segment_ids, examples.num_examples, 4)
+        scores = sequence_sums(logp, examples.segment_ids, examples.num_examples, examples.num_roles)
         return examples.losses(scores, slice(None)).sum(), scores.detach()
 
     return Method(name, loss)
@@ -91,8 +100,8 @@ def through_loss(name: str, logprobs: Callable[[torch.Tensor, torch.Tensor, torc
 
 def example_chunks(impl: str, max_chunk_logits: int | None) -> LossMethod:
     def loss(hidden, weight, targets, examples: Examples):
-        return example_chunks_loss(hidden, weight, targets, examples.segment_ids, examples.num_examples, 4,
-                                    examples.losses, impl=impl, max_chunk_logits=max_chunk_logits)
+        return example_chunks_loss(hidden, weight, targets, examples.segment_ids, examples.num_examples,
+                                    examples.num_roles, examples.losses, impl=impl, max_chunk_logits=max_chunk_logits)
 
     return loss
 
@@ -199,11 +208,12 @@ def measure(method: Method, hidden, weight, targets, examples: Examples, warmup:
 
 
 def random_examples(tokens: int, sequence_tokens: int, device: torch.device, generator) -> Examples:
-    """Examples of four sequences of `sequence_tokens` rows (the last ones shorter, to fill `tokens`)."""
-    sequence_tokens = max(1, min(sequence_tokens, tokens // 4))
+    """Examples of OBJECTIVE's sequences of `sequence_tokens` rows each (the last ones shorter, to fill `tokens`)."""
+    num_roles = OBJECTIVE.num_roles
+    sequence_tokens = max(1, min(sequence_tokens, tokens // num_roles))
     segment_ids = torch.arange(tokens, device=device) // sequence_tokens
-    num_examples = int(segment_ids[-1]) // 4 + 1
-    reference_logps = -sequence_tokens * 10 + torch.randn(num_examples, 4, device=device, generator=generator)
+    num_examples = int(segment_ids[-1]) // num_roles + 1
+    reference_logps = -sequence_tokens * 10 + torch.randn(num_examples, num_roles, device=device, generator=generator)
     return Examples(segment_ids, reference_logps)
 
 
@@ -267,7 +277,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=4096 if on_cuda else 32)
     parser.add_argument("--vocab", type=int, nargs="+", default=[128256, 131072, 152064] if on_cuda else [300])
     parser.add_argument("--sequence-tokens", type=int, default=512 if on_cuda else 8,
-                        help="response tokens per sequence; an example has four")
+                        help=f"response tokens per sequence; an example has {OBJECTIVE.num_roles}")
     parser.add_argument("--chunk-logits", type=int, nargs="+", default=[None],
                         help="bounds on the logits of an example chunk, a Triton row each (default: the kernel's)")
     parser.add_argument("--dtype", type=lambda name: getattr(torch, name), default=torch.bfloat16)
@@ -294,7 +304,8 @@ def main() -> None:
             f"- device: {device_name}",
             f"- versions: {versions()}",
             f"- command: `{command}`",
-            f"- dtype: {args.dtype}; examples of four sequences of {args.sequence_tokens} tokens, IOPO sigmoid loss; "
+            f"- dtype: {args.dtype}; examples of {OBJECTIVE.num_roles} sequences of {args.sequence_tokens} tokens, "
+            f"{OBJECTIVE.name.upper()} sigmoid loss; "
             f"peak for the ideal column: {args.peak_tflops} TFLOP/s (8 T D V FLOPs); "
             f"median of {MIN_REPEATS} to {args.repeats} timed runs ({MIN_REPEATS} once {TIME_BUDGET_MS / 1e3:.0f} s "
             f"are spent) after {args.warmup} warmup runs and one memory run",

@@ -229,9 +229,10 @@ def synthetic_examples(scenario: Scenario, count: int, vocab_size: int, seed: in
 
 
 def dpo_pairs(examples):
-    """The two DPO pairs that carry each IOPO example's four sequences: (x1: y1 over y2), (x2: y2 over y1)."""
-    return [DPOExample(prompt, chosen, rejected) for example in examples
-            for prompt, ((chosen, _), (rejected, _)) in example.packs()]
+    """The two DPO pairs that carry each IOPO example's four sequences, (x1: y1 over y2) and (x2: y2 over y1),
+    as its objective defines them (`Objective.preference_pairs`), whatever the role order."""
+    return [DPOExample(example.prompts[prompt], example.responses[chosen], example.responses[rejected])
+            for example in examples for prompt, chosen, rejected in example.objective.preference_pairs()]
 
 
 def word_tokenizer(vocab_size: int):

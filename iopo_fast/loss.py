@@ -37,9 +37,22 @@ class Objective:
     def num_roles(self) -> int:
         return len(self.roles)
 
+    def preferred_sequences(self) -> list[tuple[int, int]]:
+        """(prompt, response) of each preferred role: the SFT examples an example of this objective holds."""
+        return [self.pairs[role] for role in self.preferred]
+
+    def preference_pairs(self) -> list[tuple[int, int, int]]:
+        """(prompt, preferred response, other response): the DPO pairs an example of this objective holds, each
+        preferred role against the role with its prompt and another response (IOPO: x1 with y1 over y2, x2
+        with y2 over y1)."""
+        return [(prompt, response, other) for prompt, response in self.preferred_sequences()
+                for other_prompt, other in self.pairs if other_prompt == prompt and other != response]
+
 
 # z = d_0 + d_2 - d_1 - d_3: the group {(x1,y1), (x2,y2)} against {(x1,y2), (x2,y1)}. Output preference:
 # each instruction prefers its own response; input preference: each response prefers its own instruction.
+# The role names are the original implementation's: chosen_v<i> is x_i with its own response, rejected_v<i>
+# x_i with the other one; y2 is "rejected" only for x1 (the release's files call it "rejected" outright).
 IOPO = Objective(
     name="iopo", roles=("chosen_v1", "rejected_v1", "chosen_v2", "rejected_v2"),
     pairs=((0, 0), (0, 1), (1, 1), (1, 0)),  # (x1, y1), (x1, y2), (x2, y2), (x2, y1)

@@ -5,6 +5,7 @@ no winner, is asserted; CUDA is hidden from the scripts."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import subprocess
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import fresh_process_env
+from conftest import fresh_process_env, permuted_roles, random_iopo_examples
+
+from iopo_fast import DPO, IOPO, DPOExample, IOPOExample
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -67,6 +70,41 @@ def test_logprob_smoke_measures_every_iopo_fast_method_to_the_same_scores():
     for name in ours:
         assert_finite_and_positive(rows[name][4:5])
         assert float(rows[name][8]) < 1e-5, rows[name]  # the same fp32 scores from the same bf16 inputs
+
+
+def test_logprob_benchmark_reads_the_roles_from_its_objective(monkeypatch):
+    """Its examples, sequence sums and losses follow OBJECTIVE's roles: with DPO's two every method runs to the
+    same scores."""
+    sys.path.insert(0, str(BENCHMARKS))
+    import bench_logprob
+
+    monkeypatch.setattr(bench_logprob, "OBJECTIVE", DPO)
+    cpu = torch.device("cpu")
+    assert bench_logprob.random_examples(64, 8, cpu, torch.Generator()).reference_logps.shape[1] == 2
+    args = argparse.Namespace(tokens=[64], hidden=32, vocab=[300], sequence_tokens=8, chunk_logits=[None],
+                              dtype=torch.float32, peak_tflops=None, warmup=1, repeats=1)
+    rows = table_rows("\n".join(bench_logprob.HEADER + bench_logprob.run(args, cpu)))
+    measured = [row for row in rows if not row[4].startswith("skipped")]
+    assert {"iopo-fast two-pass (chunked)", "iopo-fast example chunks (chunked)", "full logits"} <= {
+        row[3] for row in measured}, rows
+    for row in measured:
+        assert_finite_and_positive(row[4:5])
+        assert float(row[8]) < 1e-5, row
+
+
+def test_throughput_dpo_pairs_take_chosen_and_rejected_from_the_objective(monkeypatch, generator):
+    """(x1: y1 over y2) and (x2: y2 over y1), also under a role order that puts each rejected role before its
+    chosen one, so that every pack lists its rejected response first."""
+    sys.path.insert(0, str(BENCHMARKS))
+    from bench_throughput import dpo_pairs
+
+    (example,) = random_iopo_examples(1, 96, generator)
+    expected = [DPOExample(prompt=example.prompt1, chosen=example.response1, rejected=example.response2),
+                DPOExample(prompt=example.prompt2, chosen=example.response2, rejected=example.response1)]
+    assert dpo_pairs([example]) == expected
+    monkeypatch.setattr(IOPOExample, "objective", permuted_roles(IOPO, (1, 0, 3, 2)))
+    assert example.packs()[0][1][0] == (example.response2, 0)
+    assert dpo_pairs([example]) == expected
 
 
 def test_throughput_smoke_runs_the_example_chunks_algorithm_into_its_own_results(tmp_path):

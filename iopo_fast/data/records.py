@@ -4,13 +4,17 @@ Accepted record formats (in any source `iopo_fast.data.sources` reads: JSON Line
 folder of those, a saved or Hub `datasets` data set, a LLaMA-Factory `dataset_info.json` entry):
 
 - the original IOPO release: `{"conversations": [{"from": "human", "value": x1}, {"from": "human",
-  "value": x2}], "chosen": {"from": "gpt", "value": y1}, "rejected": {"from": "gpt", "value": y2}}`;
+  "value": x2}], "chosen": {"from": "gpt", "value": y1}, "rejected": {"from": "gpt", "value": y2}}`.
+  The names are the release's and mislead: "rejected" is y2, the response that follows x2, preferred
+  for x2 and rejected only for x1 (the roles `chosen_v2` and `rejected_v2` of `loss.IOPO` carry the
+  same names);
 - flat IOPO: `{"x1": ..., "x2": ..., "y1": ..., "y2": ...}`;
 - DPO: `{"prompt": ..., "chosen": ..., "rejected": ...}` (DPO and SFT modes only).
 
 Every format takes an optional `"system"` string. In DPO mode an IOPO record gives the two DPO pairs
 that carry its four sequences: (x1: y1 over y2) and (x2: y2 over y1). In SFT mode it gives its two
-responses that follow their own instruction, (x1, y1) and (x2, y2); a DPO record gives (x, y_w).
+responses that follow their own instruction, (x1, y1) and (x2, y2); a DPO record gives (x, y_w). Both
+are read from the objective's roles (`Objective.preference_pairs`, `Objective.preferred_sequences`).
 
 A record that cannot be used is rejected with its file, line (or array index) and reason: skipped and
 written to the rejection log by default, or raised as `DataError` in strict mode. Good records are
@@ -25,12 +29,14 @@ a prompt, the record is rejected.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .chat_splice import SpliceMismatch, SplicedTemplate, render
+from ..loss import Objective
 from .examples import DPOExample, Example, IOPOExample, SFTExample
 from .sources import DataError, DataSource, check_source, read_records, resolve_source
 from .tiktoken_twin import EncodingMismatch, TiktokenTwin
@@ -155,18 +161,25 @@ def _parse_record(source: str, record: object, loss: str) -> list[TextExample]:
         if loss == "iopo":
             raise _Rejected("a DPO record (prompt/chosen/rejected) has no second instruction: train it with loss: dpo")
         _check_distinct(("chosen", chosen), ("rejected", rejected))
-        if loss == "sft":
-            return [TextExample(source, system, (prompt,), (chosen,))]
-        return [TextExample(source, system, (prompt,), (chosen, rejected))]
+        return _derived(TextExample(source, system, (prompt,), (chosen, rejected)), DPOExample.objective, loss)
     else:
         raise _Rejected("unrecognised record: expected conversations/chosen/rejected, x1/x2/y1/y2 or prompt/chosen/rejected")
     _check_distinct(("x1", x1), ("x2", x2))
     _check_distinct(("y1", y1), ("y2", y2))
+    return _derived(TextExample(source, system, (x1, x2), (y1, y2)), IOPOExample.objective, loss)
+
+
+def _derived(text: TextExample, objective: Objective, loss: str) -> list[TextExample]:
+    """The examples of `loss` that `text`, an example of `objective`, holds: itself, its DPO pairs, or its
+    preferred (prompt, response) sequences for SFT, as the objective defines them."""
+    if loss == objective.name:
+        return [text]
     if loss == "dpo":
-        return [TextExample(source, system, (x1,), (y1, y2)), TextExample(source, system, (x2,), (y2, y1))]
-    if loss == "sft":
-        return [TextExample(source, system, (x1,), (y1,)), TextExample(source, system, (x2,), (y2,))]
-    return [TextExample(source, system, (x1, x2), (y1, y2))]
+        triples = objective.preference_pairs()
+        return [dataclasses.replace(text, prompts=(text.prompts[p],), responses=(text.responses[w], text.responses[l]))
+                for p, w, l in triples]
+    return [dataclasses.replace(text, prompts=(text.prompts[p],), responses=(text.responses[r],))
+            for p, r in objective.preferred_sequences()]
 
 
 def _required_string(container: dict, key: str, label: str | None = None) -> str:

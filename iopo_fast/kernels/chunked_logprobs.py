@@ -56,13 +56,22 @@ class ChunkedLogProbsFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logp: torch.Tensor):
         hidden, weight, safe_targets, valid, lse = ctx.saved_tensors
+        # A frozen LM head (LoRA) gets neither the fp32 [V, D] dW buffer nor its products, as in the Triton
+        # backward (DESIGN.md, "The fused log-prob kernel"); likewise dh for hidden rows that need none.
+        compute_dh, compute_dw = ctx.needs_input_grad[:2]
         grad_logp = torch.where(valid, grad_logp, 0.0)
         weight32 = weight.float()
-        grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
-        grad_weight = torch.zeros_like(weight32)
+        grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device) if compute_dh else None
+        grad_weight = torch.zeros_like(weight32) if compute_dw else None
         for rows in _row_chunks(hidden.shape[0], weight.shape[0], ctx.max_chunk_logits):
             hidden32 = hidden[rows].float()
             d_logits = logits_gradient_(hidden32 @ weight32.T, lse[rows], safe_targets[rows], grad_logp[rows])
-            grad_hidden[rows] = d_logits @ weight32
-            grad_weight.addmm_(d_logits.T, hidden32)
-        return grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype), None, None, None
+            if compute_dh:
+                grad_hidden[rows] = d_logits @ weight32
+            if compute_dw:
+                grad_weight.addmm_(d_logits.T, hidden32)
+        return (
+            grad_hidden.to(hidden.dtype) if compute_dh else None,
+            grad_weight.to(weight.dtype) if compute_dw else None,
+            None, None, None,
+        )

@@ -106,7 +106,8 @@ def _add_matmul_(accumulator: torch.Tensor, a: torch.Tensor, b: torch.Tensor) ->
 
 def _example_chunks(example_of_row: torch.Tensor, num_examples: int, max_rows: int) -> list[tuple[slice, slice]]:
     """Consecutive (rows, examples) spans of whole examples, each of at most `max_rows` rows unless a single
-    example has more. Rows must be grouped by example, in example order."""
+    example has more. Rows must be grouped by example, in example order (`example_of_row` non-decreasing):
+    example e's rows are the span after those of examples 0 .. e-1."""
     rows_per_example = torch.bincount(example_of_row, minlength=num_examples).tolist()
     chunks, first_row, first_example, num_rows = [], 0, 0, 0
     for example, rows in enumerate(rows_per_example):
@@ -184,15 +185,19 @@ def example_chunks_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: tor
 
     Row t of hidden [T, D] predicts targets[t] (ignored where equal to `ignore_index`) and adds its log-prob
     log_softmax(hidden[t] @ weight.T)[targets[t]] to score segment_ids[t] = example * num_roles + role;
-    rows come grouped by example, in example order (as `iopo_fast.pack_examples` lays them out). The loss is
-    differentiable in hidden and weight (gradients formed chunk by chunk in the forward, see the module
-    docstring); the scores are not. `impl` picks the Triton passes over the logits or their PyTorch twins
-    (see `resolve_impl`); `max_chunk_logits` bounds the logits of a chunk (default: `default_chunk_logits`),
-    which holds at least one whole example, so one long example may exceed it.
+    rows come grouped by example, in example order, their roles in any order (as `iopo_fast.pack_examples` lays
+    them out). The loss is differentiable in hidden and weight (gradients formed chunk by chunk in the forward,
+    see the module docstring); the scores are not. `impl` picks the Triton passes over the logits or their
+    PyTorch twins (see `resolve_impl`); `max_chunk_logits` bounds the logits of a chunk (default:
+    `default_chunk_logits`), which holds at least one whole example, so one long example may exceed it.
     """
     check_inputs(hidden, weight, targets, segment_ids)
-    if len(segment_ids) and not (segment_ids[1:] >= segment_ids[:-1]).all():
-        raise ValueError("rows must come grouped by example, in example order (segment_ids non-decreasing)")
+    # `_example_chunks` slices each example's rows as one span, in example order; the roles inside it may come
+    # in any order (packing groups the roles that share a prompt, DESIGN.md "Packing layout").
+    example_of_row = segment_ids // num_roles
+    if len(segment_ids) and not (example_of_row[1:] >= example_of_row[:-1]).all():
+        raise ValueError("rows must come grouped by example, in example order (segment_ids // num_roles "
+                         "non-decreasing)")
     check_example_chunks_supported(hidden.device, hidden.dtype)
     grad_enabled = torch.is_grad_enabled()
     return ExampleChunksLossFunction.apply(

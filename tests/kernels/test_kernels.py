@@ -20,6 +20,7 @@ from functools import partial
 import pytest
 import torch
 from conftest import TRITON_RUNS_HERE, rerun_under_triton_interpreter, triton_only
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from iopo_fast.kernels import example_chunks_loss, fused_logprobs, resolve_impl
 from iopo_fast.kernels.fused_logprobs import INTERPRETED
@@ -127,20 +128,44 @@ def test_matches_float64_reference(impl, dtype, shape, generator):
     assert torch.equal(weight, weight_before)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_frozen_weight_gets_no_gradient(impl, generator):
-    hidden, weight, targets = random_inputs((37, 48, 300), torch.float32, generator)
-    weight.requires_grad_(False)
-    upstream = torch.randn(37, generator=generator).to(DEVICE)
-    logp = fused_logprobs(hidden, weight, targets, impl=impl)
-    (logp * upstream).sum().backward()
-    assert weight.grad is None
+class FreshTensors(TorchDispatchMode):
+    """Records the shape of every tensor that an op returns in new memory (a return its schema does not alias)."""
 
-    (hidden64,) = float64_leaves(hidden)
-    expected = reference_logprobs(hidden64, weight, targets)
-    (expected * upstream).sum().backward()
-    segment_ids = torch.zeros_like(targets)
-    assert_matches_reference(torch.float32, logp, expected, segment_ids, [hidden.grad], [hidden64.grad])
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for ret, value in zip(func._schema.returns, out if isinstance(out, tuple) else (out,)):
+            if ret.alias_info is None and isinstance(value, torch.Tensor):
+                self.shapes.append(tuple(value.shape))
+        return out
+
+
+@pytest.mark.parametrize("frozen", ["weight", "hidden"])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_frozen_input_gets_no_gradient(impl, frozen, generator):
+    """The backward returns no gradient for an input that needs none (a frozen LM head under LoRA), and never
+    allocates one: no fp32 [V, D] dW, or [T, D] dh."""
+    T = 37
+    hidden, weight, targets = random_inputs((T, 48, 300), torch.float32, generator)
+    inputs = {"hidden": hidden, "weight": weight}
+    inputs[frozen].requires_grad_(False)
+    upstream = torch.randn(T, generator=generator).to(DEVICE)
+    logp = fused_logprobs(hidden, weight, targets, impl=impl)
+    with torch.no_grad(), FreshTensors() as fresh:  # the backward alone, as the autograd engine runs it
+        grads = dict(zip(inputs, logp.grad_fn.apply(upstream)[:2]))
+    assert inputs[frozen].shape not in fresh.shapes, fresh.shapes
+    assert grads.pop(frozen) is None
+    (trained,) = grads
+
+    leaves64 = dict(zip(inputs, float64_leaves(hidden, weight)))
+    leaves64[frozen].requires_grad_(False)
+    expected = reference_logprobs(leaves64["hidden"], leaves64["weight"], targets)
+    (expected_grad,) = torch.autograd.grad((expected * upstream).sum(), leaves64[trained])
+    assert_matches_reference(torch.float32, logp, expected, torch.zeros_like(targets), [grads[trained]],
+                             [expected_grad])
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -344,6 +369,38 @@ def test_example_chunks_loss_frozen_weight_and_no_grad(impl, generator, monkeypa
                                   [expected_grad], lengths.to(DEVICE))
 
 
+# Rows of an example in the role order that packing lays out under other role orders of the objective: the
+# roles that share a prompt together (DESIGN.md, "Packing layout").
+PACKED_ROLE_ORDERS = [(0, 2, 1, 3), (2, 0, 3, 1), (3, 1, 2, 0), (1, 3, 0, 2)]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_example_chunks_loss_takes_roles_in_any_order_within_an_example(impl, generator):
+    """Rows grouped by example with their roles out of order give the loss, scores and gradients of the same
+    rows sorted by segment, both to the float64 reference; over several chunks."""
+    num_examples, num_roles, D, V = 7, 4, 48, 300
+    lengths = torch.randint(1, 10, (num_examples, num_roles), generator=generator)
+    role_orders = torch.tensor([PACKED_ROLE_ORDERS[i % len(PACKED_ROLE_ORDERS)] for i in range(num_examples)])
+    segments = (torch.arange(num_examples)[:, None] * num_roles + role_orders).flatten()
+    segment_ids = torch.repeat_interleave(segments, lengths.flatten()[segments]).to(DEVICE)
+    hidden, weight, targets = random_inputs((len(segment_ids), D, V), torch.float32, generator)
+    example_losses = preference_losses(lengths, generator)
+    sorted_rows = torch.argsort(segment_ids, stable=True)
+    assert not torch.equal(sorted_rows, torch.arange(len(segment_ids), device=DEVICE))
+
+    expected_loss, expected_scores, expected_grads = float64_preference_loss(
+        hidden, weight, targets, segment_ids, lengths, example_losses)
+    results = []
+    for rows in [slice(None), sorted_rows]:  # as laid out, then sorted
+        loss, scores = example_chunks_loss(hidden[rows], weight, targets[rows], segment_ids[rows], num_examples,
+                                           num_roles, example_losses, impl=impl, max_chunk_logits=20 * V)
+        grads = torch.autograd.grad(loss, (hidden, weight))
+        assert_loss_matches_reference(torch.float32, loss, scores, grads, expected_loss, expected_scores,
+                                      expected_grads, lengths.to(DEVICE))
+        results.append((loss, scores, *grads))
+    torch.testing.assert_close(*results, rtol=1e-5, atol=1e-6)
+
+
 def test_example_chunks_loss_backward_runs_once(generator):
     segment_ids, lengths = random_examples(3, 2, generator)
     hidden, weight, targets = random_inputs((len(segment_ids), 16, 97), torch.float32, generator)
@@ -354,8 +411,10 @@ def test_example_chunks_loss_backward_runs_once(generator):
         loss.backward()
 
 
-def test_example_chunks_loss_needs_rows_in_example_order(generator):
+# Two examples of four roles: interleaved, or each whole but out of example order.
+@pytest.mark.parametrize("segment_ids", [[0, 0, 4, 4, 1, 1], [4, 4, 5, 0, 0, 3]], ids=["interleaved", "reversed"])
+def test_example_chunks_loss_needs_rows_in_example_order(segment_ids, generator):
     hidden, weight, targets = random_inputs((6, 16, 97), torch.float32, generator)
-    segment_ids = torch.tensor([0, 0, 4, 4, 1, 1], device=DEVICE)
+    segment_ids = torch.tensor(segment_ids, device=DEVICE)
     with pytest.raises(ValueError, match="grouped by example"):
         example_chunks_loss(hidden, weight, targets, segment_ids, 2, 4, lambda scores, examples: scores.sum(1))
