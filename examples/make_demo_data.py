@@ -19,7 +19,8 @@ train, for choosing hyperparameters without looking at an evaluated prompt. The 
 deterministic: the same seed writes the same bytes on every run, and `--check` tells whether the
 files on disk are up to date.
 
-    python examples/make_demo_data.py            # write examples/data/{train,eval,valid}.jsonl
+    python examples/make_demo_data.py            # write examples/data/{train,valid}.jsonl and
+                                                 # iopo_fast/evaluation/demo_data/eval.jsonl
     python examples/make_demo_data.py --check    # exit 1 if they differ from a fresh generation
 """
 
@@ -45,11 +46,15 @@ from iopo_fast.evaluation.demo_constraints import (
     count_words,
     parse_constraints,
 )
-from iopo_fast.evaluation.run import TRIVIAL_ANSWERS
+from iopo_fast.evaluation.trivial_answers import TRIVIAL_ANSWERS
 
 SEED = 2411
-DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "data"
 SPLIT_SIZES = {"train.jsonl": 300, "eval.jsonl": 40, "valid.jsonl": 40}  # generated in this order
+REPO = Path(__file__).resolve().parents[1]
+# Where each split is committed: eval ships with the package, as the `demo` benchmark's default set.
+SPLIT_PATHS = {"train.jsonl": REPO / "examples" / "data" / "train.jsonl",
+               "eval.jsonl": REPO / "iopo_fast" / "evaluation" / "demo_data" / "eval.jsonl",
+               "valid.jsonl": REPO / "examples" / "data" / "valid.jsonl"}
 EVAL_TOPIC_STRIDE = 6
 MAX_INSTRUCTION_WORDS = 40
 MAX_RESPONSE_WORDS = 35
@@ -364,22 +369,24 @@ def dataset_files(seed: int = SEED) -> dict[str, bytes]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR, help="where the .jsonl files go")
+    parser.add_argument("--out-dir", type=Path, help="one folder for the three .jsonl files (default: where each "
+                        "is committed, SPLIT_PATHS)")
     parser.add_argument("--check", action="store_true", help="only compare the files on disk with a fresh generation")
     args = parser.parse_args(argv)
     files = dataset_files()
+    paths = {name: args.out_dir / name for name in files} if args.out_dir else SPLIT_PATHS
     if args.check:
-        stale = [name for name, content in files.items()
-                 if not (args.out_dir / name).is_file() or (args.out_dir / name).read_bytes() != content]
+        stale = [str(paths[name]) for name, content in files.items()
+                 if not paths[name].is_file() or paths[name].read_bytes() != content]
         if stale:
-            print(f"out of date in {args.out_dir}: {', '.join(stale)}; rerun {Path(__file__).name}", file=sys.stderr)
+            print(f"out of date: {', '.join(stale)}; rerun {Path(__file__).name}", file=sys.stderr)
             return 1
-        print(f"{args.out_dir}: up to date")
+        print(f"up to date: {', '.join(map(str, paths.values()))}")
         return 0
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
-        (args.out_dir / name).write_bytes(content)
-        print(f"wrote {SPLIT_SIZES[name]} quadruples to {args.out_dir / name}")
+        paths[name].parent.mkdir(parents=True, exist_ok=True)
+        paths[name].write_bytes(content)
+        print(f"wrote {SPLIT_SIZES[name]} quadruples to {paths[name]}")
     return 0
 
 

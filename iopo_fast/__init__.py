@@ -1,19 +1,36 @@
 """iopo-fast: a fast trainer for IOPO (Input-Output Preference Optimization, arXiv 2411.06208).
 
 The public API; see the README. `iopo_fast.naive` is the naive implementation that every fast path is
-tested against (`iopo_fast.reference` is its earlier name, kept for existing code).
+tested against.
+
+Each name is imported on first use (PEP 562), so that the package's light modules (the demo data
+builder's constraints and trivial answers) load without torch.
 """
 
-from .data.examples import DPOExample, IOPOExample, SFTExample
-from .loss import DPO, IOPO, OBJECTIVES, SFT, Objective, PreferenceLoss, SFTLoss, dpo_loss, iopo_loss
-from .model import naive
-from .model.packing import Batch, PackedBatch, PaddedBatch, pack_examples, pad_examples
-from .model.preference_model import FusedLMHead, PreferenceModel, PreferenceOutput
+import importlib
 
-reference = naive
+# Each public name and the module that defines it (`naive` is a module of its own).
+_EXPORTS = {
+    "DPOExample": ".data.examples", "IOPOExample": ".data.examples", "SFTExample": ".data.examples",
+    "DPO": ".loss", "IOPO": ".loss", "OBJECTIVES": ".loss", "SFT": ".loss", "Objective": ".loss",
+    "PreferenceLoss": ".loss", "SFTLoss": ".loss", "dpo_loss": ".loss", "iopo_loss": ".loss",
+    "naive": ".model.naive",
+    "Batch": ".model.packing", "PackedBatch": ".model.packing", "PaddedBatch": ".model.packing",
+    "pack_examples": ".model.packing", "pad_examples": ".model.packing",
+    "FusedLMHead": ".model.preference_model", "PreferenceModel": ".model.preference_model",
+    "PreferenceOutput": ".model.preference_model",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "DPO", "IOPO", "OBJECTIVES", "SFT", "Batch", "DPOExample", "FusedLMHead", "IOPOExample", "Objective",
-    "PackedBatch", "PaddedBatch", "PreferenceLoss", "PreferenceModel", "PreferenceOutput", "SFTExample", "SFTLoss",
-    "dpo_loss", "iopo_loss", "naive", "pack_examples", "pad_examples", "reference",
-]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'iopo_fast' has no attribute {name!r}")
+    module = importlib.import_module(_EXPORTS[name], __name__)
+    value = module if module.__name__.endswith(f".{name}") else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -21,11 +21,13 @@ from transformers import (
 
 from iopo_fast import DPOExample, IOPOExample, Objective, SFTExample
 from iopo_fast.distributed import free_port
+from iopo_fast.evaluation.benchmarks import DEFAULT_DEMO_EVAL
 from iopo_fast.model.loading import DEFAULT_MODEL, resolve_model_path
 
 torch.set_num_threads(2)
 
 DEMO_DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
+DEMO_EVAL = DEFAULT_DEMO_EVAL  # the demo's held-out set, shipped with the package
 
 # Triton kernels run on CUDA, or on CPU tensors when TRITON_INTERPRET=1 was set before triton was
 # imported. Triton 3.9 decorates its own helpers (`tl.zeros`, ...) at `import triton`, and this file
@@ -173,7 +175,7 @@ def training_config(model_dir, output_dir, **overrides):
     from iopo_fast.config import TrainConfig
 
     settings = dict(
-        model_name_or_path=str(model_dir), dataset=str(DEMO_DATA / "eval.jsonl"), output_dir=str(output_dir),
+        model_name_or_path=str(model_dir), dataset=str(DEMO_EVAL), output_dir=str(output_dir),
         per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=3, learning_rate=1e-3,
         lr_scheduler_type="constant", cutoff_len=256, resume="never",
     )

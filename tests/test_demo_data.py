@@ -13,9 +13,7 @@ import pytest
 
 from iopo_fast.evaluation import demo_constraints as checks
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "examples" / "make_demo_data.py"
-DATA_DIR = REPO / "examples" / "data"
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "make_demo_data.py"
 
 
 def import_script():
@@ -33,8 +31,8 @@ Constraint = checks.Constraint
 @pytest.fixture(scope="module")
 def splits() -> dict[str, list[dict]]:
     """The records of each committed file, by file name."""
-    return {name: [json.loads(line) for line in (DATA_DIR / name).read_text(encoding="utf-8").splitlines()]
-            for name in demo.SPLIT_SIZES}
+    return {name: [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+            for name, path in demo.SPLIT_PATHS.items()}
 
 
 def all_records(splits: dict[str, list[dict]]) -> list[dict]:
@@ -43,16 +41,22 @@ def all_records(splits: dict[str, list[dict]]) -> list[dict]:
 
 def test_committed_files_equal_a_fresh_generation():
     for name, content in demo.dataset_files().items():
-        assert (DATA_DIR / name).read_bytes() == content, f"{name} is stale: rerun examples/make_demo_data.py"
+        assert demo.SPLIT_PATHS[name].read_bytes() == content, f"{name} is stale: rerun examples/make_demo_data.py"
+
+
+def test_the_demo_benchmark_reads_the_generated_eval_split():
+    from iopo_fast.evaluation.benchmarks import DEFAULT_DEMO_EVAL
+
+    assert DEFAULT_DEMO_EVAL == demo.SPLIT_PATHS["eval.jsonl"]
 
 
 def test_check_flag_passes_on_committed_files_and_fails_on_edited_ones(tmp_path):
-    check = [sys.executable, str(SCRIPT), "--check", "--out-dir"]
-    assert subprocess.run([*check, str(DATA_DIR)], capture_output=True).returncode == 0
-    for name in demo.SPLIT_SIZES:
-        (tmp_path / name).write_bytes((DATA_DIR / name).read_bytes())
-    (tmp_path / "eval.jsonl").write_bytes((DATA_DIR / "eval.jsonl").read_bytes()[:-1])
-    result = subprocess.run([*check, str(tmp_path)], capture_output=True, text=True)
+    check = [sys.executable, str(SCRIPT), "--check"]
+    assert subprocess.run(check, capture_output=True).returncode == 0
+    for name, path in demo.SPLIT_PATHS.items():
+        (tmp_path / name).write_bytes(path.read_bytes())
+    (tmp_path / "eval.jsonl").write_bytes(demo.SPLIT_PATHS["eval.jsonl"].read_bytes()[:-1])
+    result = subprocess.run([*check, "--out-dir", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 1 and "eval.jsonl" in result.stderr
 
 
@@ -110,7 +114,7 @@ def test_every_trivial_answer_fails_every_eval_instruction(splits):
     from iopo_fast.evaluation.benchmarks import load_benchmark
     from iopo_fast.evaluation.run import trivial_floors
 
-    floors = trivial_floors(load_benchmark(f"demo:{DATA_DIR / 'eval.jsonl'}"))
+    floors = trivial_floors(load_benchmark("demo"))
     assert {answer: by_mode["strict"]["prompt_level"]["accuracy"] for answer, by_mode in floors.items()} == \
         dict.fromkeys(["empty", "dot", "echo", "generic"], 0.0)
     # The requirement, not chance, gives eval its floor: records of the same kinds fail it without one.

