@@ -5,7 +5,7 @@ On the same prompts (IFEval's, from --first, in order), the same model, dtype an
 - `generate`: transformers' `generate`, greedy, on batches of --rows prompts sorted by length (left
   padding), each batch running until its longest response stops: how `iopo-fast eval` generated before;
 - `rows`: `TransformersGenerator`, --rows rows decoding at once, a row that ends taking the next prompt
-  (`iopo_fast.endpoints.row_decoding`).
+  (`iopo_fast.generation.row_decoding`).
 
 For each: the wall time, prompts per second, new tokens per second (the responses' tokens, up to and
 without the end token), the responses cut at --max-new-tokens, and the share of responses that are
@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from _results import RESULTS_DIR, cpu_name, versions
 
-from iopo_fast.endpoints.generation import GenerationSettings, TransformersGenerator, _chat_text
 from iopo_fast.evaluation.benchmarks import load_benchmark
+from iopo_fast.generation.generators import GenerationSettings, TransformersGenerator, _chat_text
 from iopo_fast.model.loading import DEFAULT_MODEL
 
 

@@ -62,18 +62,18 @@ class Examples:
     scores."""
 
     segment_ids: torch.Tensor
-    reference_logps: torch.Tensor  # [num_examples, num_roles]
+    reference_scores: torch.Tensor  # [num_examples, num_roles]
 
     @property
     def num_examples(self) -> int:
-        return len(self.reference_logps)
+        return len(self.reference_scores)
 
     @property
     def num_roles(self) -> int:
-        return self.reference_logps.shape[1]
+        return self.reference_scores.shape[1]
 
     def losses(self, scores: torch.Tensor, examples: slice) -> torch.Tensor:
-        return PreferenceLoss(OBJECTIVE, beta=0.1)(scores, self.reference_logps[examples])[0]
+        return PreferenceLoss(OBJECTIVE, beta=0.1)(scores, self.reference_scores[examples])[0]
 
 
 # method(hidden, weight, targets, examples) -> (summed loss, differentiable; scores [num_examples, num_roles])
@@ -213,8 +213,8 @@ def random_examples(tokens: int, sequence_tokens: int, device: torch.device, gen
     sequence_tokens = max(1, min(sequence_tokens, tokens // num_roles))
     segment_ids = torch.arange(tokens, device=device) // sequence_tokens
     num_examples = int(segment_ids[-1]) // num_roles + 1
-    reference_logps = -sequence_tokens * 10 + torch.randn(num_examples, num_roles, device=device, generator=generator)
-    return Examples(segment_ids, reference_logps)
+    reference_scores = -sequence_tokens * 10 + torch.randn(num_examples, num_roles, device=device, generator=generator)
+    return Examples(segment_ids, reference_scores)
 
 
 def run(args: argparse.Namespace, device: torch.device) -> list[str]:

@@ -9,12 +9,12 @@ from pathlib import Path
 from .config import ConfigError, load_config, options_markdown
 from .data.records import DataError
 from .endpoints.client import EndpointError, EndpointSettings
-from .endpoints.generation import BACKENDS, DTYPES, GenerationSettings, generator_class
-from .endpoints.local_chat import LocalModel
 from .evaluation.benchmarks import BenchmarkError
 from .evaluation.judge import Judge, JudgeError, load_judge_prompt
 from .evaluation.offline_resources import MissingEvaluationPackage
 from .evaluation.run import EvaluationError, evaluate_model
+from .generation.generators import BACKENDS, DTYPES, GenerationSettings, generator_class
+from .generation.local_chat import LocalModel
 from .model.loading import ModelError
 
 EVALUATION_ERRORS = (BenchmarkError, EndpointError, EvaluationError, JudgeError, MissingEvaluationPackage)

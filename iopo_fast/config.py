@@ -19,6 +19,7 @@ import yaml
 
 from .data.records import LOSS_MODES
 from .loss import LOSS_TYPES, OBJECTIVES, PreferenceLoss, SFTLoss
+from .model.attention import BACKENDS, current_backend_name
 from .model.loading import DEFAULT_MODEL
 from .utils import first_line
 
@@ -71,7 +72,7 @@ class TrainConfig:
     gradient_accumulation_steps: int = _option(1, "Micro-batches per optimizer step.")
     per_device_eval_batch_size: int = _option(8, "Examples per evaluation batch.")
     max_tokens_per_micro_batch: int = _option(0, "Token budget of a packed micro-batch: the examples of a step are bin-packed into as few micro-batches as fit. 0: micro-batches of per_device_train_batch_size examples.")
-    attention_backend: str = _option("auto", "Varlen attention over packed batches; auto: flash_attn, else torch_varlen on CUDA, else reference.", ("auto", "flash_attn", "torch_varlen", "reference"))
+    attention_backend: str = _option("auto", "Varlen attention over packed batches; auto: flash_attn, else torch_varlen on CUDA, else per_segment_sdpa (per-segment scaled_dot_product_attention, any device; formerly reference).", BACKENDS)
     liger_kernels: bool = _option(True, "On GPU, Liger-Kernel's RMSNorm, RoPE and SwiGLU kernels in the model's layers.")
     logprob_impl: str = _option("auto", "LM-head log-prob kernel; auto: triton on CUDA, else chunked PyTorch; full_logits: the naive full-logits computation (a baseline, recompute only).", ("auto", "triton", "chunked", "full_logits"))
     logprob_algorithm: str = _option("recompute", "How the loss meets the LM head. recompute: log-probs with O(tokens) memory, the backward recomputes the logits (8 T D V FLOPs); example_chunks: the loss and its gradient formed in one pass, chunk by chunk of whole examples (6 T D V FLOPs, O(chunk x vocabulary) transient memory).", ("recompute", "example_chunks"))
@@ -156,6 +157,7 @@ class TrainConfig:
         return benchmarks
 
     def __post_init__(self):
+        self.attention_backend = current_backend_name(self.attention_backend)
         for item in dataclasses.fields(self):
             choices = item.metadata["choices"]
             if choices and getattr(self, item.name) not in choices:

@@ -87,23 +87,23 @@ class PreferenceLoss:
         """ipo scores mean log-probs, and the SFT term divides by the response lengths."""
         return self.loss_type == "ipo" or self.ftx > 0
 
-    def __call__(self, policy_logps: torch.Tensor, reference_logps: torch.Tensor | None,
+    def __call__(self, policy_scores: torch.Tensor, reference_scores: torch.Tensor | None,
                  response_lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Per-example losses `[B]` (differentiable in `policy_logps`) and metrics `[B]` (detached).
+        """Per-example losses `[B]` (differentiable in `policy_scores`) and metrics `[B]` (detached).
 
-        `reference_logps=None` is reference-free; `response_lengths` `[B, num_roles]` is needed when
+        `reference_scores=None` is reference-free; `response_lengths` `[B, num_roles]` is needed when
         `needs_lengths`.
         """
         roles = self.objective.roles
-        if policy_logps.dim() != 2 or policy_logps.shape[1] != len(roles):
-            raise ValueError(f"expected log-probs of shape [B, {len(roles)}], got {list(policy_logps.shape)}")
-        if reference_logps is not None and reference_logps.shape != policy_logps.shape:
-            raise ValueError(f"reference log-probs {list(reference_logps.shape)} != policy {list(policy_logps.shape)}")
+        if policy_scores.dim() != 2 or policy_scores.shape[1] != len(roles):
+            raise ValueError(f"expected scores (summed response log-probs) of shape [B, {len(roles)}], got {list(policy_scores.shape)}")
+        if reference_scores is not None and reference_scores.shape != policy_scores.shape:
+            raise ValueError(f"reference scores {list(reference_scores.shape)} != policy {list(policy_scores.shape)}")
         if self.needs_lengths and response_lengths is None:
             raise ValueError("response_lengths is required for loss_type='ipo' and for ftx > 0")
 
-        policy = policy_logps.float()
-        reference = torch.zeros_like(policy) if reference_logps is None else reference_logps.float().detach()
+        policy = policy_scores.float()
+        reference = torch.zeros_like(policy) if reference_scores is None else reference_scores.float().detach()
         d = policy - reference
         if self.loss_type == "ipo":  # IPO compares length-averaged log-probs, as the original does.
             d = d / response_lengths.to(d)
@@ -130,31 +130,31 @@ class SFTLoss:
     """The SFT baseline: each response's negative log-likelihood per token, -s / |y| (the `ftx` term of the
     preference losses, alone). No reference model; scores `[B, 1]` and lengths `[B, 1]` of `SFT` examples."""
 
-    def __call__(self, policy_logps: torch.Tensor, reference_logps: torch.Tensor | None,
+    def __call__(self, policy_scores: torch.Tensor, reference_scores: torch.Tensor | None,
                  response_lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if policy_logps.dim() != 2 or policy_logps.shape[1] != 1:
-            raise ValueError(f"expected log-probs of shape [B, 1], got {list(policy_logps.shape)}")
-        if reference_logps is not None:
-            raise ValueError("the SFT loss takes no reference log-probs")
+        if policy_scores.dim() != 2 or policy_scores.shape[1] != 1:
+            raise ValueError(f"expected scores (summed response log-probs) of shape [B, 1], got {list(policy_scores.shape)}")
+        if reference_scores is not None:
+            raise ValueError("the SFT loss takes no reference scores")
         if response_lengths is None:
             raise ValueError("response_lengths is required for the SFT loss")
-        policy = policy_logps.float()[:, 0]
+        policy = policy_scores.float()[:, 0]
         losses = -policy / response_lengths[:, 0].to(policy)
         return losses, {"loss": losses.detach(), "logps/response": policy.detach()}
 
 
-def iopo_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor | None, beta: float = 0.1,
+def iopo_loss(policy_scores: torch.Tensor, reference_scores: torch.Tensor | None, beta: float = 0.1,
               loss_type: str = "sigmoid", label_smoothing: float = 0.0, ftx: float = 0.0,
               response_lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """IOPO losses and metrics from `[B, 4]` summed response log-probs (`PreferenceLoss` of `IOPO`)."""
-    return PreferenceLoss(IOPO, beta, loss_type, label_smoothing, ftx)(policy_logps, reference_logps, response_lengths)
+    return PreferenceLoss(IOPO, beta, loss_type, label_smoothing, ftx)(policy_scores, reference_scores, response_lengths)
 
 
-def dpo_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor | None, beta: float = 0.1,
+def dpo_loss(policy_scores: torch.Tensor, reference_scores: torch.Tensor | None, beta: float = 0.1,
              loss_type: str = "sigmoid", label_smoothing: float = 0.0, ftx: float = 0.0,
              response_lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """DPO losses and metrics from `[B, 2]` (chosen, rejected) summed log-probs (`PreferenceLoss` of `DPO`)."""
-    return PreferenceLoss(DPO, beta, loss_type, label_smoothing, ftx)(policy_logps, reference_logps, response_lengths)
+    return PreferenceLoss(DPO, beta, loss_type, label_smoothing, ftx)(policy_scores, reference_scores, response_lengths)
 
 
 def _bradley_terry(z: torch.Tensor, beta: float, loss_type: str, eps: float) -> torch.Tensor:

@@ -80,7 +80,7 @@ def test_logprob_benchmark_reads_the_roles_from_its_objective(monkeypatch):
 
     monkeypatch.setattr(bench_logprob, "OBJECTIVE", DPO)
     cpu = torch.device("cpu")
-    assert bench_logprob.random_examples(64, 8, cpu, torch.Generator()).reference_logps.shape[1] == 2
+    assert bench_logprob.random_examples(64, 8, cpu, torch.Generator()).reference_scores.shape[1] == 2
     args = argparse.Namespace(tokens=[64], hidden=32, vocab=[300], sequence_tokens=8, chunk_logits=[None],
                               dtype=torch.float32, peak_tflops=None, warmup=1, repeats=1)
     rows = table_rows("\n".join(bench_logprob.HEADER + bench_logprob.run(args, cpu)))
@@ -94,7 +94,7 @@ def test_logprob_benchmark_reads_the_roles_from_its_objective(monkeypatch):
 
 def test_throughput_dpo_pairs_take_chosen_and_rejected_from_the_objective(monkeypatch, generator):
     """(x1: y1 over y2) and (x2: y2 over y1), also under a role order that puts each rejected role before its
-    chosen one, so that every pack lists its rejected response first."""
+    chosen one, so that every shared prompt lists its rejected response first."""
     sys.path.insert(0, str(BENCHMARKS))
     from bench_throughput import dpo_pairs
 
@@ -103,7 +103,7 @@ def test_throughput_dpo_pairs_take_chosen_and_rejected_from_the_objective(monkey
                 DPOExample(prompt=example.prompt2, chosen=example.response2, rejected=example.response1)]
     assert dpo_pairs([example]) == expected
     monkeypatch.setattr(IOPOExample, "objective", permuted_roles(IOPO, (1, 0, 3, 2)))
-    assert example.packs()[0][1][0] == (example.response2, 0)
+    assert example.shared_prompts()[0][1][0] == (example.response2, 0)
     assert dpo_pairs([example]) == expected
 
 

@@ -16,6 +16,7 @@ LAYERS = [
     {"data"},
     {"model"},
     {"endpoints"},
+    {"generation"},
     {"evaluation"},
     {"pairs"},
     {"config"},

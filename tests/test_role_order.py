@@ -49,11 +49,12 @@ def test_a_permuted_role_order_gives_the_same_losses_on_every_path(generator, mo
     (defined, defined_table, defined_grads, defined_cache) = runs["defined"]
     (permuted, permuted_table, permuted_grads, permuted_cache) = runs["permuted"]
     assert permuted_cache != defined_cache
-    torch.testing.assert_close(permuted.scores, defined.scores[:, list(order)], rtol=0, atol=1e-5)
-    torch.testing.assert_close(permuted_table, defined_table[:, list(order)], rtol=0, atol=1e-5)
-    torch.testing.assert_close(permuted.loss, defined.loss, rtol=1e-6, atol=1e-6)
+    # The packed streams differ (x2's prompt first, say): DESIGN.md's fp32 tolerance of packed sequence scores.
+    torch.testing.assert_close(permuted.scores, defined.scores[:, list(order)], rtol=0, atol=1e-4)
+    torch.testing.assert_close(permuted_table, defined_table[:, list(order)], rtol=0, atol=1e-4)
+    torch.testing.assert_close(permuted.loss, defined.loss, rtol=0, atol=1e-4)
     for name in ("loss", "rewards/margin", "accuracies/group", "accuracies/output_v1", "accuracies/input_y2"):
-        torch.testing.assert_close(permuted.metrics[name], defined.metrics[name], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(permuted.metrics[name], defined.metrics[name], rtol=0, atol=1e-4)
     # The same sums in another order: DESIGN.md's fp32 gradient tolerance, as a norm per parameter.
     for permuted_grad, defined_grad in zip(permuted_grads, defined_grads):
         assert (permuted_grad - defined_grad).norm() <= 1e-4 * defined_grad.norm()

@@ -3,7 +3,7 @@
 An IOPO example is scored on four (prompt, response) sequences in the role order of DESIGN.md
 ("The IOPO objective"): (x1, y1), (x1, y2), (x2, y2), (x2, y1). A DPO example on two: (x, y_w),
 (x, y_l). An SFT example on one: (x, y). The objective's `pairs` are the one definition of those
-sequences; `packs()` groups the roles that share a prompt, which the shared-prefix layout
+sequences; `shared_prompts()` groups the roles that share a prompt, which the shared-prefix layout
 (`iopo_fast.model.packing`) lays out once per prompt.
 """
 
@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 from ..loss import DPO, IOPO, SFT, Objective
 
-# A pack: a prompt and the responses that share it, each with its role: [prompt | first | second ...].
-Pack = tuple[list[int], tuple[tuple[list[int], int], ...]]
+# A shared prompt: a prompt and the responses that follow it, each with its role, which the shared-prefix
+# layout lays out as [prompt | first | second ...] ("pack A" and "pack B" of DESIGN.md, "Packing layout").
+SharedPrompt = tuple[list[int], tuple[tuple[list[int], int], ...]]
 
 
 class _Roles:
@@ -28,12 +29,12 @@ class _Roles:
         """The (prompt, response) pair of each role, in role order."""
         return [(self.prompts[prompt], self.responses[response]) for prompt, response in self.objective.pairs]
 
-    def packs(self) -> list[Pack]:
+    def shared_prompts(self) -> list[SharedPrompt]:
         """(prompt, ((response, role), ...)) per prompt: the roles that share it, in role order."""
-        packs: dict[int, list[tuple[list[int], int]]] = {}
+        by_prompt: dict[int, list[tuple[list[int], int]]] = {}
         for role, (prompt, response) in enumerate(self.objective.pairs):
-            packs.setdefault(prompt, []).append((self.responses[response], role))
-        return [(self.prompts[prompt], tuple(responses)) for prompt, responses in packs.items()]
+            by_prompt.setdefault(prompt, []).append((self.responses[response], role))
+        return [(self.prompts[prompt], tuple(responses)) for prompt, responses in by_prompt.items()]
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ Example = IOPOExample | DPOExample | SFTExample
 
 def packed_length(example: Example) -> int:
     """Tokens of `example` in the shared-prefix layout: P1 + P2 + 2 (L1 + L2) for IOPO."""
-    return sum(len(prompt) + sum(len(response) for response, _ in responses) for prompt, responses in example.packs())
+    return sum(len(prompt) + sum(len(response) for response, _ in responses) for prompt, responses in example.shared_prompts())
 
 
 def unpacked_length(example: Example) -> int:

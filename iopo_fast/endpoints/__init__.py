@@ -1,2 +1,2 @@
-"""Where answers come from: OpenAI-compatible servers (cached, bounded requests), local generation
-with transformers or vLLM behind the same chat interface, and the append-only logs they write."""
+"""Answers from OpenAI-compatible servers (`client`: cached, bounded requests), and the append-only
+JSON-lines logs that survive a kill (`append_log`)."""

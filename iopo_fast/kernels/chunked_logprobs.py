@@ -1,4 +1,4 @@
-"""The pure-PyTorch twin of the fused log-prob kernel (DESIGN.md, "Reference paths and CPU testing").
+"""The pure-PyTorch twin of the fused log-prob kernel (DESIGN.md, "Naive paths and CPU testing").
 
 Same contract as `fused_logprobs`: logp[t] = log_softmax(h[t] W^T)[y[t]] in fp32, 0 for ignored rows.
 Rows are processed in chunks of at most `max_chunk_logits` logits, so the [T, V] logits never exist;

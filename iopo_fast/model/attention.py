@@ -13,8 +13,9 @@ One function, `varlen_attention`, runs one of three backends that all compute th
   aligned bottom-right when lq != lk); CUDA, fp16/bf16, native GQA.
 - "torch_varlen": PyTorch's `torch.nn.attention.varlen.varlen_attn`, when flash-attn is missing;
   CUDA, fp16/bf16, native GQA. See `_run_torch_varlen` for what its source does.
-- "reference": per-segment `scaled_dot_product_attention` with an explicit [lq, lk] bottom-right
-  mask; any device and dtype, slow, obviously correct.
+- "per_segment_sdpa": per-segment `scaled_dot_product_attention` with an explicit [lq, lk]
+  bottom-right mask; any device and dtype, slow, obviously correct (its earlier name, "reference",
+  is still accepted, with a warning).
 
 `resolve_backend` says which one runs; the caller logs it.
 """
@@ -24,12 +25,15 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import warnings
 
 import torch
 import torch.nn.functional as F
 from packaging.version import Version
 
-BACKENDS = ("auto", "flash_attn", "torch_varlen", "reference")
+BACKENDS = ("auto", "flash_attn", "torch_varlen", "per_segment_sdpa")
+# Earlier names of backends, still accepted.
+RENAMED_BACKENDS = {"reference": "per_segment_sdpa"}
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 # flash-attn 2.1 changed its causal flag to bottom-right alignment when lq != lk; 1.x and 2.0 align top-left.
 MIN_FLASH_ATTN_VERSION = Version("2.1")
@@ -39,8 +43,9 @@ def resolve_backend(device: torch.device, dtype: torch.dtype, backend: str = "au
     """The backend `varlen_attention` runs for tensors on `device` of `dtype`.
 
     "auto" picks flash_attn if it imports and the tensors are CUDA fp16/bf16, else torch_varlen if it
-    can run there, else reference. A forced backend that cannot run raises ValueError saying why.
+    can run there, else per_segment_sdpa. A forced backend that cannot run raises ValueError saying why.
     """
+    backend = current_backend_name(backend)
     if backend not in BACKENDS:
         raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
     device = torch.device(device)
@@ -52,7 +57,16 @@ def resolve_backend(device: torch.device, dtype: torch.dtype, backend: str = "au
     for candidate in ("flash_attn", "torch_varlen"):
         if _unavailable_reason(candidate, device, dtype) is None:
             return candidate
-    return "reference"
+    return "per_segment_sdpa"
+
+
+def current_backend_name(backend: str) -> str:
+    """`backend`, or, for an earlier name, the backend's name now (with a warning)."""
+    if backend in RENAMED_BACKENDS:
+        warnings.warn(f"attention backend {backend!r} is now called {RENAMED_BACKENDS[backend]!r}", FutureWarning,
+                      stacklevel=3)
+        return RENAMED_BACKENDS[backend]
+    return backend
 
 
 def varlen_attention(
@@ -72,7 +86,7 @@ def varlen_attention(
     key/value head h // (H / Hkv)). Segment i holds queries cu_seqlens_q[i]:cu_seqlens_q[i + 1] and
     keys cu_seqlens_k[i]:cu_seqlens_k[i + 1], at least as many keys as queries; max_seqlen_q/k bound
     the segment lengths. `scale` defaults to 1/sqrt(Dh). The fast backends check only what needs no
-    device sync (shapes, dtypes, devices); the reference backend checks the segments too.
+    device sync (shapes, dtypes, devices); per_segment_sdpa checks the segments too.
     """
     _check_shapes(query, key, value, cu_seqlens_q, cu_seqlens_k)
     name = resolve_backend(query.device, query.dtype, backend)
@@ -84,7 +98,7 @@ def _unavailable_reason(backend: str, device: torch.device, dtype: torch.dtype) 
 
     Both fast backends run flash-attn 2 kernels: CUDA, compute capability >= 8.0, fp16/bf16.
     """
-    if backend == "reference":
+    if backend == "per_segment_sdpa":
         return None
     if device.type != "cuda":
         return f"it needs a CUDA device, got {device.type}"
@@ -166,7 +180,7 @@ def _check_segments(cu_q: list[int], cu_k: list[int], num_queries: int, num_keys
                          f"({max(query_lengths)}, {max(key_lengths)})")
 
 
-def _run_reference(query, key, value, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale):
+def _run_per_segment_sdpa(query, key, value, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale):
     """Each segment through scaled_dot_product_attention with its own [lq, lk] mask: no [S, S] mask."""
     cu_q, cu_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
     _check_segments(cu_q, cu_k, query.shape[0], key.shape[0], max_seqlen_q, max_seqlen_k)
@@ -222,4 +236,4 @@ def _run_torch_varlen(query, key, value, cu_seqlens_q, cu_seqlens_k, max_seqlen_
     )
 
 
-_RUNNERS = {"flash_attn": _run_flash_attn, "torch_varlen": _run_torch_varlen, "reference": _run_reference}
+_RUNNERS = {"flash_attn": _run_flash_attn, "torch_varlen": _run_torch_varlen, "per_segment_sdpa": _run_per_segment_sdpa}

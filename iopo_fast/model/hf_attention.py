@@ -36,7 +36,7 @@ sdpa_attention_forward, sdpa_mask = sdpa_functions()
 
 
 def packed_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                             packed_batch: PackedBatch | None = None, attention_backend: str = "reference",
+                             packed_batch: PackedBatch | None = None, attention_backend: str = "per_segment_sdpa",
                              **kwargs):
     """One layer's attention: over the packed stream when `packed_batch` is given, else plain SDPA.
 
@@ -48,7 +48,7 @@ def packed_attention_forward(module, query, key, value, attention_mask, scaling=
     if dropout:
         raise NotImplementedError("attention dropout is not supported on packed batches")
     # Keys and values are gathered from the stream by kv_index: the prompt rows appear once more for
-    # the second response of each pack, and the gather's backward sums their gradients.
+    # the second response of each shared prompt, and the gather's backward sums their gradients.
     key_rows = key[0].transpose(0, 1).index_select(0, packed_batch.kv_index)
     value_rows = value[0].transpose(0, 1).index_select(0, packed_batch.kv_index)
     output = varlen_attention(

@@ -3,7 +3,7 @@ production code runs.
 
 Each (prompt, response) sequence of an example goes through the unmodified Hugging Face model on its
 own, with full logits, `log_softmax` and a gather, as the original LLaMA-Factory-based IOPO code does
-(DESIGN.md, "Reference paths and CPU testing"). It is slow and memory-hungry on purpose: it is simple.
+(DESIGN.md, "Naive paths and CPU testing"). It is slow and memory-hungry on purpose: it is simple.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ class PackedBatch(Batch):
     input_ids, position_ids: [1, T]; positions restart as in the unpacked sequences.
     cu_seqlens_q: [n + 1] int32 query segments over the stream.
     kv_index: [Tk] stream rows that form the key/value segments, `cu_seqlens_k` [n + 1] int32;
-      the second response of a pack sees its prompt's rows gathered again (DESIGN.md, "Packing layout").
+      the second response of a shared prompt sees the prompt's rows gathered again (DESIGN.md, "Packing layout").
     """
 
     input_ids: torch.Tensor
@@ -113,7 +113,7 @@ def pack_examples(examples: list[Example], max_tokens: int | None = None) -> Pac
     input_ids, position_ids, kv_index = [], [], []
     query_lengths, key_lengths = [], []
     for example_index, example in enumerate(examples):
-        for prompt, ((first, first_role), *others) in example.packs():
+        for prompt, ((first, first_role), *others) in example.shared_prompts():
             if not prompt:
                 raise ValueError(f"example {example_index} has an empty prompt")
             start, num_prompt, num_first = len(input_ids), len(prompt), len(first)

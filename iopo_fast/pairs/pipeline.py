@@ -42,9 +42,9 @@ from pathlib import Path
 from ..data.sources import DataError, check_source, read_records, resolve_source
 from ..endpoints.append_log import AppendLog, complete_lines
 from ..endpoints.client import AnswerCache, CachedRequests, Chat, EndpointError, EndpointSettings
-from ..endpoints.local_chat import LocalChat, LocalModel
 from ..evaluation.checks import ERROR, FAILED, MET
 from ..evaluation.judge import fill, parse_verdict
+from ..generation.local_chat import LocalChat, LocalModel
 from ..utils import write_atomically
 from .changes import Change, rule_changes, rule_response
 from .prompts import PROMPTS

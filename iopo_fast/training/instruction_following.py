@@ -17,8 +17,8 @@ def evaluate_instruction_following(config: TrainConfig, model: str, stage: str) 
         return None
     summaries, error = None, None
     if is_main():
-        from ..endpoints.generation import GenerationSettings, TransformersGenerator
         from ..evaluation.run import evaluate_model
+        from ..generation.generators import GenerationSettings, TransformersGenerator
 
         # eval_max_new_tokens 0: each benchmark's own default.
         settings = GenerationSettings(max_new_tokens=config.eval_max_new_tokens or None, seed=config.seed,

@@ -27,7 +27,7 @@ from ..data.records import RejectionLog
 from ..data.sampling import ExampleOrder, examples_fingerprint
 from ..data.sources import check_source, resolve_source
 from ..distributed import all_reduce, init_distributed, is_main, rank, rank_batches, world_size
-from ..model.batching import micro_batches
+from ..model.micro_batch_plan import micro_batches
 from ..model.fast_paths import describe_fast_paths
 from ..model.loading import apply_liger_kernels, load_model, load_tokenizer, prepare_policy
 from ..model.packing import pack_examples
@@ -41,7 +41,7 @@ from .instruction_following import evaluate_instruction_following
 from .monitor import (StepMetrics, StepOutcome, add_to_totals, describe_held_out, plot_metrics, step_record,
                       summed_over_ranks)
 from .reference_model import live_reference, precompute_references
-from .run import Run
+from .run_state import RunState
 
 
 def train(config: TrainConfig) -> dict[str, dict[str, float]]:
@@ -52,13 +52,13 @@ def train(config: TrainConfig) -> dict[str, dict[str, float]]:
     before = evaluate_instruction_following(config, config.model_name_or_path, "before")
     run = build(config)
     try:
-        results = run.state["results"]
+        results = run.trainer_state["results"]
         if before is not None:
             results["benchmarks"] = {"before": before}
         if run.eval_examples and not results.keys() & {"before", "at_resume"}:
             # A run resumed with held-out data it did not have before: its first held-out metrics are the
             # resumed weights', not the initial model's.
-            step = run.state["step"]
+            step = run.trainer_state["step"]
             results["before" if step == 0 else "at_resume"] = {**held_out_metrics(run), **({"step": step} if step else {})}
             label, first = _first_held_out(results)
             run.log(f"eval {label}: {describe_held_out(config.loss, first)}")
@@ -69,23 +69,23 @@ def train(config: TrainConfig) -> dict[str, dict[str, float]]:
         run.engine.destroy()  # ZeRO's buffers, for whatever this process does next
 
 
-def run_steps(run: Run) -> bool:
-    """The steps from the one after the run's state to the last; False if a signal stopped them (after a
+def run_steps(run: RunState) -> bool:
+    """The steps from the one after the run's step to the last; False if a signal stopped them (after a
     checkpoint of the step it came in)."""
     config = run.config
-    metrics = StepMetrics(config, run.state["step"], run.total_steps) if is_main() else None
+    metrics = StepMetrics(config, run.trainer_state["step"], run.total_steps) if is_main() else None
     stop = StopRequest()
     try:
-        for step in range(run.state["step"] + 1, run.total_steps + 1):
+        for step in range(run.trainer_state["step"] + 1, run.total_steps + 1):
             record = train_step(run, step)
             if config.eval_steps and step % config.eval_steps == 0 and step < run.total_steps:
                 record.update({f"eval/{name}": value for name, value in held_out_metrics(run).items()})
             if metrics is not None:
                 metrics.write(record)
-            stop_after_nonfinite_steps(run.state["nonfinite_in_a_row"], step, config.max_nonfinite_steps, run.log)
+            stop_after_nonfinite_steps(run.trainer_state["nonfinite_in_a_row"], step, config.max_nonfinite_steps, run.log)
             stop_requested = bool(all_reduce(torch.tensor(int(stop.signal is not None)), "max"))
             if stop_requested or (config.save_steps and step % config.save_steps == 0 and step < run.total_steps):
-                run.checkpoints.save(run.engine, run.state)
+                run.checkpoints.save(run.engine, run.trainer_state)
             if stop_requested:
                 run.log(f"stopped by a signal: checkpoint of step {step} saved in {run.checkpoints.root}")
                 return False
@@ -98,7 +98,7 @@ def run_steps(run: Run) -> bool:
 
 def build(config: TrainConfig, *, examples: tuple[Sequence[Example], Sequence[Example]] | None = None,
           make_model: Callable[[str], nn.Module] | None = None, layout: Callable = pack_examples,
-          preference_model: type[PreferenceModel] = PreferenceModel, order: ExampleOrder | None = None) -> Run:
+          preference_model: type[PreferenceModel] = PreferenceModel, order: ExampleOrder | None = None) -> RunState:
     """The run `config` describes: process group, data, engine, references, checkpoint to resume.
 
     The keywords replace what the config would load: `examples` (train, eval) already tokenized,
@@ -150,19 +150,19 @@ def build(config: TrainConfig, *, examples: tuple[Sequence[Example], Sequence[Ex
         policy = wrap(policy, config.preference_loss())
         engine, scheduler = build_engine(policy, config, ds_config, total_steps)
         live = live_reference(config, engine, lambda: wrap(load("reference")), ds_config, device)
-    run = Run(config=config, device=device, engine=engine, scheduler=scheduler, train_examples=train_examples,
+    run = RunState(config=config, device=device, engine=engine, scheduler=scheduler, train_examples=train_examples,
               eval_examples=eval_examples, train_reference=live, eval_reference=live, layout=layout,
               order=order or ExampleOrder(len(train_examples), config.seed), checkpoints=checkpoints,
               total_steps=total_steps, tokenizer=tokenizer, log=log,
-              state={"step": 0, "data_order": order_of_examples, "nonfinite_in_a_row": 0, "results": {}})
+              trainer_state={"step": 0, "data_order": order_of_examples, "nonfinite_in_a_row": 0, "results": {}})
     if config.reference_mode == "precomputed":
         started = time.perf_counter()
         run.train_reference, run.eval_reference = precompute_references(config, live, [train_examples, eval_examples],
                                                                         device, log)
         run.reference_seconds = time.perf_counter() - started
     if latest is not None:
-        run.state = checkpoints.load(engine, latest)
-        log(f"resumed from {latest} (step {run.state['step']} of {total_steps})")
+        run.trainer_state = checkpoints.load(engine, latest)
+        log(f"resumed from {latest} (step {run.trainer_state['step']} of {total_steps})")
     return run
 
 
@@ -174,7 +174,7 @@ def data_order(config: TrainConfig, train_examples: Sequence[Example]) -> dict:
             "training_data": examples_fingerprint(train_examples)}
 
 
-def train_step(run: Run, step: int) -> dict:
+def train_step(run: RunState, step: int) -> dict:
     """Step `step`: this rank's share of its examples, their gradient accumulated, then the optimizer step
     (or, after a non-finite loss, no update at all). Returns the step's metrics record."""
     started = time.perf_counter()
@@ -187,18 +187,18 @@ def train_step(run: Run, step: int) -> dict:
         grad_norm = grad_norm_before_step(run.engine)
         run.engine.step()
         grad_norm = float(run.engine.get_global_grad_norm() if grad_norm is None else grad_norm)
-        run.state["nonfinite_in_a_row"] = 0
+        run.trainer_state["nonfinite_in_a_row"] = 0
     else:
         skip_step(run.engine)
-        run.state["nonfinite_in_a_row"] += 1
-    run.state["step"] = step
+        run.trainer_state["nonfinite_in_a_row"] += 1
+    run.trainer_state["step"] = step
     return step_record(run.config, step, examples, indices, plan, outcome, grad_norm,
                        seconds=time.perf_counter() - started, epoch=step / run.steps_per_epoch,
                        examples_per_step=run.examples_per_step, learning_rate=run.scheduler.get_last_lr()[0],
                        device=run.device, model=run.model)
 
 
-def accumulate_gradients(run: Run, examples: list[Example], indices: list[int], plan: list[list[int]]) -> StepOutcome:
+def accumulate_gradients(run: RunState, examples: list[Example], indices: list[int], plan: list[list[int]]) -> StepOutcome:
     """Accumulate in the engine the gradient of the mean loss over the step's examples of all ranks.
 
     Each micro-batch's summed loss is scaled by world_size / examples_per_step: DeepSpeed averages
@@ -231,7 +231,7 @@ def accumulate_gradients(run: Run, examples: list[Example], indices: list[int], 
     return outcome
 
 
-def forward(run: Run, examples: list[Example], indices: list[int], reference: Callable | None):
+def forward(run: RunState, examples: list[Example], indices: list[int], reference: Callable | None):
     """The engine's forward on `examples` laid out by the run: (PreferenceOutput, tokens processed).
 
     `indices` are the examples' positions in their data set (where a precomputed reference looks).
@@ -242,7 +242,7 @@ def forward(run: Run, examples: list[Example], indices: list[int], reference: Ca
 
 
 @torch.no_grad()
-def held_out_metrics(run: Run) -> dict[str, float]:
+def held_out_metrics(run: RunState) -> dict[str, float]:
     """Mean metrics over the held-out examples, each rank scoring its shard."""
     model = run.model
     was_training = model.training
@@ -255,9 +255,9 @@ def held_out_metrics(run: Run) -> dict[str, float]:
     return {name: total / len(run.eval_examples) for name, total in summed_over_ranks(totals).items()}
 
 
-def finish(run: Run) -> None:
+def finish(run: RunState) -> None:
     """After the last step: the held-out metrics after training, the exported model and its benchmarks, the plot."""
-    config, results = run.config, run.state["results"]
+    config, results = run.config, run.trainer_state["results"]
     if run.eval_examples:
         results["after"] = held_out_metrics(run)
         label, first = _first_held_out(results)

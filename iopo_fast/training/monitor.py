@@ -17,7 +17,7 @@ from ..config import TrainConfig
 from ..data.examples import Example, unpacked_length
 from ..distributed import all_reduce, rank, world_size
 from ..loss import OBJECTIVES
-from ..model.batching import fill_ratio
+from ..model.micro_batch_plan import fill_ratio
 from ..utils import write_atomically
 
 # Dense bf16 tensor-core peak of the accelerators MFU is reported for, in FLOP/s, by a part of the device

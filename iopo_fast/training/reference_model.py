@@ -3,7 +3,7 @@ training, or none (reference-free).
 
 `reference: precomputed` scores every example once with the initial policy (the reference model by
 definition; with LoRA, the policy with its adapters disabled) before training starts, and caches the
-`[num_examples, num_roles]` table in `<output_dir>/reference_logps/`, keyed by everything that
+`[num_examples, num_roles]` table in `<output_dir>/reference_scores/`, keyed by everything that
 changes the scores or what its columns mean (`cache_path`): training then holds no second model and runs
 no reference forward.
 """
@@ -80,7 +80,7 @@ def precompute(reference: LiveReference, examples: list[Example], cache_file: Pa
 
 
 def cache_path(output_dir: str | Path, model_path: str, examples: Sequence[Example], settings: dict) -> Path:
-    """`<output_dir>/reference_logps/<key>.pt`, the key a digest of the model's files, the token ids, the table's
+    """`<output_dir>/reference_scores/<key>.pt`, the key a digest of the model's files, the token ids, the table's
     format, the meaning of its columns (the objective's roles: names, sequences, signs) and `settings`:
     everything else that changes the scores (dtype, attention backend, log-prob implementation, model
     kernels, LoRA)."""
@@ -89,7 +89,7 @@ def cache_path(output_dir: str | Path, model_path: str, examples: Sequence[Examp
     digest.update(json.dumps({"format": TABLE_FORMAT, "roles": objective.roles, "pairs": objective.pairs,
                               "signs": objective.signs, **settings}, sort_keys=True).encode())
     digest.update(examples_fingerprint(examples).encode())
-    return Path(output_dir) / "reference_logps" / f"{digest.hexdigest()[:20]}.pt"
+    return Path(output_dir) / "reference_scores" / f"{digest.hexdigest()[:20]}.pt"
 
 
 def live_reference(config: TrainConfig, policy_engine, load_reference, ds_config: dict,

@@ -1,5 +1,5 @@
 """What each role of each loss mode is (DESIGN.md, "The IOPO objective"), pinned on concrete examples: its
-(prompt, response) sequence, the pack it is laid out in, and its sign in the margin z."""
+(prompt, response) sequence, the shared prompt it is laid out under, and its sign in the margin z."""
 
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ def test_iopo_roles_are_the_design_table():
     assert IOPO.roles == ("chosen_v1", "rejected_v1", "chosen_v2", "rejected_v2")
     assert example.sequences() == [(X1, Y1), (X1, Y2), (X2, Y2), (X2, Y1)]
     # [x1 | y1 | y2] and [x2 | y2 | y1].
-    assert example.packs() == [(X1, ((Y1, 0), (Y2, 1))), (X2, ((Y2, 2), (Y1, 3)))]
+    assert example.shared_prompts() == [(X1, ((Y1, 0), (Y2, 1))), (X2, ((Y2, 2), (Y1, 3)))]
     assert packed_length(example) == 1 + 2 + 2 * (3 + 4) and unpacked_length(example) == 2 * (1 + 2) + 2 * (3 + 4)
 
 
 def test_dpo_and_sft_roles():
     assert DPOExample(X1, Y1, Y2).sequences() == [(X1, Y1), (X1, Y2)]
-    assert DPOExample(X1, Y1, Y2).packs() == [(X1, ((Y1, 0), (Y2, 1)))]
-    assert SFTExample(X1, Y1).sequences() == [(X1, Y1)] and SFTExample(X1, Y1).packs() == [(X1, ((Y1, 0),))]
+    assert DPOExample(X1, Y1, Y2).shared_prompts() == [(X1, ((Y1, 0), (Y2, 1)))]
+    assert SFTExample(X1, Y1).sequences() == [(X1, Y1)] and SFTExample(X1, Y1).shared_prompts() == [(X1, ((Y1, 0),))]
 
 
 @pytest.mark.parametrize("objective, signs", [(IOPO, (1, -1, 1, -1)), (DPO, (1, -1))])

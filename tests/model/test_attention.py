@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from iopo_fast.config import TrainConfig
 from iopo_fast.model import attention as attention_module
 from iopo_fast.model.attention import resolve_backend, varlen_attention
 
@@ -155,7 +156,7 @@ def backend_unavailable(backend: str) -> str | None:
 @pytest.mark.parametrize("heads", [(8, 2), (4, 4)], ids=HEAD_IDS)
 def test_cuda_backends_are_as_accurate_as_pytorch_attention_in_bf16(generator, heads, backend):
     """A fast backend on the shared-prefix segments, in bf16, against float64 on the same inputs: its
-    error must stay within twice that of the per-segment PyTorch reference run in bf16 (flash-attn's
+    error must stay within twice that of per_segment_sdpa (PyTorch) run in bf16 (flash-attn's
     own criterion), for the output and the gradients of q, k and v."""
     reason = backend_unavailable(backend)
     if reason is not None:
@@ -175,8 +176,8 @@ def test_cuda_backends_are_as_accurate_as_pytorch_attention_in_bf16(generator, h
                                   backend=name)
         return [output, *torch.autograd.grad(output, leaves, upstream.to(device, dtype))]
 
-    exact = run("reference", torch.float64, "cpu")
-    pytorch_bf16 = run("reference", torch.bfloat16, "cuda")
+    exact = run("per_segment_sdpa", torch.float64, "cpu")
+    pytorch_bf16 = run("per_segment_sdpa", torch.bfloat16, "cuda")
     fast = run(backend, torch.bfloat16, "cuda")
     for name, expected, baseline, actual in zip(["output", "dq", "dk", "dv"], exact, pytorch_bf16, fast):
         baseline_error = (baseline.double().cpu() - expected).abs().max().item()
@@ -186,9 +187,16 @@ def test_cuda_backends_are_as_accurate_as_pytorch_attention_in_bf16(generator, h
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
-def test_cpu_resolves_to_the_reference(dtype):
-    assert resolve_backend(torch.device("cpu"), dtype) == "reference"
-    assert resolve_backend(torch.device("cpu"), dtype, "reference") == "reference"
+def test_cpu_resolves_to_per_segment_sdpa(dtype):
+    assert resolve_backend(torch.device("cpu"), dtype) == "per_segment_sdpa"
+    assert resolve_backend(torch.device("cpu"), dtype, "per_segment_sdpa") == "per_segment_sdpa"
+
+
+def test_the_backend_s_earlier_name_is_accepted_with_a_warning():
+    with pytest.warns(FutureWarning, match="'reference' is now called 'per_segment_sdpa'"):
+        assert resolve_backend(torch.device("cpu"), torch.float32, "reference") == "per_segment_sdpa"
+    with pytest.warns(FutureWarning, match="'reference' is now called 'per_segment_sdpa'"):
+        assert TrainConfig(attention_backend="reference").attention_backend == "per_segment_sdpa"
 
 
 @pytest.mark.parametrize("backend", ["flash_attn", "torch_varlen"])

@@ -16,7 +16,7 @@ MAKERS = [random_iopo_examples, random_dpo_examples, random_sft_examples]
 def test_packed_stream_holds_each_prompt_once_and_no_padding(generator, make_examples):
     examples = make_examples(4, 50, generator)
     batch = pack_examples(examples)
-    expected_stream = [t for example in examples for prompt, responses in example.packs()
+    expected_stream = [t for example in examples for prompt, responses in example.shared_prompts()
                        for t in prompt + [t for response, _ in responses for t in response]]
     assert batch.input_ids[0].tolist() == expected_stream
     assert batch.num_tokens == sum(packed_length(example) for example in examples)
@@ -32,7 +32,7 @@ def test_every_attention_segment_is_an_unpacked_sequence(generator, make_example
     batch = pack_examples(examples)
     expected = []
     for example in examples:
-        for prompt, ((first, _), *others) in example.packs():
+        for prompt, ((first, _), *others) in example.shared_prompts():
             expected += [(prompt + first, len(prompt + first))] + [(prompt + other, len(other)) for other, _ in others]
     cu_q, cu_k = batch.cu_seqlens_q.tolist(), batch.cu_seqlens_k.tolist()
     assert len(cu_q) == len(cu_k) == len(expected) + 1

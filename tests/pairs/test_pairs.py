@@ -22,8 +22,8 @@ from iopo_fast.data.records import RejectionLog, load_examples
 from iopo_fast.endpoints.client import EndpointError, EndpointSettings
 from iopo_fast.evaluation.checks import FAILED, MET, make_check
 from iopo_fast.evaluation.demo_constraints import broken, parse_constraints
-from iopo_fast.endpoints.generation import TransformersGenerator
-from iopo_fast.endpoints.local_chat import LocalModel
+from iopo_fast.generation.generators import TransformersGenerator
+from iopo_fast.generation.local_chat import LocalModel
 from iopo_fast.pairs.changes import rule_changes, rule_response
 from iopo_fast.pairs import pipeline
 from iopo_fast.pairs.pipeline import STAGES, build_pairs

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from iopo_fast import IOPO, PreferenceLoss, pack_examples
 from iopo_fast.model import naive
-from iopo_fast.model.batching import plan_micro_batches
+from iopo_fast.model.micro_batch_plan import plan_micro_batches
 from iopo_fast.config import TrainConfig
 from iopo_fast.data.examples import packed_length
 from iopo_fast.training.engine import NonFiniteLossError, skip_step

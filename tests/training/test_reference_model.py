@@ -14,7 +14,7 @@ from iopo_fast.model.loading import apply_lora
 from iopo_fast.training import reference_model
 from iopo_fast.training.reference_model import LiveReference, cache_path, precompute
 
-SETTINGS = {"dtype": "torch.float32", "attention": "reference", "logprobs": "chunked", "liger": False,
+SETTINGS = {"dtype": "torch.float32", "attention": "per_segment_sdpa", "logprobs": "chunked", "liger": False,
             "finetuning": "full"}
 
 

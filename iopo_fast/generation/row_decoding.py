@@ -17,7 +17,7 @@ longest sequence, at most one move per longest sequence's worth of steps. Nothin
 (a `DynamicCache` copies its whole cache at every token: 30% of a decoding step at 200 tokens of context,
 measured on SmolLM2-135M).
 
-`TransformersGenerator` (`generation.py`) decodes with this; its test compares every response with
+`TransformersGenerator` (`generators.py`) decodes with this; its test compares every response with
 transformers' own `generate`, prompt by prompt.
 """
 

@@ -1,10 +1,10 @@
-"""Chat answers from a local Hugging Face model, batched: the `client.Chat` interface without a server.
+"""Chat answers from a local Hugging Face model, batched: the `endpoints.client.Chat` interface without a server.
 
 Requests are gathered as they arrive and generated `batch_size` at a time, in a worker thread, so the
-asynchronous pipeline that asks them keeps running meanwhile. Generation goes through the evaluation's
-generators (`generation.generator_class`: transformers on rows that take the next chat as one ends, or
-vLLM's offline engine when it is installed and a GPU is present), each chat rendered by the model's chat
-template. Answers are cached like an endpoint's, keyed by the model name as given.
+asynchronous pipeline that asks them keeps running meanwhile. Generation goes through the generators that
+the evaluation uses (`generators.generator_class`: transformers on rows that take the next chat as one
+ends, or vLLM's offline engine when it is installed and a GPU is present), each chat rendered by the
+model's chat template. Answers are cached like an endpoint's, keyed by the model name as given.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from ..endpoints.client import Answer, AnswerCache, CachedRequests
 from ..utils import first_line
-from .client import Answer, AnswerCache, CachedRequests
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class LocalChat(CachedRequests):
         self.settings = settings
 
     async def __aenter__(self) -> LocalChat:
-        from .generation import GenerationSettings, generator_class
+        from .generators import GenerationSettings, generator_class
 
         generation = GenerationSettings(max_new_tokens=self.settings.max_tokens, temperature=self.settings.temperature,
                                         batch_size=self.settings.batch_size)

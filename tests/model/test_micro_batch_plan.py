@@ -7,7 +7,7 @@ import math
 import pytest
 from conftest import random_iopo_examples
 
-from iopo_fast.model.batching import fill_ratio, micro_batches, plan_micro_batches
+from iopo_fast.model.micro_batch_plan import fill_ratio, micro_batches, plan_micro_batches
 from iopo_fast.data.examples import packed_length
 
 

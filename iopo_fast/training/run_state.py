@@ -1,4 +1,4 @@
-"""What a training run holds: the `Run` that `loop.build` sets up and every step reads and updates."""
+"""What a training run holds: the `RunState` that `loop.build` sets up and every step reads and updates."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from .checkpoint import Checkpoints
 
 
 @dataclass
-class Run:
-    """Everything a training run holds, as `build` sets it up; `state` is what a checkpoint saves."""
+class RunState:
+    """Everything a training run holds, as `build` sets it up; `trainer_state` is what a checkpoint saves."""
 
     config: TrainConfig
     device: torch.device
@@ -30,7 +30,7 @@ class Run:
     layout: Callable  # examples -> Batch
     order: ExampleOrder  # which examples each step takes
     checkpoints: Checkpoints
-    state: dict
+    trainer_state: dict
     total_steps: int
     tokenizer: object = None
     reference_seconds: float = 0.0  # spent precomputing the reference tables
@@ -42,7 +42,7 @@ class Run:
 
     @property
     def examples_per_step(self) -> int:
-        return self.state["data_order"]["examples_per_step"]
+        return self.trainer_state["data_order"]["examples_per_step"]
 
     @property
     def steps_per_epoch(self) -> int:

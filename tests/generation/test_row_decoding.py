@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from iopo_fast.endpoints.generation import GenerationSettings, TransformersGenerator, _chat_text
-from iopo_fast.endpoints.row_decoding import RowDecoder
 from iopo_fast.evaluation.benchmarks import load_benchmark
+from iopo_fast.generation.generators import GenerationSettings, TransformersGenerator, _chat_text
+from iopo_fast.generation.row_decoding import RowDecoder
 from iopo_fast.model.loading import DEFAULT_MODEL
 
 MAX_NEW_TOKENS = 24
