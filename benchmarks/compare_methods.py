@@ -32,7 +32,7 @@ so the difference is paired by seed and prompt. Run it alone: the wall times are
 one run on an unloaded machine.
 
     python benchmarks/compare_methods.py                       # the full study: hours on 2 CPU cores
-    python benchmarks/compare_methods.py --smoke --output DIR  # one seed, two steps, five prompts per benchmark
+    python benchmarks/compare_methods.py --smoke --output DIR  # one seed, two steps, five prompts per benchmark, fp32
 """
 
 from __future__ import annotations
@@ -144,7 +144,8 @@ def sweep(args, work: Path, log) -> tuple[float, float, list[dict]]:
 def evaluate(model: str, name: str, args, work: Path) -> dict:
     """{benchmark: {"summary": strict summary, "scores": per-prompt `prompt_scores`}} of `model`, greedy, each
     benchmark with its own prompt limit and max_new_tokens (unless one is given)."""
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.eval_batch_size)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.eval_batch_size,
+                                  dtype=args.dtype)
     results = {}
     for benchmark, limit in prompt_limits(args).items():
         result = evaluate_model(model, [benchmark], work / "eval" / name, settings, limit=limit,
@@ -320,18 +321,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ifbench-prompts", type=int, default=32, help="first N IFBench prompts (0: all 294)")
     parser.add_argument("--max-new-tokens", type=int, help="for every benchmark (default: each benchmark's own)")
     parser.add_argument("--eval-batch-size", type=int, default=64, help="rows decoding at once")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="of the generation")
     parser.add_argument("--held-out-records", type=int, help="first N records of examples/data/valid.jsonl for the "
                         "held-out loss and accuracy, and the sweep's choice (default: all 40)")
     parser.add_argument("--device-name", default="cpu", help="names the results files")
     parser.add_argument("--work-dir", type=Path, help="runs and responses (default: outputs/compare-methods)")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR)
     parser.add_argument("--keep-models", action="store_true", help="keep every trained model in the work directory")
-    parser.add_argument("--smoke", action="store_true", help="one seed, two steps, five prompts per benchmark")
+    parser.add_argument("--smoke", action="store_true", help="one seed, two steps, five prompts per benchmark, fp32")
     args = parser.parse_args(argv)
     if args.smoke:
         args.seeds, args.steps, args.sweep_learning_rates, args.sweep_betas = [0], 2, [1e-5], [0.1]
         args.demo_prompts = args.ifeval_prompts = args.ifbench_prompts = 5
         args.max_new_tokens, args.batch_size, args.held_out_records = 16, 2, 4
+        # The mechanics only: fp32, which every CPU multiplies fast (bf16 without AVX512-BF16 is ~60x slower).
+        args.dtype = "float32"
     work = args.work_dir or Path("outputs") / ("compare-methods-smoke" if args.smoke else "compare-methods")
     args.held_out = DATA / "valid.jsonl"
     if args.held_out_records:  # the first records only: the held-out loss is computed twice per run

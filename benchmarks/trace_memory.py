@@ -41,8 +41,9 @@ Validation (`--validate SHAPE:EXAMPLES`): for a model that fits this machine, th
 IOPO with its CPU log-prob path, the attention stand-in, AdamW; the second of two steps) runs on real
 tensors in a fresh process, whose resident set's growth during the step (`VmHWM` reset through
 /proc/self/clear_refs; glibc's mmap threshold fixed so that freed tensors leave the resident set) is
-compared with the traced growth. The traced FLOPs of the same step without checkpointing are compared
-with `iopo_fast.training.monitor.step_flops`.
+compared with the traced growth, in bf16 where the CPU multiplies bf16 in hardware and else in fp32 (the
+table names it). The traced FLOPs of the same step without checkpointing are compared with
+`iopo_fast.training.monitor.step_flops`.
 
 Results: benchmarks/results/trace-8b.md and .json. `--smoke` traces the `tiny` shape in seconds and only
 prints.
@@ -79,6 +80,7 @@ from bench_throughput import MODEL_CONFIGS as MODEL_SHAPES
 from bench_throughput import SYSTEMS, OriginalComputation, Scenario, dpo_pairs, model_config, synthetic_examples
 
 from iopo_fast import PreferenceModel, pack_examples, pad_examples
+from iopo_fast.compat import cpu_multiplies_bf16
 from iopo_fast.config import TrainConfig
 from iopo_fast.model.loading import prepare_policy
 from iopo_fast.training.monitor import step_flops
@@ -114,11 +116,12 @@ class Setup:
     precompute: Callable[[], object] | None = None  # a precomputed reference's scoring, once per example
 
 
-def trained_model(model_name: str, checkpointing: bool, lora: dict | None, initialized: bool = False) -> torch.nn.Module:
+def trained_model(model_name: str, checkpointing: bool, lora: dict | None, initialized: bool = False,
+                  dtype: torch.dtype = DTYPE) -> torch.nn.Module:
     """The policy as `iopo-fast train` prepares it (`prepare_policy`), for every system alike."""
-    model = build_model(model_config(model_name), DTYPE, initialized)
+    model = build_model(model_config(model_name), dtype, initialized)
     default = torch.get_default_dtype()
-    torch.set_default_dtype(DTYPE)
+    torch.set_default_dtype(dtype)
     try:
         with modules_left_in_place():
             return prepare_policy(model, checkpointing, lora)
@@ -143,14 +146,14 @@ def iopo_fast_batch(system: int, examples):
 
 
 def iopo_fast_setup(system: int, model_name: str, batch, lora: dict | None, checkpointing: bool,
-                    logprob_impl: str = "auto", initialized: bool = False) -> Setup:
+                    logprob_impl: str = "auto", initialized: bool = False, dtype: torch.dtype = DTYPE) -> Setup:
     """Systems 3, 4 and 5: iopo-fast's preference model on its batch."""
     loss = TrainConfig(loss="dpo" if system == 5 else "iopo", pref_beta=BETA).preference_loss()
-    policy = trained_model(model_name, checkpointing, lora, initialized)
+    policy = trained_model(model_name, checkpointing, lora, initialized, dtype)
     parameters, trainable = parameter_counts(policy)
     if system == 3:
         preference = OriginalComputation(policy, loss, logprob_impl="full_logits")
-        reference = OriginalComputation(build_model(model_config(model_name), DTYPE).requires_grad_(False), None,
+        reference = OriginalComputation(build_model(model_config(model_name), dtype).requires_grad_(False), None,
                                         logprob_impl="full_logits") if lora is None else None
     else:
         preference, reference = PreferenceModel(policy, loss, logprob_impl=logprob_impl), None
@@ -309,16 +312,25 @@ def smallest_gpu_count(result: dict, offload_optimizer: bool) -> int | None:
 # Validation on real tensors
 
 
-def validation_step(model_name: str, examples_count: int, real: bool, checkpointing: bool = True) -> dict:
+def validation_dtype() -> torch.dtype:
+    """The dtype of the validation's step, traced and real alike: DTYPE where this CPU multiplies bf16 in
+    hardware, else fp32 (a bf16 product there is tens of times slower: SmolLM2's real step took 13 minutes
+    on an AVX2-only EPYC)."""
+    return DTYPE if cpu_multiplies_bf16() else torch.float32
+
+
+def validation_step(model_name: str, examples_count: int, real: bool, checkpointing: bool = True,
+                    dtype: torch.dtype = DTYPE) -> dict:
     """iopo-fast IOPO's step with its CPU log-prob path (the chunked twin), the attention stand-in and AdamW,
-    on real or fake tensors; the second of two steps is measured (the optimizer's states exist by then, the
-    gradients do not).
+    on real or fake tensors of `dtype`; the second of two steps is measured (the optimizer's states exist by
+    then, the gradients do not).
     Real: the process's peak resident memory above the step's start. Fake: the traced step."""
     flops, segments = FormulaFlops(), {}
     batch = iopo_fast_batch(4, micro_batch(model_name, examples_count))
     segments[id(batch.cu_seqlens_q)] = segment_lengths(batch)
     with (contextlib.nullcontext() if real else fake_mode()), flash_shaped_attention(flops, segments):
-        setup = iopo_fast_setup(4, model_name, batch, None, checkpointing, logprob_impl="chunked", initialized=real)
+        setup = iopo_fast_setup(4, model_name, batch, None, checkpointing, logprob_impl="chunked", initialized=real,
+                                dtype=dtype)
         optimizer = torch.optim.AdamW([p for p in setup.modules[0].parameters() if p.requires_grad], lr=1e-6)
 
         def step():  # gradients exist from the backward to the end of the optimizer's step
@@ -354,11 +366,12 @@ def _decoder_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.get_decoder().layers.parameters())
 
 
-def measured_in_fresh_process(model_name: str, examples_count: int) -> dict:
+def measured_in_fresh_process(model_name: str, examples_count: int, dtype: torch.dtype) -> dict:
     """`validation_step(real=True)` in a new process whose freed tensors leave its resident set: glibc's
     mmap threshold fixed at 64 KiB (it otherwise grows, and freed buffers stay in the heap)."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "CUDA_VISIBLE_DEVICES": ""}
-    run = subprocess.run([sys.executable, __file__, "--measure-real", model_name, str(examples_count)],
+    run = subprocess.run([sys.executable, __file__, "--measure-real", model_name, str(examples_count),
+                          str(dtype).removeprefix("torch.")],
                          capture_output=True, text=True, env=env, check=False)
     if run.returncode != 0:
         raise RuntimeError(f"the real step of {model_name} failed: {run.stderr[-2000:]}")
@@ -367,11 +380,13 @@ def measured_in_fresh_process(model_name: str, examples_count: int) -> dict:
 
 def validate(model_name: str, examples_count: int) -> dict:
     """Traced against measured peak memory of the same step, and traced FLOPs against `step_flops`."""
-    traced = validation_step(model_name, examples_count, real=False)
-    measured = measured_in_fresh_process(model_name, examples_count)
-    unchecked = validation_step(model_name, examples_count, real=False, checkpointing=False)
+    dtype = validation_dtype()
+    traced = validation_step(model_name, examples_count, real=False, dtype=dtype)
+    measured = measured_in_fresh_process(model_name, examples_count, dtype)
+    unchecked = validation_step(model_name, examples_count, real=False, checkpointing=False, dtype=dtype)
     return {
-        "shape": model_name, "examples": examples_count, "traced": traced, "measured": measured,
+        "shape": model_name, "examples": examples_count, "dtype": str(dtype).removeprefix("torch."),
+        "traced": traced, "measured": measured,
         "memory_error": traced["peak_above_start"] / measured["peak_above_start"] - 1,
         # step_flops: 2 N (2 + f) per token the policy runs (f = 1, full-parameter training)
         "decoder_step_flops": step_flops(unchecked["decoder_parameters"], 1.0, unchecked["packed_tokens"], 0),
@@ -452,12 +467,14 @@ def gpu_count_table(rows: list[dict]) -> list[str]:
 
 def validation_table(validations: list[dict]) -> list[str]:
     lines = ["| shape | useful tokens | traced peak above the step's start, GiB | measured, GiB | traced / measured "
-             "| decoder FLOPs traced / step_flops | whole step traced / step_flops |", "|---|---|---|---|---|---|---|"]
+             "| decoder FLOPs traced / step_flops | whole step traced / step_flops | dtype |",
+             "|---|---|---|---|---|---|---|---|"]
     for v in validations:
         lines.append(
             f"| {v['shape']} | {v['examples'] * USEFUL_TOKENS_PER_EXAMPLE:,} | {gib(v['traced']['peak_above_start']):.2f} "
             f"| {gib(v['measured']['peak_above_start']):.2f} | {1 + v['memory_error']:.3f} "
-            f"| {v['decoder_traced_flops'] / v['decoder_step_flops']:.4f} | {v['traced_flops'] / v['step_flops']:.3f} |")
+            f"| {v['decoder_traced_flops'] / v['decoder_step_flops']:.4f} | {v['traced_flops'] / v['step_flops']:.3f} "
+            f"| {v['dtype']} |")
     return lines
 
 
@@ -523,10 +540,11 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true",
                         help="the tiny shape, validated at that shape unless --validate says otherwise; prints only")
     parser.add_argument("--output-dir", type=Path, help=f"where the results go (default {RESULTS_DIR})")
-    parser.add_argument("--measure-real", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--measure-real", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure_real:
-        print(json.dumps(validation_step(args.measure_real[0], int(args.measure_real[1]), real=True)))
+        model_name, examples_count, dtype = args.measure_real
+        print(json.dumps(validation_step(model_name, int(examples_count), real=True, dtype=getattr(torch, dtype))))
         return
     shapes, micro_batches = (["tiny"], [1]) if args.smoke else (args.shapes, args.micro_batch_examples)
     validations = [validate(*_shape_and_count(item)) for item in args.validate or (["tiny:1"] if args.smoke else [])]

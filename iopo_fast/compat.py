@@ -1,4 +1,4 @@
-"""Every private API of transformers, Liger-Kernel, DeepSpeed and TRL that iopo-fast uses, in one place.
+"""Every private API of PyTorch, transformers, Liger-Kernel, DeepSpeed and TRL that iopo-fast uses, in one place.
 
 Each shim names what it reaches into and checks, when it is used, that the installed version still
 has it; where it does not, the error says which package, which version and what is missing, rather
@@ -21,6 +21,17 @@ def _require(available: bool, package: str, what: str) -> None:
     if not available:
         raise CompatibilityError(f"{package} {importlib.metadata.version(package)} has no {what}, which iopo-fast "
                                  "uses: install a version it supports (setup.py)")
+
+
+# PyTorch
+
+
+def cpu_multiplies_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (oneDNN's AVX512-BF16 or AMX kernels,
+    `torch.ops.mkldnn._is_mkldnn_bf16_supported`); elsewhere a bf16 product takes a slow path, tens of times
+    slower than fp32."""
+    _require(hasattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported"), "torch", "torch.ops.mkldnn._is_mkldnn_bf16_supported")
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 # transformers

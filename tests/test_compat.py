@@ -1,4 +1,4 @@
-"""Every shim of `iopo_fast.compat` against the installed transformers, Liger-Kernel, DeepSpeed and TRL,
+"""Every shim of `iopo_fast.compat` against the installed PyTorch, transformers, Liger-Kernel, DeepSpeed and TRL,
 and the one-line error a missing private API gives."""
 
 from __future__ import annotations
@@ -93,3 +93,7 @@ def test_trl_precompute_hook_exists():
 def test_a_missing_private_api_is_a_one_line_error_naming_package_and_version():
     with pytest.raises(compat.CompatibilityError, match=r"^deepspeed \d+\.\d+\S* has no DeepSpeedEngine\._zero3_"):
         compat.zero3_full_state_dict(object())
+
+
+def test_cpu_multiplies_bf16_answers():
+    assert compat.cpu_multiplies_bf16() in (True, False)
