@@ -10,7 +10,8 @@ A constraint is an instruction id and its arguments:
 Verdicts follow IFBench's `evaluation_lib`: an empty response meets nothing; *strict* checks the
 response as written; *loose* also accepts it with its first and/or last line removed and/or its
 asterisks removed (eight variants). A check whose NLTK resource is not on the machine is
-`unsupported`, never guessed.
+`unsupported`, never guessed. A verdict is the same in every run and process: the official checkers run
+with their random draws seeded and their stated arguments kept (`offline_resources`).
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def make_check(instruction_id: str, kwargs: dict, prompt: str) -> Check:
         raise CheckError(f"{instruction_id}: arguments {', '.join(missing)} are missing from {kwargs}")
 
     def follows(response: str) -> bool:
-        with offline_checkers():  # the checkers call nltk.download before they tokenize
+        with offline_checkers():  # the checkers call nltk.download before they tokenize, and langdetect draws
             return checker.check_following(response)
 
     return Check(instruction_id, kwargs, follows, description, reads_prompt="prompt" in arguments)

