@@ -30,7 +30,8 @@ def cpu_multiplies_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (oneDNN's AVX512-BF16 or AMX kernels,
     `torch.ops.mkldnn._is_mkldnn_bf16_supported`); elsewhere a bf16 product takes a slow path, tens of times
     slower than fp32."""
-    _require(hasattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported"), "torch", "torch.ops.mkldnn._is_mkldnn_bf16_supported")
+    _require(hasattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported"), "torch",
+             "torch.ops.mkldnn._is_mkldnn_bf16_supported")
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 

@@ -2,8 +2,9 @@
 
 One loop for one process or many (`torchrun`, `deepspeed`), ZeRO 0-3, full or LoRA training. A
 step takes `per_device_train_batch_size * gradient_accumulation_steps` examples per rank from a
-seeded order that depends only on the step number and the data order (`data_order`), which a checkpoint
-records and a resume must keep, so a resumed run sees exactly the examples an uninterrupted one would. Its gradient is that of the mean loss over the examples of all ranks,
+seeded order that depends only on the step number and the data order (`data_order`), which a
+checkpoint records and a resume must keep, so a resumed run sees exactly the examples an
+uninterrupted one would. Its gradient is that of the mean loss over the examples of all ranks,
 whatever the micro-batch split (see `accumulate_gradients`). The benchmarks and the tests drive the
 same `build` and `train_step`. Everything else is a component of its own: the engine, checkpoints,
 the reference model, the monitor, the export and the instruction-following evaluation.
@@ -56,10 +57,11 @@ def train(config: TrainConfig) -> dict[str, dict[str, float]]:
         if before is not None:
             results["benchmarks"] = {"before": before}
         if run.eval_examples and not results.keys() & {"before", "at_resume"}:
-            # A run resumed with held-out data it did not have before: its first held-out metrics are the
-            # resumed weights', not the initial model's.
             step = run.trainer_state["step"]
-            results["before" if step == 0 else "at_resume"] = {**held_out_metrics(run), **({"step": step} if step else {})}
+            if step == 0:
+                results["before"] = held_out_metrics(run)
+            else:  # held-out data a resumed run did not have before: it scores the resumed weights
+                results["at_resume"] = {"step": step, **held_out_metrics(run)}
             label, first = _first_held_out(results)
             run.log(f"eval {label}: {describe_held_out(config.loss, first)}")
         if run_steps(run):
@@ -82,7 +84,8 @@ def run_steps(run: RunState) -> bool:
                 record.update({f"eval/{name}": value for name, value in held_out_metrics(run).items()})
             if metrics is not None:
                 metrics.write(record)
-            stop_after_nonfinite_steps(run.trainer_state["nonfinite_in_a_row"], step, config.max_nonfinite_steps, run.log)
+            stop_after_nonfinite_steps(run.trainer_state["nonfinite_in_a_row"], step, config.max_nonfinite_steps,
+                                       run.log)
             stop_requested = bool(all_reduce(torch.tensor(int(stop.signal is not None)), "max"))
             if stop_requested or (config.save_steps and step % config.save_steps == 0 and step < run.total_steps):
                 run.checkpoints.save(run.engine, run.trainer_state)
@@ -151,10 +154,10 @@ def build(config: TrainConfig, *, examples: tuple[Sequence[Example], Sequence[Ex
         engine, scheduler = build_engine(policy, config, ds_config, total_steps)
         live = live_reference(config, engine, lambda: wrap(load("reference")), ds_config, device)
     run = RunState(config=config, device=device, engine=engine, scheduler=scheduler, train_examples=train_examples,
-              eval_examples=eval_examples, train_reference=live, eval_reference=live, layout=layout,
-              order=order or ExampleOrder(len(train_examples), config.seed), checkpoints=checkpoints,
-              total_steps=total_steps, tokenizer=tokenizer, log=log,
-              trainer_state={"step": 0, "data_order": order_of_examples, "nonfinite_in_a_row": 0, "results": {}})
+                   eval_examples=eval_examples, train_reference=live, eval_reference=live, layout=layout,
+                   order=order or ExampleOrder(len(train_examples), config.seed), checkpoints=checkpoints,
+                   total_steps=total_steps, tokenizer=tokenizer, log=log,
+                   trainer_state={"step": 0, "data_order": order_of_examples, "nonfinite_in_a_row": 0, "results": {}})
     if config.reference_mode == "precomputed":
         started = time.perf_counter()
         run.train_reference, run.eval_reference = precompute_references(config, live, [train_examples, eval_examples],
