@@ -161,7 +161,7 @@ def test_a_file_of_blank_lines_is_an_error_and_caches_nothing(tmp_path, smollm2_
 # One rank of `prepared_examples` under torchrun: prints its error as the CLI does, then exits at once (a rank
 # still tearing down when torchrun sees the other's exit would be stopped and report another code).
 RANK_SCRIPT = """
-import os, sys
+import os, pathlib, sys
 import torch.distributed as dist
 from transformers import AutoTokenizer
 from iopo_fast.data.prepared import prepared_examples
@@ -170,7 +170,8 @@ dist.init_process_group("gloo")
 try:
     prepared_examples(sys.argv[1], AutoTokenizer.from_pretrained(sys.argv[2]), sys.argv[3])
 except Exception as error:
-    print(f"rank {dist.get_rank()}: {type(error).__name__}: {error}", flush=True)
+    # A file per rank: two ranks printing to one pipe can interleave their lines.
+    pathlib.Path(sys.argv[4], f"rank-{dist.get_rank()}.txt").write_text(f"{type(error).__name__}: {error}")
     os._exit(3)
 """
 TWO_RANK_TIMEOUT = 120  # seconds; the run takes about 25 on two busy cores
@@ -186,7 +187,7 @@ def test_a_preparation_failing_on_local_rank_0_stops_every_rank_with_its_error(t
     # --monitor-interval 1: torchrun looks after both ranks have exited, rather than stopping the slower one.
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "--monitor-interval=1", str(tmp_path / "rank.py"), str(data), str(tmp_path / "tokenizer"),
-               str(tmp_path / "cache")]
+               str(tmp_path / "cache"), str(tmp_path)]
     started = time.monotonic()
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           env={**fresh_process_env(), "HF_HUB_OFFLINE": "1"}, start_new_session=True) as run:
@@ -198,7 +199,7 @@ def test_a_preparation_failing_on_local_rank_0_stops_every_rank_with_its_error(t
             pytest.fail(f"hung for {TWO_RANK_TIMEOUT} s:\n{stdout[-3000:]}{stderr[-3000:]}")
     print(f"two ranks: {time.monotonic() - started:.1f} s")
 
-    errors = dict(re.findall(r"^rank (\d): (.*)$", stdout, re.MULTILINE))
+    errors = {path.stem.removeprefix("rank-"): path.read_text() for path in tmp_path.glob("rank-*.txt")}
     assert errors.keys() == {"0", "1"}, stdout[-3000:] + stderr[-3000:]
     assert errors["0"] == errors["1"]
     assert errors["0"].startswith(f"DataError: {data}:1: invalid JSON array: ")
