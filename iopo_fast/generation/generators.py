@@ -34,15 +34,18 @@ VLLM_BATCH = 512  # prompts per vLLM call: vLLM schedules them itself; responses
 class GenerationSettings:
     """How responses are sampled; greedy when `temperature` is 0. `max_new_tokens` None: each benchmark's
     default (`evaluation.benchmarks.default_max_new_tokens`), resolved before generating; a number applies
-    to every benchmark. `dtype`: the model's weights and activations, bf16 by default on every device (as vLLM
-    runs; on a CPU with AVX512-BF16 it also decodes twice as fast as fp32)."""
+    to every benchmark. `dtype`: the model's weights and activations. fp32 by default, so that a greedy
+    response does not depend on the prompts decoded beside it: in bf16, a near tie between two tokens is
+    decided by the last bits of sums whose order changes with the rows of the batch and their padding
+    (`benchmarks/results/batch-invariance-cpu.md`). bf16 halves the weights' memory (and is faster where the
+    hardware multiplies it natively), at the price of scores that move with `batch_size`."""
 
     max_new_tokens: int | None = None
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
     batch_size: int = 8
-    dtype: str = "bfloat16"
+    dtype: str = "float32"
 
     def __post_init__(self):
         if (self.max_new_tokens is not None and self.max_new_tokens <= 0) or self.batch_size <= 0:

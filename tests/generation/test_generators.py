@@ -23,7 +23,7 @@ def test_responses_that_stop_at_the_token_limit_are_marked_cut():
 
 
 def test_generation_is_greedy_and_a_response_does_not_depend_on_the_other_rows(tiny_model_dir):
-    settings = GenerationSettings(max_new_tokens=6, batch_size=2, dtype="float32")  # bf16 sums differ by batch
+    settings = GenerationSettings(max_new_tokens=6, batch_size=2)  # fp32 by default: bf16 sums differ by batch
     generator = TransformersGenerator(str(tiny_model_dir), settings, device=torch.device("cpu"))
     prompts = ["Hi.", "Name three rivers of Europe, in lowercase, as a list."]
     batched = generator(prompts)
@@ -40,7 +40,7 @@ def test_lora_adapters_of_a_run_are_evaluated_on_their_base_model(tmp_path, tiny
                            LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
     model.save_pretrained(tmp_path / "adapter")
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "adapter")
-    settings = GenerationSettings(max_new_tokens=6)
+    settings = GenerationSettings(max_new_tokens=6, dtype="bfloat16")
     adapted = TransformersGenerator(str(tmp_path / "adapter"), settings, device=torch.device("cpu"))
     merged = model.merge_and_unload()
     # Merged in fp32, then cast to the generator's bf16.
