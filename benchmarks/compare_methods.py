@@ -213,12 +213,15 @@ def aggregate(runs: list[dict], base: dict, benchmarks: list[str], seed: int = 0
 
 
 def trivial_floors(work: Path, benchmarks: list[str]) -> dict:
-    """What each trivial answer scores (strict) on the evaluated prompts of each benchmark: the base model's
-    summaries hold them."""
+    """What each named trivial answer, and the best of the trivial family, score (strict) on the evaluated prompts of
+    each benchmark: the base model's summaries hold them."""
     summaries = {benchmark: json.loads((work / "eval" / "base" / benchmark / "summary.json").read_text())
                  for benchmark in benchmarks}
-    return {answer: {benchmark: {level: summaries[benchmark]["trivial_floors"][answer]["strict"][level]["accuracy"]
-                                 for level in LEVELS} for benchmark in benchmarks} for answer in TRIVIAL_ANSWERS}
+    named = {answer: {benchmark: {level: summaries[benchmark]["trivial_floors"][answer]["strict"][level]["accuracy"]
+                                  for level in LEVELS} for benchmark in benchmarks} for answer in TRIVIAL_ANSWERS}
+    family = {benchmark: {level: summaries[benchmark]["trivial_family_floor"]["strict"][level]["accuracy"]
+                          for level in LEVELS} for benchmark in benchmarks}
+    return {**named, "the family's highest": family}
 
 
 PAIRS = (("iopo", "dpo"), ("iopo", "dpo-tokens"), ("iopo", "sft"), ("dpo", "sft"), ("sft", "base"), ("dpo", "base"),
@@ -258,7 +261,9 @@ def markdown(report: dict) -> str:
         cells = [f"{100 * row[benchmark][level]:.1f}" for benchmark in benchmarks for level in LEVELS]
         lines.append(f"| trivial answer: {answer} | {' | '.join(cells)} | - | - |")
     lines += ["", "Trivial answers: the empty answer, \".\", the prompt echoed back, one fixed generic paragraph, on the "
-              "same prompts. Wall time: each training run's own (the study's runs compute no held-out loss; the sweep's "
+              "same prompts; the family's highest: the best of every answer that ignores the task (those four, single "
+              "words and letters, the prompt's quoted phrases, each in every casing: "
+              "`iopo_fast.evaluation.trivial_answers`), level by level. Wall time: each training run's own (the study's runs compute no held-out loss; the sweep's "
               "do). A study that is stopped resumes from its finished runs, so its runs may come from several sessions "
               "of the same machine.",
               "", "Responses cut at the token limit, and their mean length in words (mean over seeds):", "",
@@ -321,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ifbench-prompts", type=int, default=32, help="first N IFBench prompts (0: all 294)")
     parser.add_argument("--max-new-tokens", type=int, help="for every benchmark (default: each benchmark's own)")
     parser.add_argument("--eval-batch-size", type=int, default=64, help="rows decoding at once")
-    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="of the generation")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
+                        help="of the generation: bfloat16 as in the committed study, whose responses depend on the "
+                             "rows decoded together; float32 as `iopo-fast eval` by default, whose do not")
     parser.add_argument("--held-out-records", type=int, help="first N records of examples/data/valid.jsonl for the "
                         "held-out loss and accuracy, and the sweep's choice (default: all 40)")
     parser.add_argument("--device-name", default="cpu", help="names the results files")

@@ -12,9 +12,11 @@ instruction text, so `verify_quadruple` can check any record on its own. The con
 their checkers live in `iopo_fast.evaluation.demo_constraints`, which the `demo` evaluation
 benchmark uses to judge a model's responses to the same instructions.
 
-Train and eval come from disjoint topics. Every eval instruction is failed by each of the evaluation's
-trivial answers (empty, ".", the instruction echoed back, a fixed generic paragraph): a score on the
-`demo` benchmark stands on a floor of zero. Valid holds records of the train topics that are not in
+Train and eval come from disjoint topics. Every eval instruction is failed by every member of the
+evaluation's family of trivial answers (`iopo_fast.evaluation.trivial_answers`: empty, ".", the
+instruction echoed back, a generic paragraph, single words and letters, the instruction's own quoted
+phrases, each in every casing), strictly and loosely checked: a score on the `demo` benchmark stands on a
+floor of zero. Valid holds records of the train topics that are not in
 train, for choosing hyperparameters without looking at an evaluated prompt. The output is
 deterministic: the same seed writes the same bytes on every run, and `--check` tells whether the
 files on disk are up to date.
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
+from iopo_fast.evaluation.checks import loose_variants
 from iopo_fast.evaluation.demo_constraints import (
     LANGUAGE_MARKERS,
     DEFAULT_LANGUAGE,
@@ -46,7 +49,7 @@ from iopo_fast.evaluation.demo_constraints import (
     count_words,
     parse_constraints,
 )
-from iopo_fast.evaluation.trivial_answers import TRIVIAL_ANSWERS
+from iopo_fast.evaluation.trivial_answers import TRIVIAL_FAMILY
 
 SEED = 2411
 SPLIT_SIZES = {"train.jsonl": 300, "eval.jsonl": 40, "valid.jsonl": 40}  # generated in this order
@@ -320,9 +323,12 @@ def split_topics() -> dict[str, list[Topic]]:
 
 
 def trivial_answers_fail(record: dict) -> bool:
-    """Whether every trivial answer of the evaluation breaks a constraint of x1, and one of x2."""
-    return all(broken(respond(instruction), parse_constraints(instruction))
-               for instruction in record_texts(record)[:2] for respond in TRIVIAL_ANSWERS.values())
+    """Whether every answer of the evaluation's trivial family breaks a constraint of x1, and one of x2, in both
+    of the evaluation's modes: a constraint that the answer breaks, and each of its loose variants too."""
+    return all(any(all(broken(text, [constraint]) for text in [answer, *loose_variants(answer)])
+                   for constraint in parse_constraints(instruction))
+               for instruction in record_texts(record)[:2]
+               for answer in (respond(instruction) for respond in TRIVIAL_FAMILY.values()))
 
 
 # What a split's records must also satisfy, beyond being valid quadruples.

@@ -220,6 +220,19 @@ def test_generation_benchmark_times_both_ways_on_the_same_prompts(tmp_path):
     assert {name: result["new_tokens"] <= 4 * 6 for name, result in results.items()} == {"generate": True, "rows": True}
 
 
+def test_trivial_floors_writes_the_family_s_highest_beside_the_named_answers(tmp_path):
+    run = run_script("trivial_floors.py", "--benchmarks", "demo", "--output-dir", str(tmp_path))
+
+    assert run.returncode == 0, run.stderr[-3000:]
+    demo = json.loads((tmp_path / "trivial-floors.json").read_text())["results"]["demo"]
+    assert demo["prompts"] == 80 and set(demo["named"]) == {"empty", "dot", "echo", "generic"}
+    assert demo["family"]["strict"]["prompt_level"]["accuracy"] == demo["family"]["loose"]["prompt_level"]["accuracy"] == 0
+    # The family holds the named answers, so its highest is at least theirs.
+    assert demo["family"]["strict"]["instruction_level"]["accuracy"] >= max(
+        answer["strict"]["instruction_level"] for answer in demo["named"].values()) > 0
+    assert (tmp_path / "trivial-floors.md").read_text().count("| demo (80) |") == 2
+
+
 def test_method_comparison_smoke_trains_and_evaluates_every_method(tmp_path):
     run = run_script("compare_methods.py", "--smoke", "--output", str(tmp_path / "results"),
                      "--work-dir", str(tmp_path / "work"))
@@ -238,6 +251,8 @@ def test_method_comparison_smoke_trains_and_evaluates_every_method(tmp_path):
         assert all(value["low"] <= value["mean"] <= value["high"] for benchmark in ("demo", "ifeval")
                    for value in (row[benchmark]["prompt_level"], row[benchmark]["instruction_level"]))
     assert report["trivial_floors"]["empty"]["demo"] == {"prompt_level": 0.0, "instruction_level": 0.0}
+    assert report["trivial_floors"]["the family's highest"]["demo"]["prompt_level"] == 0.0
+    assert "| trivial answer: the family's highest |" in (tmp_path / "results" / "methods-cpu-smoke.md").read_text()
     assert [row[0] for row in table_rows(run.stdout)][:5] == ["base", "sft", "dpo", "iopo", "dpo-tokens"]
     assert (tmp_path / "results" / "methods-cpu-smoke.png").read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "work" / "iopo-seed0" / "model").exists()  # trained models are not kept

@@ -114,9 +114,11 @@ def test_every_trivial_answer_fails_every_eval_instruction(splits):
     from iopo_fast.evaluation.benchmarks import load_benchmark
     from iopo_fast.evaluation.run import trivial_floors
 
-    floors = trivial_floors(load_benchmark("demo"))
-    assert {answer: by_mode["strict"]["prompt_level"]["accuracy"] for answer, by_mode in floors.items()} == \
+    named, family = trivial_floors(load_benchmark("demo"))
+    assert {answer: by_mode["strict"]["prompt_level"]["accuracy"] for answer, by_mode in named.items()} == \
         dict.fromkeys(["empty", "dot", "echo", "generic"], 0.0)
+    # Every member of the family, in both modes: no answer that ignores the task meets a whole prompt.
+    assert family["strict"]["prompt_level"]["accuracy"] == family["loose"]["prompt_level"]["accuracy"] == 0.0
     # The requirement, not chance, gives eval its floor: records of the same kinds fail it without one.
     assert not all(map(demo.trivial_answers_fail, splits["valid.jsonl"]))
 

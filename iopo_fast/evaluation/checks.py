@@ -24,6 +24,7 @@ from .demo_constraints import KINDS, Constraint
 # UNSUPPORTED: the checker needs a resource that is not installed (no verdict); ERROR: it raised on the
 # response, which counts as not met and is reported apart.
 MET, FAILED, UNSUPPORTED, ERROR = "met", "failed", "unsupported", "error"
+MODES = ("strict", "loose")  # a verdict per mode
 DEMO_PREFIX = "demo:"
 
 

@@ -20,7 +20,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from .checks import ERROR, FAILED, MET
+from .checks import ERROR, FAILED, MET, MODES
 
 RESAMPLES = 1000
 DECIDED = (MET, FAILED, ERROR)  # ERROR counts as not met
@@ -112,3 +112,13 @@ def _cell(accuracy: dict) -> str:
         return "n/a (0)"
     return (f"{100 * accuracy['accuracy']:.1f} [{100 * accuracy['low']:.1f}, {100 * accuracy['high']:.1f}] "
             f"n={accuracy['count']}")
+
+
+def format_family_floor(floor: dict) -> str:
+    """One line: the family's highest accuracies, in %, and the members that reach them."""
+    def cell(level: dict) -> str:
+        return "n/a" if level["accuracy"] is None else f"{100 * level['accuracy']:.1f} ({level['member']})"
+
+    levels = (f"{mode} prompt-level {cell(floor[mode]['prompt_level'])}, "
+              f"instruction-level {cell(floor[mode]['instruction_level'])}" for mode in MODES)
+    return f"floor, the highest of {floor['members']} trivial answers: " + "; ".join(levels)

@@ -29,11 +29,11 @@ from ..generation.generators import GenerationSettings, generator_class
 from ..model.loading import model_fingerprint
 from ..utils import write_atomically
 from .benchmarks import EvalItem, benchmark_name, default_max_new_tokens, load_benchmark
+from .checks import MODES
 from .judge import Judge, Judgment
-from .report import format_table, summarize
-from .trivial_answers import TRIVIAL_ANSWERS
+from .report import format_family_floor, format_table, summarize
+from .trivial_answers import TRIVIAL_ANSWERS, TRIVIAL_FAMILY
 
-MODES = ("strict", "loose")
 RESPONSE_FIELDS = ("key", "prompt", "response")  # what a line of responses.jsonl holds at least
 
 
@@ -70,7 +70,7 @@ def evaluate_model(model: str, benchmarks: list[str], output_dir: str | Path, se
     # Each benchmark's settings, with the number of new tokens it is generated with: recorded and compared as such.
     resolved = {spec: _settings_for(spec, settings) for spec in benchmarks}
     identities = {spec: {**identity, "generation": resolved[spec].as_dict(), "benchmark": spec} for spec in benchmarks}
-    responses, pending, floors = {}, {}, {}
+    responses, pending, floors, family_floors = {}, {}, {}, {}
     for spec, benchmark_items in items.items():
         responses[spec] = _responses_so_far(Path(output_dir) / benchmark_name(spec), identities[spec], replace_stale)
         # A response is reused only for the same prompt: an edited benchmark file has its changed prompts answered anew.
@@ -101,11 +101,13 @@ def evaluate_model(model: str, benchmarks: list[str], output_dir: str | Path, se
         results[name] = {mode: summarize(rows, mode) for mode in MODES}
         judge_settings = {"judge": judge.describe()} if judged else {}
         # What trivial answers score on the same prompts (by program; a judge is not asked about them).
-        floors[name] = {} if judged else trivial_floors(benchmark_items)
+        floors[name], family_floors[name] = ({}, {}) if judged else trivial_floors(benchmark_items)
         _write_json(folder / "summary.json", {**benchmark_identity, **judge_settings, "limit": limit,
-                                              "summary": results[name], "trivial_floors": floors[name]})
+                                              "summary": results[name], "trivial_floors": floors[name],
+                                              "trivial_family_floor": family_floors[name]})
     log(format_table(results))
-    log("what trivial answers score on the same prompts:\n" + format_table(
+    log("\n".join(f"{name} {format_family_floor(floor)}" for name, floor in family_floors.items() if floor))
+    log("what the named trivial answers score on the same prompts:\n" + format_table(
         {f"{name} {answer}": by_mode for name, by_answer in floors.items() for answer, by_mode in by_answer.items()}))
     return results
 
@@ -117,14 +119,30 @@ def _settings_for(spec: str, settings: GenerationSettings) -> GenerationSettings
     return dataclasses.replace(settings, max_new_tokens=default_max_new_tokens(spec))
 
 
-def trivial_floors(items: list[EvalItem]) -> dict[str, dict[str, dict]]:
-    """The summaries, in each mode, of every trivial answer (`TRIVIAL_ANSWERS`) to every item."""
+def trivial_floors(items: list[EvalItem]) -> tuple[dict[str, dict[str, dict]], dict]:
+    """What answers that ignore the task score on `items`: the summaries, in each mode, of each named trivial
+    answer (`TRIVIAL_ANSWERS`); and the family's floor (`TRIVIAL_FAMILY`): in each mode and at each level, the
+    highest accuracy of any member, and which member it is (the first in the family's order on a tie)."""
+    rows: dict[str, list[dict]] = {name: [] for name in TRIVIAL_FAMILY}
     logging.disable(logging.ERROR)  # IFEval's language check logs every text with no words: "." here
     try:
-        return {answer: {mode: summarize([score(item, respond(item.prompt)) for item in items], mode) for mode in MODES}
-                for answer, respond in TRIVIAL_ANSWERS.items()}
+        for item in items:
+            by_text: dict[str, dict] = {}  # members that give the same text share its verdicts
+            for name, respond in TRIVIAL_FAMILY.items():
+                text = respond(item.prompt)
+                if text not in by_text:
+                    by_text[text] = score(item, text)
+                rows[name].append(by_text[text])
     finally:
         logging.disable(logging.NOTSET)
+    summaries = {name: {mode: summarize(member_rows, mode) for mode in MODES} for name, member_rows in rows.items()}
+    family: dict = {"members": len(TRIVIAL_FAMILY)}
+    for mode in MODES:
+        family[mode] = {}
+        for level in ("prompt_level", "instruction_level"):
+            member = max(summaries, key=lambda name: summaries[name][mode][level]["accuracy"] or 0.0)
+            family[mode][level] = {"accuracy": summaries[member][mode][level]["accuracy"], "member": member}
+    return {answer: summaries[answer] for answer in TRIVIAL_ANSWERS}, family
 
 
 def score(item: EvalItem, response: str, judgments: Sequence[Judgment] = ()) -> dict:
