@@ -14,8 +14,8 @@ held-out loss, on examples/data/valid.jsonl: records of the train topics that ar
 evaluated prompt), and are then used for every method, so that no method is tuned alone. Only the
 sweep's runs compute a held-out loss: the study's runs are judged by their responses. The base model
 and every trained model are evaluated with `iopo-fast eval` (greedy, each benchmark at its own
-max_new_tokens) on `demo` (in-domain: the 80 held-out instructions, on which every trivial answer
-scores 0) and `ifeval` (out-of-domain: its first prompts, 64 of 541 by default, one batch of rows), and
+max_new_tokens) on `demo` (in-domain: the 80 held-out instructions, on which no trivial answer meets
+a whole prompt) and `ifeval` (out-of-domain: its first prompts, 64 of 541 by default, one batch of rows), and
 `ifbench` if asked.
 
 Each finished run (training and evaluation) is recorded in its folder of the work directory

@@ -304,3 +304,20 @@ def test_study_intervals_are_paired_by_seed_and_prompt():
     spread = resampled_levels(every + none + every, seed_draws, prompt_draws)["prompt_level"]["draws"]
     steady = resampled_levels(two_thirds * seeds, seed_draws, prompt_draws)["prompt_level"]["draws"]
     assert spread.std() > 3 * steady.std()
+
+
+def test_the_quick_start_report_pairs_before_and_after_by_prompt():
+    sys.path.insert(0, str(BENCHMARKS))
+    from report_demo_run import paired_change
+
+    def rows(*verdicts: tuple[str, ...]) -> list[dict]:
+        return [{"checks": [{"strict": verdict} for verdict in prompt]} for prompt in verdicts]
+
+    before = rows(("failed", "met"), ("met",), ("failed",), ("met", "met"))
+    after = rows(("met", "met"), ("failed",), ("met",), ("met", "met"))
+    change = paired_change(before, after)
+    assert (change["prompts_gained"], change["prompts_lost"]) == (2, 1)
+    assert change["prompt_level"]["change"] == pytest.approx(3 / 4 - 2 / 4)
+    assert change["instruction_level"]["change"] == pytest.approx(5 / 6 - 4 / 6)
+    for level in ("prompt_level", "instruction_level"):
+        assert change[level]["low"] <= change[level]["change"] <= change[level]["high"]
