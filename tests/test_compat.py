@@ -97,3 +97,15 @@ def test_a_missing_private_api_is_a_one_line_error_naming_package_and_version():
 
 def test_cpu_multiplies_bf16_answers():
     assert compat.cpu_multiplies_bf16() in (True, False)
+
+
+def test_restate_checker_argument_sets_what_the_official_checker_counts():
+    from iopo_fast.evaluation.offline_resources import checker_classes
+
+    checker = checker_classes("IFEval")["keywords:letter_frequency"]("keywords:letter_frequency")
+    checker.build_description(letter="a", let_frequency=2, let_relation="at least")
+    description = compat.restate_checker_argument(checker, "if-verifiable", "_letter", "z")
+    assert "letter z should" in description and checker.get_instruction_args()["letter"] == "z"
+    assert checker.check_following("zz top") and not checker.check_following("aa")
+    with pytest.raises(compat.CompatibilityError, match=r"^if-verifiable \d\S* has no \w+\._no_such and "):
+        compat.restate_checker_argument(checker, "if-verifiable", "_no_such", 1)

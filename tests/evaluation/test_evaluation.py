@@ -200,10 +200,10 @@ def test_the_default_demo_benchmark_is_found_from_any_directory(tmp_path, monkey
 
 
 def test_the_demo_data_builder_s_modules_import_neither_torch_nor_transformers():
-    """The demo data builder reads the trivial answers and the demo constraints: neither loads the evaluation
-    runner, nor, through the package, the model side."""
+    """The demo data builder reads the trivial answers, the demo constraints and the loose variants of the
+    checks: none loads the evaluation runner, nor, through the package, the model side."""
     code = ("import sys\n"
-            "from iopo_fast.evaluation import demo_constraints, trivial_answers\n"
+            "from iopo_fast.evaluation import checks, demo_constraints, trivial_answers\n"
             "assert set(trivial_answers.TRIVIAL_ANSWERS) == {'empty', 'dot', 'echo', 'generic'}\n"
             "assert not {'torch', 'transformers'} & set(sys.modules), sorted(sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=fresh_process_env())
