@@ -29,7 +29,8 @@ from iopo_fast.evaluation.benchmarks import load_benchmark
 from iopo_fast.evaluation.checks import MODES
 from iopo_fast.evaluation.report import summarize
 from iopo_fast.evaluation.run import score
-from iopo_fast.generation.generators import DTYPES, GenerationSettings, TransformersGenerator
+from iopo_fast.generation.generators import TransformersGenerator
+from iopo_fast.generation.settings import DTYPES, GenerationSettings
 from iopo_fast.model.loading import DEFAULT_MODEL
 
 LEVELS = ("prompt_level", "instruction_level")

@@ -28,7 +28,8 @@ import torch
 from _results import RESULTS_DIR, cpu_name, versions
 
 from iopo_fast.evaluation.benchmarks import load_benchmark
-from iopo_fast.generation.generators import GenerationSettings, TransformersGenerator, _chat_text
+from iopo_fast.generation.generators import TransformersGenerator, _chat_text
+from iopo_fast.generation.settings import GenerationSettings
 from iopo_fast.model.loading import DEFAULT_MODEL
 
 

@@ -57,7 +57,8 @@ from iopo_fast.config import TrainConfig
 from iopo_fast.evaluation.report import prompt_scores
 from iopo_fast.evaluation.run import evaluate_model
 from iopo_fast.evaluation.trivial_answers import TRIVIAL_ANSWERS
-from iopo_fast.generation.generators import GenerationSettings, TransformersGenerator
+from iopo_fast.generation.generators import TransformersGenerator
+from iopo_fast.generation.settings import GenerationSettings
 from iopo_fast.model.loading import DEFAULT_MODEL
 from iopo_fast.training.loop import train
 

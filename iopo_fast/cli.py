@@ -13,7 +13,8 @@ from .evaluation.benchmarks import BenchmarkError
 from .evaluation.judge import Judge, JudgeError, load_judge_prompt
 from .evaluation.offline_resources import MissingEvaluationPackage
 from .evaluation.run import EvaluationError, evaluate_model
-from .generation.generators import BACKENDS, DTYPES, GenerationSettings, generator_class
+from .generation.generators import BACKENDS, generator_class
+from .generation.settings import DTYPES, GenerationSettings
 from .generation.local_chat import LocalModel
 from .model.loading import ModelError
 

@@ -25,7 +25,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..endpoints.append_log import AppendLog, complete_lines
-from ..generation.generators import GenerationSettings, generator_class
+from ..generation.generators import generator_class
+from ..generation.settings import GenerationSettings
 from ..model.loading import model_fingerprint
 from ..utils import write_atomically
 from .benchmarks import EvalItem, benchmark_name, default_max_new_tokens, load_benchmark

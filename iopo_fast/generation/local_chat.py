@@ -40,7 +40,8 @@ class LocalChat(CachedRequests):
         self.settings = settings
 
     async def __aenter__(self) -> LocalChat:
-        from .generators import GenerationSettings, generator_class
+        from .generators import generator_class
+        from .settings import GenerationSettings
 
         generation = GenerationSettings(max_new_tokens=self.settings.max_tokens, temperature=self.settings.temperature,
                                         batch_size=self.settings.batch_size)

@@ -18,11 +18,12 @@ def evaluate_instruction_following(config: TrainConfig, model: str, stage: str) 
     summaries, error = None, None
     if is_main():
         from ..evaluation.run import evaluate_model
-        from ..generation.generators import GenerationSettings, TransformersGenerator
+        from ..generation.generators import TransformersGenerator
+        from ..generation.settings import GenerationSettings
 
         # eval_max_new_tokens 0: each benchmark's own default.
         settings = GenerationSettings(max_new_tokens=config.eval_max_new_tokens or None, seed=config.seed,
-                                      batch_size=config.per_device_eval_batch_size)
+                                      batch_size=config.per_device_eval_batch_size, dtype=config.eval_dtype)
         print(f"instruction following {stage} training:", flush=True)
         try:
             # transformers, not vLLM: the engine still holds its GPU memory, and vLLM would reserve most of the rest.

@@ -19,7 +19,8 @@ from iopo_fast.evaluation.benchmarks import DEFAULT_DEMO_EVAL, BenchmarkError, d
 from iopo_fast.evaluation.checks import ERROR, FAILED, MET, UNSUPPORTED, Check, CheckError, make_check
 from iopo_fast.evaluation.report import format_table, summarize
 from iopo_fast.evaluation.run import EvaluationError, evaluate_model, score
-from iopo_fast.generation.generators import GenerationSettings, TransformersGenerator, generator_class
+from iopo_fast.generation.generators import TransformersGenerator, generator_class
+from iopo_fast.generation.settings import GenerationSettings
 from iopo_fast.model.loading import ModelError
 
 DEMO = f"demo:{DEFAULT_DEMO_EVAL}"

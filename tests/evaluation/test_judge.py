@@ -19,7 +19,7 @@ from iopo_fast.evaluation.benchmarks import BenchmarkError, load_benchmark
 from iopo_fast.evaluation.checks import FAILED, MET
 from iopo_fast.evaluation.judge import UNJUDGED, Judge, JudgeError, load_judge_prompt, parse_verdict
 from iopo_fast.evaluation.run import evaluate_model
-from iopo_fast.generation.generators import GenerationSettings
+from iopo_fast.generation.settings import GenerationSettings
 
 # The embedded 135M model rarely ends with "Verdict: ..." but opens with "No, ..." to this question.
 SMALL_MODEL_PROMPT = ('Is it true that the text "{response}" meets the requirement "{constraint}" of the '

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from iopo_fast.generation.generators import GenerationSettings, TransformersGenerator, _model_directory
+from iopo_fast.generation.generators import TransformersGenerator, _model_directory
+from iopo_fast.generation.settings import GenerationSettings
 from iopo_fast.model.loading import DEFAULT_MODEL
 
 

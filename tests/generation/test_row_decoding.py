@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from iopo_fast.evaluation.benchmarks import load_benchmark
-from iopo_fast.generation.generators import GenerationSettings, TransformersGenerator, _chat_text
+from iopo_fast.generation.generators import TransformersGenerator, _chat_text
+from iopo_fast.generation.settings import GenerationSettings
 from iopo_fast.generation.row_decoding import RowDecoder
 from iopo_fast.model.loading import DEFAULT_MODEL
 

@@ -219,13 +219,14 @@ def test_sft_run_trains_the_preferred_responses_without_a_reference_model(tmp_pa
 
 def test_eval_benchmarks_judge_the_initial_and_the_trained_model(tmp_path, tiny_model_dir):
     output_dir = tmp_path / "out"
-    config = training_config(tiny_model_dir, output_dir, max_steps=2, eval_max_new_tokens=3,
+    config = training_config(tiny_model_dir, output_dir, max_steps=2, eval_max_new_tokens=3, eval_dtype="bfloat16",
                              eval_benchmarks=f"demo:{DEMO_EVAL}")
 
     results = train(config)
 
     for stage, model in (("before", str(tiny_model_dir)), ("after", str(output_dir / "model"))):
-        assert json.loads((output_dir / "eval" / stage / "demo" / "generation.json").read_text())["model"] == model
+        generation = json.loads((output_dir / "eval" / stage / "demo" / "generation.json").read_text())
+        assert generation["model"] == model and generation["generation"]["dtype"] == "bfloat16"
         summary = json.loads((output_dir / "eval" / stage / "demo" / "summary.json").read_text())["summary"]
         assert summary == results["benchmarks"][stage]["demo"]
         assert summary["strict"]["prompts"] == 80  # x1 and x2 of the 40 held-out records
