@@ -44,8 +44,10 @@ def measure(model: str, items: list, dtype: str, batch_size: int, max_new_tokens
     responses = generator([item.prompt for item in items])
     seconds = time.perf_counter() - start
     logging.disable(logging.ERROR)  # IFEval's language check logs texts it cannot read
-    rows = [score(item, response) for item, response in zip(items, responses)]
-    logging.disable(logging.NOTSET)
+    try:
+        rows = [score(item, response) for item, response in zip(items, responses)]
+    finally:
+        logging.disable(logging.NOTSET)
     return {"seconds": seconds, "cut": sum(response.cut for response in responses), "responses": list(responses),
             "accuracy": {mode: {level: 100 * summarize(rows, mode)[level]["accuracy"] for level in LEVELS}
                          for mode in MODES}}

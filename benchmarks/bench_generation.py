@@ -29,7 +29,7 @@ from _results import RESULTS_DIR, cpu_name, versions
 
 from iopo_fast.evaluation.benchmarks import load_benchmark
 from iopo_fast.generation.generators import TransformersGenerator, _chat_text
-from iopo_fast.generation.settings import GenerationSettings
+from iopo_fast.generation.settings import DTYPES, GenerationSettings
 from iopo_fast.model.loading import DEFAULT_MODEL
 
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first", type=int, default=0, help="index of the first IFEval prompt")
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--rows", type=int, default=32)
-    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    parser.add_argument("--dtype", default="bfloat16", choices=DTYPES)
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     prompts = [item.prompt for item in load_benchmark("ifeval")[args.first:args.first + args.prompts]]

@@ -58,7 +58,7 @@ from iopo_fast.evaluation.report import prompt_scores
 from iopo_fast.evaluation.run import evaluate_model
 from iopo_fast.evaluation.trivial_answers import TRIVIAL_ANSWERS
 from iopo_fast.generation.generators import TransformersGenerator
-from iopo_fast.generation.settings import GenerationSettings
+from iopo_fast.generation.settings import DTYPES, GenerationSettings
 from iopo_fast.model.loading import DEFAULT_MODEL
 from iopo_fast.training.loop import train
 
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ifbench-prompts", type=int, default=32, help="first N IFBench prompts (0: all 294)")
     parser.add_argument("--max-new-tokens", type=int, help="for every benchmark (default: each benchmark's own)")
     parser.add_argument("--eval-batch-size", type=int, default=64, help="rows decoding at once")
-    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
+    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16",
                         help="of the generation: bfloat16 as in the committed study, whose responses depend on the "
                              "rows decoded together; float32 as `iopo-fast eval` by default, whose do not")
     parser.add_argument("--held-out-records", type=int, help="first N records of examples/data/valid.jsonl for the "

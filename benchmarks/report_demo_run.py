@@ -29,6 +29,9 @@ LEVELS = ("prompt_level", "instruction_level")
 
 def paired_change(before: list[dict], after: list[dict], seed: int = 0) -> dict:
     """After minus before, at each level, with a 95% bootstrap interval over prompts (the same draws for both)."""
+    if not before or len(before) != len(after):
+        raise ValueError(f"pairs need the same prompts before and after, got {len(before)} and {len(after)}")
+    # Every prompt has a constraint and every verdict is met or failed (`main` checks): no division by zero.
     first, second = (np.array(prompt_scores(rows, "strict"), dtype=float) for rows in (before, after))
     draws = np.random.default_rng(seed).integers(0, len(first), size=(RESAMPLES, len(first)))
 
@@ -55,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     summaries = {stage: json.loads((args.run / "eval" / stage / "demo" / "summary.json").read_text())
                  for stage in STAGES}
-    rows = {stage: [json.loads(line) for line in (args.run / "eval" / stage / "demo" / "responses.jsonl").open()]
+    rows = {stage: [json.loads(line) for line in
+                    (args.run / "eval" / stage / "demo" / "responses.jsonl").read_text().splitlines()]
             for stage in STAGES}
     if [row["key"] for row in rows["before"]] != [row["key"] for row in rows["after"]]:
         raise SystemExit("the two stages answered different prompts")
@@ -64,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"verdicts {sorted(verdicts - {MET, FAILED})}: the paired change counts met and failed only")
     metrics = json.loads((args.run / "eval_results.json").read_text())
     held_out = {stage: {name: metrics[stage][name] for name in ("loss", "accuracies/group")} for stage in STAGES}
-    steps = [json.loads(line) for line in (args.run / "metrics.jsonl").open()]
+    steps = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines()]
+    if [step["step"] for step in steps] != list(range(1, len(steps) + 1)):
+        raise SystemExit("the training time needs a metrics line for every step (logging_steps: 1)")
     report = {
         "device": cpu_name(), "versions": versions(), "command": shlex.join(["python", *sys.argv]),
         "conditions": args.conditions, "total_seconds": args.total_seconds, "install_seconds": args.install_seconds,

@@ -15,9 +15,10 @@ import argparse
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 
-from _results import RESULTS_DIR, versions
+from _results import RESULTS_DIR, cpu_name, versions
 
 from iopo_fast.evaluation.benchmarks import load_benchmark
 from iopo_fast.evaluation.checks import MODES
@@ -33,7 +34,8 @@ def percent(value: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--benchmarks", nargs="+", default=["demo", "ifeval", "ifbench"])
+    parser.add_argument("--benchmarks", nargs="+", default=["demo", "ifeval", "ifbench"],
+                        help="benchmarks checked by program (a judge is not asked about trivial answers)")
     parser.add_argument("--limit", type=int, help="only the first N prompts of each benchmark")
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--stem", default="trivial-floors", help="the results files' name, without .md and .json")
@@ -41,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for benchmark in args.benchmarks:
         items = load_benchmark(benchmark)[:args.limit]
+        start = time.perf_counter()
         named, family = trivial_floors(items)
-        results[benchmark] = {"prompts": len(items), "named": {answer: {mode: {
+        results[benchmark] = {"prompts": len(items), "seconds": time.perf_counter() - start, "named": {answer: {mode: {
             level: by_mode[mode][level]["accuracy"] for level in LEVELS} for mode in MODES}
             for answer, by_mode in named.items()}, "family": family}
 
@@ -50,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
              f"Versions: {versions()}.", f"Command: `{shlex.join(['python', *sys.argv])}`", "",
              f"{f'The first {args.limit} prompts' if args.limit else 'Every prompt'} of each benchmark; accuracy in %, "
              "prompt-level / instruction-level. The family: "
-             f"{next(iter(results.values()))['family']['members']} answers (the named four, single words and letters, "
-             "the prompt's own words and quoted phrases, each in every casing); its highest is taken level by level, "
-             "and the member that reaches it is named.", ""]
+             f"{next(iter(results.values()))['family']['members']} answers (the named four, yes, no, ok, each letter, "
+             "the prompt's first sentence, its first, last and longest word and its quoted phrases, each text in every "
+             "casing); its highest is taken level by level, and the member that reaches it is named.", ""]
     for mode in MODES:
         lines += [f"{mode.capitalize()}:", "",
                   "| benchmark | " + " | ".join(TRIVIAL_ANSWERS) + " | the family's highest |",
@@ -65,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
                                     for level in LEVELS))
             lines.append(f"| {benchmark} ({result['prompts']}) | " + " | ".join(cells) + " |")
         lines.append("")
-    report = "\n".join(lines)
+    lines.append("Scoring every member took " + ", ".join(
+        f"{result['seconds']:.0f} s on {benchmark}" for benchmark, result in results.items()) + f" ({cpu_name()}).")
+    report = "\n".join(lines) + "\n"
     print(report)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / f"{args.stem}.md").write_text(report)

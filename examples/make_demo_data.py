@@ -15,8 +15,8 @@ benchmark uses to judge a model's responses to the same instructions.
 Train and eval come from disjoint topics. Every eval instruction is failed by every member of the
 evaluation's family of trivial answers (`iopo_fast.evaluation.trivial_answers`: empty, ".", the
 instruction echoed back, a generic paragraph, single words and letters, the instruction's own quoted
-phrases, each in every casing), strictly and loosely checked: a score on the `demo` benchmark stands on
-a floor of zero. Valid holds records of the train topics that are not in train, for choosing
+phrases, each in every casing), strictly and loosely checked: a prompt-level score on the `demo`
+benchmark stands on a floor of zero. Valid holds records of the train topics that are not in train, for choosing
 hyperparameters without looking at an evaluated prompt. The output is deterministic: the same seed
 writes the same bytes on every run, and `--check` tells whether the files on disk are up to date.
 

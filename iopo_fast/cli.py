@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     eval_parser.add_argument("--batch-size", type=int, default=GenerationSettings.batch_size,
                              help="transformers: sequences decoded at once (a row that ends takes the next prompt)")
     eval_parser.add_argument("--dtype", choices=DTYPES, default=GenerationSettings.dtype,
-                             help="float32: responses that do not depend on --batch-size; bfloat16: half the memory")
+                             help="float32: responses measured not to depend on --batch-size (on CPU); "
+                                  "bfloat16: half the memory")
     eval_parser.add_argument("--limit", type=int, help="only the first N prompts of each benchmark")
     eval_parser.add_argument("--backend", choices=BACKENDS, default="auto",
                              help="auto: vLLM when it is installed and a GPU is present, else transformers")

@@ -95,7 +95,7 @@ class TrainConfig:
     seed: int = _option(42, "Seed of the data order and of any random initialisation.")
     logging_steps: int = _option(1, "Write metrics.jsonl every this many steps.")
     eval_benchmarks: str | None = _option(None, "Instruction-following benchmarks run on the initial and on the trained model (`iopo-fast eval`), comma-separated: demo, demo:PATH, ifbench, ifeval, jsonl:PATH; results in output_dir/eval/before and output_dir/eval/after.")
-    eval_dtype: str = _option("float32", "The dtype eval_benchmarks generate in: float32, whose greedy responses do not depend on per_device_eval_batch_size; bfloat16, half the memory of the second copy of the model that generates beside the training engine, with scores that move with the batch.", GENERATION_DTYPES)
+    eval_dtype: str = _option("float32", "The dtype eval_benchmarks generate in: float32, whose greedy responses were measured not to depend on per_device_eval_batch_size on CPU; bfloat16, half the memory of the second copy of the model that generates beside the training engine, with scores that move with the batch.", GENERATION_DTYPES)
     eval_max_new_tokens: int = _option(0, "Longest response generated for eval_benchmarks, in tokens (greedy decoding, per_device_eval_batch_size rows at a time, a row that ends taking the next prompt); 0: each benchmark's default (demo 256, ifbench and ifeval 1280, jsonl 1280).")
     eval_steps: int = _option(0, "Evaluate the eval_dataset every this many steps, into metrics.jsonl as eval/<metric>; 0: before and after training only.")
 

@@ -11,7 +11,9 @@ For each benchmark, in `output_dir/<benchmark>/`:
   never mixed in.
 - `judge-cache.jsonl`, for constraints in words: the LLM judge's answers by request
   (`iopo_fast.endpoints.client`), so an interrupted judging resumes and a rerun asks nothing again.
-- `summary.json`: accuracies in both modes (`report.summarize`), and the judge's settings if one was asked.
+- `summary.json`: accuracies in both modes (`report.summarize`), the judge's settings if one was asked, and
+  what answers that ignore the task score on the same prompts: the named trivial answers' summaries
+  (`trivial_floors`) and the highest of their family, with the member that reaches it (`trivial_family_floor`).
 """
 
 from __future__ import annotations
@@ -107,7 +109,8 @@ def evaluate_model(model: str, benchmarks: list[str], output_dir: str | Path, se
                                               "summary": results[name], "trivial_floors": floors[name],
                                               "trivial_family_floor": family_floors[name]})
     log(format_table(results))
-    log("\n".join(f"{name} {format_family_floor(floor)}" for name, floor in family_floors.items() if floor))
+    if any(family_floors.values()):
+        log("\n".join(f"{name} {format_family_floor(floor)}" for name, floor in family_floors.items() if floor))
     log("what the named trivial answers score on the same prompts:\n" + format_table(
         {f"{name} {answer}": by_mode for name, by_answer in floors.items() for answer, by_mode in by_answer.items()}))
     return results

@@ -31,7 +31,8 @@ TRIVIAL_ANSWERS: dict[str, Callable[[str], str]] = {
     "generic": lambda prompt: GENERIC_ANSWER}
 
 _WORDS = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")
-_QUOTED = re.compile(r"[\"“'‘*]([^\"“”'‘’*\n]{1,60})[\"”'’*]")
+# A phrase in double, curly or single quotes (not an apostrophe inside a word), or between asterisks.
+_QUOTED = re.compile(r"\"([^\"\n]{1,60})\"|“([^”\n]{1,60})”|‘([^’\n]{1,60})’|(?<!\w)'([^'\n]{1,60})'(?!\w)|\*([^*\n]{1,60})\*")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s")
 
 
@@ -41,20 +42,20 @@ def _words(prompt: str) -> list[str]:
 
 # The members with text, before casing: each a rule from the prompt to an answer.
 _TEXT_RULES: dict[str, Callable[[str], str]] = {
-    "echo": lambda prompt: prompt,
+    "echo": TRIVIAL_ANSWERS["echo"],
     "echo's first sentence": lambda prompt: _SENTENCE_END.split(prompt.strip(), maxsplit=1)[0],
-    "generic": lambda prompt: GENERIC_ANSWER,
+    "generic": TRIVIAL_ANSWERS["generic"],
     "yes": lambda prompt: "yes", "no": lambda prompt: "no", "ok": lambda prompt: "ok",
     "first word": lambda prompt: _words(prompt)[0],
     "last word": lambda prompt: _words(prompt)[-1],
     "longest word": lambda prompt: max(_words(prompt), key=len),
-    "quoted phrases": lambda prompt: "\n".join(_QUOTED.findall(prompt)),
+    "quoted phrases": lambda prompt: "\n".join("".join(groups) for groups in _QUOTED.findall(prompt)),
 }
 CASINGS: dict[str, Callable[[str], str]] = {"": str, "lower": str.lower, "upper": str.upper, "title": str.title}
 
 
-def _cased(rule: Callable[[str], str], casing: Callable[[str], str]) -> Callable[[str], str]:
-    return lambda prompt: casing(rule(prompt))
+def _cased(rule: Callable[[str], str], change: Callable[[str], str]) -> Callable[[str], str]:
+    return lambda prompt: change(rule(prompt))
 
 
 def _constant(text: str) -> Callable[[str], str]:

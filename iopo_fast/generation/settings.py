@@ -13,10 +13,11 @@ class GenerationSettings:
     """How responses are sampled; greedy when `temperature` is 0. `max_new_tokens` None: each benchmark's
     default (`evaluation.benchmarks.default_max_new_tokens`), resolved before generating; a number applies
     to every benchmark. `dtype`: the model's weights and activations. fp32 by default, so that a greedy
-    response does not depend on the prompts decoded beside it: in bf16, a near tie between two tokens is
-    decided by the last bits of sums whose order changes with the rows of the batch and their padding
-    (`benchmarks/results/batch-invariance-cpu.md`). bf16 halves the weights' memory (and is faster where the
-    hardware multiplies it natively), at the price of scores that move with `batch_size`."""
+    response does not depend on the prompts decoded beside it (measured on CPU; on a GPU not shown): in
+    bf16, a near tie between two tokens is decided by the last bits of sums whose order changes with the
+    rows of the batch and their padding (`benchmarks/results/batch-invariance-cpu.md`). bf16 halves the
+    weights' memory (and is faster where the hardware multiplies it natively), at the price of scores that
+    move with `batch_size`."""
 
     max_new_tokens: int | None = None
     temperature: float = 0.0

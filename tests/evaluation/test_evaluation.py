@@ -426,6 +426,7 @@ def test_cli_evaluates_on_a_users_constraint_file(tmp_path, tiny_model_dir):
     assert Path(tmp_path / "out" / "mine" / "responses.jsonl").read_text().count("\n") == 1
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="measured on CPU; on a GPU fp32 is not shown batch-invariant")
 def test_two_runs_at_different_batch_sizes_give_the_same_responses_and_scores_by_default(tmp_path):
     """Fresh processes, the embedded model, IFEval prompts decoded alone and six at once: the same responses,
     verdicts and scores. In bf16 they part: a near tie between two tokens is decided by sums whose order
@@ -434,7 +435,7 @@ def test_two_runs_at_different_batch_sizes_give_the_same_responses_and_scores_by
     for rows in (1, 6):
         output = tmp_path / f"rows-{rows}"
         result = run_cli("smollm2-135m-instruct", "--benchmarks", "ifeval", "--limit", "6", "--max-new-tokens", "64",
-                         "--batch-size", str(rows), "--output", str(output))
+                         "--batch-size", str(rows), "--backend", "transformers", "--output", str(output))
         assert result.returncode == 0, result.stderr[-3000:]
         summary = json.loads((output / "ifeval" / "summary.json").read_text())
         responses = [json.loads(line) for line in (output / "ifeval" / "responses.jsonl").read_text().splitlines()]
