@@ -27,13 +27,11 @@ from _results import RESULTS_DIR, cpu_name, versions
 
 from iopo_fast.evaluation.benchmarks import load_benchmark
 from iopo_fast.evaluation.checks import MODES
-from iopo_fast.evaluation.report import summarize
+from iopo_fast.evaluation.report import LEVELS, summarize
 from iopo_fast.evaluation.run import score
 from iopo_fast.generation.generators import TransformersGenerator
 from iopo_fast.generation.settings import DTYPES, GenerationSettings
 from iopo_fast.model.loading import DEFAULT_MODEL
-
-LEVELS = ("prompt_level", "instruction_level")
 
 
 def measure(model: str, items: list, dtype: str, batch_size: int, max_new_tokens: int) -> dict:

@@ -54,9 +54,9 @@ from _results import RESULTS_DIR, device_slug, versions
 
 from iopo_fast.utils import write_atomically
 from iopo_fast.config import TrainConfig
-from iopo_fast.evaluation.report import prompt_scores
+from iopo_fast.evaluation.report import LEVELS, prompt_scores
 from iopo_fast.evaluation.run import evaluate_model
-from iopo_fast.evaluation.trivial_answers import TRIVIAL_ANSWERS
+from iopo_fast.evaluation.trivial_answers import FAMILY_DESCRIPTION, TRIVIAL_ANSWERS
 from iopo_fast.generation.generators import TransformersGenerator
 from iopo_fast.generation.settings import DTYPES, GenerationSettings
 from iopo_fast.model.loading import DEFAULT_MODEL
@@ -64,7 +64,6 @@ from iopo_fast.training.loop import train
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
 METHODS = ("sft", "dpo", "iopo", "dpo-tokens")
-LEVELS = ("prompt_level", "instruction_level")
 RESAMPLES = 2000
 
 
@@ -262,11 +261,10 @@ def markdown(report: dict) -> str:
         cells = [f"{100 * row[benchmark][level]:.1f}" for benchmark in benchmarks for level in LEVELS]
         lines.append(f"| trivial answer: {answer} | {' | '.join(cells)} | - | - |")
     lines += ["", "Trivial answers: the empty answer, \".\", the prompt echoed back, one fixed generic paragraph, on the "
-              "same prompts; the family's highest: the best of every answer that ignores the task (those four, single "
-              "words and letters, the prompt's quoted phrases, each in every casing: "
-              "`iopo_fast.evaluation.trivial_answers`), level by level. Wall time: each training run's own (the study's runs compute no held-out loss; the sweep's "
-              "do). A study that is stopped resumes from its finished runs, so its runs may come from several sessions "
-              "of the same machine.",
+              "same prompts; the family's highest: level by level, the best of every answer that ignores the task "
+              f"({FAMILY_DESCRIPTION}: `iopo_fast.evaluation.trivial_answers`). Wall time: each training run's own "
+              "(the study's runs compute no held-out loss; the sweep's do). A study that is stopped resumes from its "
+              "finished runs, so its runs may come from several sessions of the same machine.",
               "", "Responses cut at the token limit, and their mean length in words (mean over seeds):", "",
               "| method | " + " | ".join(f"{benchmark} cut | {benchmark} words" for benchmark in benchmarks) + " |",
               "|---" * (1 + 2 * len(benchmarks)) + "|"]

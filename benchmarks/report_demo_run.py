@@ -21,10 +21,9 @@ import numpy as np
 from _results import RESULTS_DIR, cpu_name, versions
 
 from iopo_fast.evaluation.checks import FAILED, MET
-from iopo_fast.evaluation.report import RESAMPLES, prompt_scores
+from iopo_fast.evaluation.report import LEVELS, RESAMPLES, prompt_scores
 
 STAGES = ("before", "after")
-LEVELS = ("prompt_level", "instruction_level")
 
 
 def paired_change(before: list[dict], after: list[dict], seed: int = 0) -> dict:

@@ -22,10 +22,9 @@ from _results import RESULTS_DIR, cpu_name, versions
 
 from iopo_fast.evaluation.benchmarks import load_benchmark
 from iopo_fast.evaluation.checks import MODES
+from iopo_fast.evaluation.report import LEVELS
 from iopo_fast.evaluation.run import trivial_floors
-from iopo_fast.evaluation.trivial_answers import TRIVIAL_ANSWERS
-
-LEVELS = ("prompt_level", "instruction_level")
+from iopo_fast.evaluation.trivial_answers import FAMILY_DESCRIPTION, TRIVIAL_ANSWERS
 
 
 def percent(value: float | None) -> str:
@@ -53,9 +52,8 @@ def main(argv: list[str] | None = None) -> int:
              f"Versions: {versions()}.", f"Command: `{shlex.join(['python', *sys.argv])}`", "",
              f"{f'The first {args.limit} prompts' if args.limit else 'Every prompt'} of each benchmark; accuracy in %, "
              "prompt-level / instruction-level. The family: "
-             f"{next(iter(results.values()))['family']['members']} answers (the named four, yes, no, ok, each letter, "
-             "the prompt's first sentence, its first, last and longest word and its quoted phrases, each text in every "
-             "casing); its highest is taken level by level, and the member that reaches it is named.", ""]
+             f"{next(iter(results.values()))['family']['members']} answers ({FAMILY_DESCRIPTION}); its highest is "
+             "taken level by level, and the member that reaches it is named.", ""]
     for mode in MODES:
         lines += [f"{mode.capitalize()}:", "",
                   "| benchmark | " + " | ".join(TRIVIAL_ANSWERS) + " | the family's highest |",

@@ -23,6 +23,7 @@ import numpy as np
 from .checks import ERROR, FAILED, MET, MODES
 
 RESAMPLES = 1000
+LEVELS = ("prompt_level", "instruction_level")  # the two accuracies of every summary, as IFEval names them
 DECIDED = (MET, FAILED, ERROR)  # ERROR counts as not met
 
 

@@ -34,7 +34,7 @@ from ..utils import write_atomically
 from .benchmarks import EvalItem, benchmark_name, default_max_new_tokens, load_benchmark
 from .checks import MODES
 from .judge import Judge, Judgment
-from .report import format_family_floor, format_table, summarize
+from .report import LEVELS, format_family_floor, format_table, summarize
 from .trivial_answers import TRIVIAL_ANSWERS, TRIVIAL_FAMILY
 
 RESPONSE_FIELDS = ("key", "prompt", "response")  # what a line of responses.jsonl holds at least
@@ -143,7 +143,7 @@ def trivial_floors(items: list[EvalItem]) -> tuple[dict[str, dict[str, dict]], d
     family: dict = {"members": len(TRIVIAL_FAMILY)}
     for mode in MODES:
         family[mode] = {}
-        for level in ("prompt_level", "instruction_level"):
+        for level in LEVELS:
             member = max(summaries, key=lambda name: summaries[name][mode][level]["accuracy"] or 0.0)
             family[mode][level] = {"accuracy": summaries[member][mode][level]["accuracy"], "member": member}
     return {answer: summaries[answer] for answer in TRIVIAL_ANSWERS}, family

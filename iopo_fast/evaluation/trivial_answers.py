@@ -62,6 +62,9 @@ def _constant(text: str) -> Callable[[str], str]:
     return lambda prompt: text
 
 
+# The members in one phrase, for reports that print the family's highest.
+FAMILY_DESCRIPTION = ("the named four, yes, no, ok, each letter, the prompt's first sentence, its first, last and "
+                      "longest word and its quoted phrases, each text in every casing")
 TRIVIAL_FAMILY: dict[str, Callable[[str], str]] = {
     "empty": TRIVIAL_ANSWERS["empty"], "dot": TRIVIAL_ANSWERS["dot"],
     **{f"letter {letter}": _constant(letter) for letter in string.ascii_letters},
