@@ -32,7 +32,7 @@ so the difference is paired by seed and prompt. Run it alone: the wall times are
 one run on an unloaded machine.
 
     python benchmarks/compare_methods.py                       # the full study: hours on 2 CPU cores
-    python benchmarks/compare_methods.py --smoke --output DIR  # one seed, two steps, five prompts per benchmark, fp32
+    python benchmarks/compare_methods.py --smoke --output DIR  # one seed, two steps, five prompts per benchmark
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def run_settings(config: TrainConfig, args=None) -> dict:
     settings = {"training": dataclasses.asdict(config)}
     if args is not None:
         settings["evaluation"] = {"prompts": prompt_limits(args), "max_new_tokens": args.max_new_tokens,
-                                  "eval_batch_size": args.eval_batch_size}
+                                  "eval_batch_size": args.eval_batch_size, "dtype": args.dtype}
     return json.loads(json.dumps(settings))
 
 
@@ -245,7 +245,8 @@ def markdown(report: dict) -> str:
         f"Seeds {settings['seeds']}, {settings['steps']} steps of {settings['batch_size']} examples (dpo-tokens: "
         f"{2 * settings['batch_size']}), cosine schedule, learning rate {report['chosen']['learning_rate']} and beta "
         f"{report['chosen']['beta']} from the DPO sweep below (on examples/data/valid.jsonl, no evaluated prompt). "
-        f"Greedy evaluation, {settings['max_new_tokens'] or 'each benchmark its own'} new tokens at most, {limits}. "
+        f"Greedy evaluation in {settings.get('dtype', 'bfloat16')}, {settings['max_new_tokens'] or 'each benchmark its own'} "
+        f"new tokens at most, {settings['eval_batch_size']} rows decoding at once, {limits}. "
         "Strict accuracies in %, mean over seeds, with a 95% bootstrap interval that draws seeds, then prompts within "
         "each drawn seed (the base model, one run, draws prompts the same way).",
         "",
@@ -325,23 +326,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ifbench-prompts", type=int, default=32, help="first N IFBench prompts (0: all 294)")
     parser.add_argument("--max-new-tokens", type=int, help="for every benchmark (default: each benchmark's own)")
     parser.add_argument("--eval-batch-size", type=int, default=64, help="rows decoding at once")
-    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16",
-                        help="of the generation: bfloat16 as in the committed study, whose responses depend on the "
-                             "rows decoded together; float32 as `iopo-fast eval` by default, whose do not")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
+                        help="of the generation: float32, as `iopo-fast eval` by default, whose responses do not depend "
+                             "on the rows decoded together (on CPU); bfloat16's do")
     parser.add_argument("--held-out-records", type=int, help="first N records of examples/data/valid.jsonl for the "
                         "held-out loss and accuracy, and the sweep's choice (default: all 40)")
     parser.add_argument("--device-name", default="cpu", help="names the results files")
     parser.add_argument("--work-dir", type=Path, help="runs and responses (default: outputs/compare-methods)")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR)
     parser.add_argument("--keep-models", action="store_true", help="keep every trained model in the work directory")
-    parser.add_argument("--smoke", action="store_true", help="one seed, two steps, five prompts per benchmark, fp32")
+    parser.add_argument("--smoke", action="store_true", help="one seed, two steps, five prompts per benchmark")
     args = parser.parse_args(argv)
     if args.smoke:
         args.seeds, args.steps, args.sweep_learning_rates, args.sweep_betas = [0], 2, [1e-5], [0.1]
         args.demo_prompts = args.ifeval_prompts = args.ifbench_prompts = 5
         args.max_new_tokens, args.batch_size, args.held_out_records = 16, 2, 4
-        # The mechanics only: fp32, which every CPU multiplies fast (bf16 without AVX512-BF16 is ~60x slower).
-        args.dtype = "float32"
     work = args.work_dir or Path("outputs") / ("compare-methods-smoke" if args.smoke else "compare-methods")
     args.held_out = DATA / "valid.jsonl"
     if args.held_out_records:  # the first records only: the held-out loss is computed twice per run
