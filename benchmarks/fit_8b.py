@@ -14,8 +14,8 @@ memory (the process's resident set); the largest budget that fit is stated per s
 factor between two budgets: refine with --budgets).
 
 Host memory comes first: the offloaded optimizer keeps, for every parameter, its fp32 master
-weight and Adam's two fp32 moments (12 bytes; about 90 GiB for 8.0e9 parameters) and DeepSpeed's
-fp32 gradient partition (4 bytes more), about 120 GiB in all. The script compares that with the
+weight, Adam's two fp32 moments and DeepSpeed's fp32 gradient partition, 16 bytes (docs/performance.md,
+"Host memory"). The script compares that with the
 host's available memory and stops (exit status 2) when it does not fit, unless --force.
 
 Without CUDA it refuses in one line with exit status 2. `--smoke` runs the same search on the

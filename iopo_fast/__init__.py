@@ -1,6 +1,6 @@
 """iopo-fast: a fast trainer for IOPO (Input-Output Preference Optimization, arXiv 2411.06208).
 
-The public API; see the README. `iopo_fast.naive` is the naive implementation that every fast path is
+The public API; see docs/python-api.md. `iopo_fast.naive` is the naive implementation that every fast path is
 tested against.
 
 Each name is imported on first use (PEP 562), so that the package's light modules (the demo data

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     judge_pairs_options = pairs_parser.add_argument_group("judge of constraints in words (default: the generator)")
     _endpoint_options(judge_pairs_options, "judge", local=True)
     options_parser = commands.add_parser("options", help="list the config keys")
-    options_parser.add_argument("--markdown", action="store_true", help="as the README's markdown table")
+    options_parser.add_argument("--markdown", action="store_true", help="as the markdown table of docs/configuration.md")
     args, overrides = parser.parse_known_args(argv)
 
     if args.command == "options":

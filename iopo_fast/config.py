@@ -1,6 +1,6 @@
 """The training configuration: one dataclass whose fields carry their documentation.
 
-The YAML keys, the `--key=value` overrides of the CLI, the option table of the README
+The YAML keys, the `--key=value` overrides of the CLI, the option table of docs/configuration.md
 (`iopo-fast options --markdown`) and the unknown-key error all come from `TrainConfig`. Names follow
 LLaMA-Factory and TRL where they have one (`pref_beta`, `pref_loss`, `cutoff_len`, ...).
 """
@@ -39,7 +39,7 @@ def _option(default, help: str, choices: tuple[str, ...] | None = None):
 class TrainConfig:
     # Model and data
     model_name_or_path: str = _option(DEFAULT_MODEL, "Hugging Face path or hub id; the default is the embedded SmolLM2-135M-Instruct.")
-    dataset: str = _option("examples/data/train.jsonl", "Training records, or several data sets mixed, comma-separated (see interleave_probs): a .jsonl, .json or .parquet file, a folder of them, a saved datasets data set, a Hub data set (name or name:split), or a name in dataset_dir/dataset_info.json (formats in the README).")
+    dataset: str = _option("examples/data/train.jsonl", "Training records, or several data sets mixed, comma-separated (see interleave_probs): a .jsonl, .json or .parquet file, a folder of them, a saved datasets data set, a Hub data set (name or name:split), or a name in dataset_dir/dataset_info.json (formats in docs/data.md).")
     eval_dataset: str | None = _option(None, "Held-out records, the same kinds as dataset; evaluated before and after training (and every eval_steps).")
     interleave_probs: str | None = _option(None, "With several comma-separated datasets: the fraction of the training examples each gives, comma-separated (e.g. 0.7,0.3); as many examples as these proportions allow without repeating one. None: every example of every data set.")
     dataset_dir: str | None = _option(None, "A folder with LLaMA-Factory's dataset_info.json: dataset and eval_dataset may then be its entry names.")
@@ -231,7 +231,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
 
 
 def options_markdown() -> str:
-    """The option table of the README."""
+    """The option table of docs/configuration.md."""
     rows = ["| key | default | description |", "|---|---|---|"]
     for item in dataclasses.fields(TrainConfig):
         choices = item.metadata["choices"]

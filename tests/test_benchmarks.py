@@ -205,6 +205,22 @@ def test_data_benchmark_smoke_prints_every_row(tmp_path):
     for row in rows:
         assert_finite_and_positive(row[1:3])
     assert "300 examples" in run.stdout and (tmp_path / "data-cpu.md").is_file()
+    report = json.loads((tmp_path / "data-cpu.json").read_text())  # what the docs render
+    assert report["records"] == 300 and [row["key"] for row in report["rows"]] == [
+        "one_process", "first", "cached", "read", "backend", "twin"]
+
+
+def test_build_pairs_benchmark_smoke_writes_the_figures_the_docs_render(tmp_path):
+    run = run_script("bench_build_pairs.py", "--records", "40", "--concurrency", "8", "--latency", "0.01",
+                     "--output-dir", str(tmp_path))
+
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    (result,) = json.loads((tmp_path / "build-pairs-cpu.json").read_text())["results"]
+    assert result["records"] == 40 and list(result["runs"]) == [
+        "first run", "rerun of the finished folder", "outputs deleted, cache kept"]
+    first, rerun, _ = result["runs"].values()
+    assert first["requests"] == 2 * 40 and rerun["requests"] == 0 and first["kept"] == rerun["kept"] > 0
+    assert [row[1] for row in table_rows(run.stdout)[:3]] == list(result["runs"])  # and printed
 
 
 def test_generation_benchmark_times_both_ways_on_the_same_prompts(tmp_path):

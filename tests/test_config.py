@@ -71,11 +71,6 @@ def test_options_table_lists_every_field():
         assert f"| `{name}` |" in table
 
 
-def test_readme_option_table_is_current():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    assert options_markdown() in readme, "regenerate the README's table with `iopo-fast options --markdown`"
-
-
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml")),
                          ids=lambda path: path.stem)
 def test_example_configs_are_valid(path, monkeypatch):

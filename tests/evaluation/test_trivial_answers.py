@@ -12,7 +12,7 @@ PROMPT = 'Write a short poem about the "Northern Lights". Include the keywords "
 
 
 def test_the_named_answers_are_members_of_the_family():
-    assert len(TRIVIAL_FAMILY) == 94  # as the README and the results files say
+    assert len(TRIVIAL_FAMILY) == 94  # as the results files say, and the docs render from them
     for name, respond in TRIVIAL_ANSWERS.items():
         assert TRIVIAL_FAMILY[name](PROMPT) == respond(PROMPT)
 
