@@ -1,7 +1,7 @@
 """The published numbers, each formatted from the results file that holds it: `tools/render_docs.py` writes
 them into the README and docs/.
 
-A fragment is a function of no argument returning Markdown: a table (a block) or a phrase (inline). It reads
+A fragment is a function of the span's arguments (words, often none) returning Markdown: a table (a block) or a phrase (inline). It reads
 `benchmarks/results/<name>.json` through `results(name)`, and formats with the helpers below, so that every
 page writes a percentage, an interval or a duration the same way.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -102,7 +103,8 @@ def results_index() -> str:
     rows = []
     for path in sorted(RESULTS.glob("*.json")):
         run = results(path.stem)
-        command = run.get("command") or "the command in its .md"
+        # A command run through a virtual environment's interpreter reads as the plain `python ...` it is.
+        command = re.sub(r"^\S*/python3?\b", "python", run.get("command") or "the command in its .md")
         device = run.get("device") or run.get("compiled_on") or "-"
         rows.append([f"`{path.stem}`", f"`{command}`" if "command" in run else command, device])
     return table(["results (.md, .json)", "command", "device"], rows)
@@ -145,8 +147,8 @@ def quickstart_reading() -> str:
     run = results("demo-quickstart-cpu")
     before, after, change = run["strict"]["before"], run["strict"]["after"], run["change"]
     family = floors_of("demo")["family"]["strict"]["instruction_level"]
-    return (f"{pct(after['prompt_level']['accuracy'])}% of the held-out prompts, where no answer that ignores the "
-            f"task meets any ({change['prompts_gained']} prompts gained, {change['prompts_lost']} lost), and "
+    return (f"{pct(after['prompt_level']['accuracy'])}% of the held-out prompts ({change['prompts_gained']} prompts "
+            f"gained, {change['prompts_lost']} lost), where no answer that ignores the task meets any, and "
             f"{pct(after['instruction_level']['accuracy'])}% of their constraints, where the best such answer meets "
             f"{pct(family['accuracy'])}%. Its responses are as long as before "
             f"({before['response_words']['mean']:.0f} words on average before, "
@@ -161,7 +163,7 @@ def floors_of(benchmark: str) -> dict:
 
 def family_cell(benchmark: str, level: str) -> str:
     best = floors_of(benchmark)["family"]["strict"][level]
-    return f"{pct(best['accuracy'])} ({best['member']})"
+    return f"{pct(best['accuracy'])} ({best['member']})" if best["accuracy"] else pct(best["accuracy"])
 
 
 @fragment("floors.table")
@@ -253,7 +255,7 @@ def ifeval_table() -> str:
 def ifeval_gap() -> str:
     strict = results("ifeval-smollm2-cpu")["summary"]["strict"]
     average = sum(strict[level]["accuracy"] for level in LEVELS) / 2
-    return f"{MODEL_CARD_IFEVAL - 100 * average:.1f} points to the card's average"
+    return f"{MODEL_CARD_IFEVAL - 100 * average:.1f} points between the strict average and the card's"
 
 
 @fragment("ifeval.cut")
@@ -276,7 +278,7 @@ def study_table() -> str:
     header = ["method", *(f"{b}, {level.replace('_', '-')}" for b in benchmarks for level in LEVELS),
               *(f"{b} cut" for b in benchmarks), "tokens trained"]
     rows = [[method, *(study_cell(row, b, level) for b in benchmarks for level in LEVELS),
-             *(f"{100 * row[b]['cut']:.0f}%" for b in benchmarks),
+             *(f"{100 * row[b]['cut']:.1f}%" for b in benchmarks),
              f"{row['tokens_trained']:,.0f}" if method != "base" else "-"] for method, row in study["table"].items()]
     for answer, row in study["trivial_floors"].items():
         name = TRIVIAL_NAMES.get(answer, answer)
@@ -337,6 +339,19 @@ def floors_family(stem: str, level: str) -> str:
     return pct(floors["family"]["strict"][level]["accuracy"])
 
 
+@fragment("study.trivial")
+def study_trivial(answer: str, benchmark: str, level: str) -> str:
+    """What a named trivial answer scored on the study's prompts, as its file holds it, in %."""
+    return pct(results("methods-cpu")["trivial_floors"][answer][benchmark][level])
+
+
+@fragment("floors.named")
+def floors_named(stem: str, answer: str, level: str) -> str:
+    """A named trivial answer's strict score in a trivial-floors results file of one benchmark, in %."""
+    (floors,) = results(stem)["results"].values()
+    return pct(floors["named"][answer]["strict"][level])
+
+
 @fragment("study.settings")
 def study_settings() -> str:
     study = results("methods-cpu")
@@ -368,6 +383,8 @@ def kernels_table() -> str:
 
 # One step of 7-8B models, traced (benchmarks/trace_memory.py).
 
+SHAPE_NAMES = {"llama-3.1-8b": "Llama-3.1-8B", "qwen2-7b": "Qwen2-7B", "smollm2-135m": "SmolLM2-135M",
+               "llama-3.2-1b": "Llama-3.2-1B's shape", "qwen2-0.5b": "Qwen2-0.5B"}
 TRACE_SYSTEMS = {1: "TRL defaults", 2: "TRL, precomputed reference", 3: "original IOPO", 4: "iopo-fast IOPO"}
 
 
@@ -430,7 +447,7 @@ def host_memory() -> str:
     for shape in ("llama-3.1-8b", "qwen2-7b"):
         row = traced(shape, "full", 4096)[4]
         estimate = model_state_bytes(row, 1, offload_optimizer=True)["host_per_node"]
-        lines.append([shape, f"{row['trainable'] / 1e9:.2f}B", f"{16 * row['trainable'] / 2**30:.0f}",
+        lines.append([SHAPE_NAMES[shape], f"{row['trainable'] / 1e9:.2f}B", f"{16 * row['trainable'] / 2**30:.0f}",
                       f"{estimate / 2**30:.0f} ({estimate / row['trainable']:.0f} bytes per parameter)"])
     return table(["model", "parameters", "held: 16 bytes per parameter, GiB",
                   "DeepSpeed's estimate for one GPU, GiB"], lines)
@@ -441,7 +458,7 @@ def trace_validation() -> str:
     parts = []
     for check in results("trace-8b")["validation"]:
         parts.append(f"{check['traced']['peak_above_start'] / 2**30:.2f} against "
-                     f"{check['measured']['peak_above_start'] / 2**30:.2f} GiB for {check['shape']}")
+                     f"{check['measured']['peak_above_start'] / 2**30:.2f} GiB for {SHAPE_NAMES[check['shape']]}")
     worst = max(abs(check["memory_error"]) for check in results("trace-8b")["validation"])
     flops = max(abs(check["decoder_traced_flops"] / check["decoder_step_flops"] - 1)
                 for check in results("trace-8b")["validation"])
@@ -465,12 +482,12 @@ def trace_reading() -> str:
     fewer = fewest_gpus(gpus[1]) - fewest_gpus(gpus[4])
     return (
         f"against TRL's defaults, iopo-fast takes {peak[4] / peak[1]:.2f}x the peak memory on one GPU and "
-        f"{fewer} GPU{'s' if fewer != 1 else ''} fewer at full-parameter, but most of that is the second model TRL "
+        f"{'one GPU' if fewer == 1 else f'{fewer} GPUs'} fewer at full-parameter, but most of that is the second model TRL "
         f"keeps as its reference; TRL with a precomputed reference is within {100 * (peak[2] / peak[4] - 1):.0f}% of "
         f"iopo-fast's peak and needs {fewest_gpus(gpus[2])} GPUs. TRL 1.16 already scores only the completion tokens "
         f"without materializing the logits, so the activations differ by "
         f"{span(ratios_to_trl(big, 4, 'transient_peak_bytes'), '{:.2f}')}x (LoRA and full, Llama and Qwen, 4K to "
-        f"16K), not by half. The work differs more: shared-prefix packing runs {trace_tokens()}: "
+        f"16K), not by half. The work differs more: per example, shared-prefix packing runs {trace_tokens()}: "
         f"{span(ratios_to_trl(big, 4, 'flops_per_useful_token'), '{:.2f}')}x the FLOPs per useful token at 7-8B "
         f"({span(ratios_to_trl(small, 4, 'flops_per_useful_token'), '{:.2f}')}x at 0.5-1B, where attention and the LM "
         f"head weigh more). The original IOPO computation's fp32 logits of every position cost "
@@ -500,12 +517,12 @@ def throughput_cpu() -> str:
 def data_summary() -> str:
     run = results("data-cpu")
     rows = {row["key"]: row for row in run["rows"]}
-    return (f"{run['device']}: {run['records']:,} TRACE-sized synthetic records (SmolLM2's tokenizer) take "
+    return (f"{run['records']:,} TRACE-sized synthetic records (SmolLM2's tokenizer) take "
             f"{rows['first']['seconds']:.3g} s the first time ({rows['first']['records_per_second']:,.0f} records/s; "
             f"the one-process loader does {rows['one_process']['records_per_second']:,.0f}) and "
             f"{rows['cached']['seconds']:.2g} s from the cache, with {run['peak_gib']['process']:.2f} GiB peak resident "
             f"memory in the main process; in the same run, the `tokenizers` backend alone takes "
-            f"{rows['backend']['seconds']:.0f} s on both cores for the same texts")
+            f"{rows['backend']['seconds']:.0f} s on both cores for the same texts ({run['device']})")
 
 
 @fragment("build-pairs.summary")
