@@ -1,9 +1,9 @@
 """The published numbers, each formatted from the results file that holds it: `tools/render_docs.py` writes
 them into the README and docs/.
 
-A fragment is a function of the span's arguments (words, often none) returning Markdown: a table (a block) or a phrase (inline). It reads
-`benchmarks/results/<name>.json` through `results(name)`, and formats with the helpers below, so that every
-page writes a percentage, an interval or a duration the same way.
+A fragment is a function of the span's arguments (words, often none) returning Markdown: a table (a block)
+or a phrase (inline). It reads `benchmarks/results/<name>.json` through `results(name)`, and formats with the
+helpers below, so that every page writes a percentage, an interval or a duration the same way.
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-LEVELS = ("prompt_level", "instruction_level")
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # the package, and the benchmark scripts' own helpers
+
+from iopo_fast.evaluation.report import LEVELS  # noqa: E402
+
 TRIVIAL_NAMES = {"empty": "empty", "dot": '`"."`', "echo": "prompt echoed", "generic": "generic paragraph"}
 FRAGMENTS: dict[str, Callable[[], str]] = {}
 
@@ -114,7 +117,6 @@ def results_index() -> str:
 
 @fragment("options.table")
 def options_table() -> str:
-    sys.path.insert(0, str(ROOT))
     from iopo_fast.config import options_markdown
     return options_markdown()
 
@@ -193,11 +195,15 @@ def floors_ifbench() -> str:
     return f"{pct(floors_of('ifbench')['family']['strict']['prompt_level']['accuracy'])}%"
 
 
+def floors_of_file(stem: str) -> dict:
+    """The floors of a trivial-floors results file that holds one benchmark."""
+    (floors,) = results(stem)["results"].values()
+    return floors
+
+
 @fragment("floors.demo-before-family")
 def floors_demo_before_family() -> str:
-    family = results("trivial-floors-demo-94f5546")["results"]
-    (floors,) = family.values()
-    return " / ".join(pct(floors["family"]["strict"][level]["accuracy"]) for level in LEVELS)
+    return " / ".join(floors_family("trivial-floors-demo-94f5546", level) for level in LEVELS)
 
 
 # Generation (benchmarks/bench_generation.py, bench_batch_invariance.py).
@@ -312,31 +318,33 @@ def study_difference(first: str, second: str, benchmark: str, level: str) -> str
     return interval(results("methods-cpu")["differences"][f"{first} - {second}"][benchmark][level], "mean", sign=True)
 
 
+def over_methods(methods: str, benchmark: str, value: Callable[[dict], float]) -> list[float]:
+    """`value` of each of the comma-separated `methods` ("sft,dpo") on `benchmark`, from the study's table."""
+    table = results("methods-cpu")["table"]
+    return [value(table[method][benchmark]) for method in methods.split(",")]
+
+
 @fragment("study.cut")
 def study_cut(methods: str, benchmark: str) -> str:
     """The share of responses cut at the limit: of one method, or the range over several ("sft,dpo")."""
-    table = results("methods-cpu")["table"]
-    return span([100 * table[method][benchmark]["cut"] for method in methods.split(",")], "{:.1f}") + "%"
+    return span(over_methods(methods, benchmark, lambda row: 100 * row["cut"]), "{:.1f}") + "%"
 
 
 @fragment("study.words")
 def study_words(methods: str, benchmark: str) -> str:
-    table = results("methods-cpu")["table"]
-    return span([table[method][benchmark]["words"] for method in methods.split(",")])
+    return span(over_methods(methods, benchmark, lambda row: row["words"]))
 
 
 @fragment("study.means")
 def study_means(methods: str, benchmark: str, level: str) -> str:
     """The range of the methods' means ("dpo,iopo,dpo-tokens"), in %."""
-    table = results("methods-cpu")["table"]
-    return span([100 * table[method][benchmark][level]["mean"] for method in methods.split(",")], "{:.1f}") + "%"
+    return span(over_methods(methods, benchmark, lambda row: 100 * row[level]["mean"]), "{:.1f}") + "%"
 
 
 @fragment("floors.family")
 def floors_family(stem: str, level: str) -> str:
     """The family's highest strict score in a trivial-floors results file of one benchmark, in %."""
-    (floors,) = results(stem)["results"].values()
-    return pct(floors["family"]["strict"][level]["accuracy"])
+    return pct(floors_of_file(stem)["family"]["strict"][level]["accuracy"])
 
 
 @fragment("study.trivial")
@@ -348,8 +356,7 @@ def study_trivial(answer: str, benchmark: str, level: str) -> str:
 @fragment("floors.named")
 def floors_named(stem: str, answer: str, level: str) -> str:
     """A named trivial answer's strict score in a trivial-floors results file of one benchmark, in %."""
-    (floors,) = results(stem)["results"].values()
-    return pct(floors["named"][answer]["strict"][level])
+    return pct(floors_of_file(stem)["named"][answer]["strict"][level])
 
 
 @fragment("study.settings")
@@ -394,17 +401,20 @@ def traced(shape: str, finetuning: str, tokens: int) -> dict[int, dict]:
             if row["shape"] == shape and row["finetuning"] == finetuning and row["useful_tokens"] == tokens}
 
 
+def trace_memory():
+    """benchmarks/trace_memory.py, whose GPU counts and peaks the trace's fragments state as its report does;
+    imported when first needed, as it loads torch and DeepSpeed."""
+    import trace_memory
+    return trace_memory
+
+
 def one_gpu_peak_gib(row: dict) -> float:
     """Peak on one GPU as trace_memory.py's report gives it: offloaded optimizer (full), all on the GPU (LoRA)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from trace_memory import one_gpu_peak
-    return one_gpu_peak(row) / 2**30
+    return trace_memory().one_gpu_peak(row) / 2**30
 
 
 def fewest_gpus(row: dict) -> int | None:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from trace_memory import smallest_gpu_count
-    return smallest_gpu_count(row, offload_optimizer=False)
+    return trace_memory().smallest_gpu_count(row, offload_optimizer=False)
 
 
 @fragment("trace.table")
@@ -441,12 +451,10 @@ def trace_tokens() -> str:
 @fragment("host.memory")
 def host_memory() -> str:
     """The host memory of the optimizer offloaded to it, by parameter: what it holds, and DeepSpeed's estimate."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from trace_memory import model_state_bytes
     lines = []
     for shape in ("llama-3.1-8b", "qwen2-7b"):
         row = traced(shape, "full", 4096)[4]
-        estimate = model_state_bytes(row, 1, offload_optimizer=True)["host_per_node"]
+        estimate = trace_memory().model_state_bytes(row, 1, offload_optimizer=True)["host_per_node"]
         lines.append([SHAPE_NAMES[shape], f"{row['trainable'] / 1e9:.2f}B", f"{16 * row['trainable'] / 2**30:.0f}",
                       f"{estimate / 2**30:.0f} ({estimate / row['trainable']:.0f} bytes per parameter)"])
     return table(["model", "parameters", "held: 16 bytes per parameter, GiB",

@@ -34,10 +34,9 @@ def pages(root: Path = ROOT) -> list[Path]:
     return [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
 
 
-def rendered(call: str, block: bool) -> str:
+def rendered(name: str, arguments: list[str], block: bool) -> str:
     """The span's text: the fragment called with the words after its name ("study.value iopo demo prompt_level");
     a block keeps blank lines around it, so that Markdown parses it apart."""
-    name, *arguments = call.split(" ")
     text = FRAGMENTS[name](*arguments)
     return f"\n\n{text}\n\n" if block else text
 
@@ -48,10 +47,11 @@ def render(page: str, where: str = "") -> tuple[str, list[str]]:
 
     def replace(match: re.Match) -> str:
         call, text = match["call"], match["text"]
+        name, *arguments = call.split(" ")
         line = page.count("\n", 0, match.start()) + 1
-        if call.split(" ")[0] not in FRAGMENTS:
-            raise SystemExit(f"{where}:{line}: no fragment named {call.split(' ')[0]!r} in tools/doc_fragments.py")
-        new = rendered(call, block=text.startswith("\n"))
+        if name not in FRAGMENTS:
+            raise SystemExit(f"{where}:{line}: no fragment named {name!r} in tools/doc_fragments.py")
+        new = rendered(name, arguments, block=text.startswith("\n"))
         if new != text:
             differences.append(f"{where}:{line}: fragment {call} differs from its results file")
         return f"<!-- rendered: {call} -->{new}<!-- /rendered -->"
