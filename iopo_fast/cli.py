@@ -10,7 +10,9 @@ from .config import ConfigError, load_config, options_markdown
 from .data.records import DataError
 from .endpoints.client import EndpointError, EndpointSettings
 from .evaluation.benchmarks import BenchmarkError
-from .evaluation.judge import Judge, JudgeError, load_judge_prompt
+from .evaluation.judge import ConstraintJudge, Judge, JudgeError
+from .evaluation.taxonomy import TaxonomyError, load_taxonomy
+from .evaluation.trace_judge import TraceJudge
 from .evaluation.offline_resources import MissingEvaluationPackage
 from .evaluation.run import EvaluationError, evaluate_model
 from .generation.generators import BACKENDS, generator_class
@@ -18,7 +20,9 @@ from .generation.settings import DTYPES, GenerationSettings
 from .generation.local_chat import LocalModel
 from .model.loading import ModelError
 
-EVALUATION_ERRORS = (BenchmarkError, EndpointError, EvaluationError, JudgeError, MissingEvaluationPackage)
+EVALUATION_ERRORS = (BenchmarkError, EndpointError, EvaluationError, JudgeError, MissingEvaluationPackage,
+                     TaxonomyError)
+JUDGE_PROTOCOLS = {judge.protocol: judge for judge in (TraceJudge, ConstraintJudge)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,9 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     eval_parser.add_argument("--backend", choices=BACKENDS, default="auto",
                              help="auto: vLLM when it is installed and a GPU is present, else transformers")
     judge_options = eval_parser.add_argument_group("LLM judge (judge:PATH benchmarks), any OpenAI-compatible endpoint")
-    _endpoint_options(judge_options, "judge")
+    _endpoint_options(judge_options, "judge", max_tokens=None)
+    judge_options.add_argument("--judge-protocol", choices=JUDGE_PROTOCOLS, default=TraceJudge.protocol,
+                               help="trace: the IOPO paper's, one request per response scoring every constraint "
+                                    "0-10 (met only at 10); per-constraint: one YES/NO request per constraint")
     judge_options.add_argument("--judge-prompt", help="a file with the judge prompt, holding {instruction}, "
-                                                      "{constraint} and {response}")
+                                                      "{constraints} (trace) or {constraint} (per-constraint), "
+                                                      "and {response}")
+    eval_parser.add_argument("--taxonomy", help="a JSON file of constraint types and dimensions, for the accuracies "
+                                                "by type and dimension (default: TRACE's 5 types and 26 dimensions)")
     pairs_parser = commands.add_parser("build-pairs", help="build IOPO records (x1, x2, y1, y2) from instructions "
                                                            "with constraints, and their responses if any")
     pairs_parser.add_argument("input", help="records with an instruction, its constraints and optionally a response, "
@@ -103,7 +113,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.seed, args.batch_size,
                                       args.dtype)
         evaluate_model(args.model, args.benchmarks, output, settings, limit=args.limit,
-                       make_generator=generator_class(args.backend), judge=_judge(args))
+                       make_generator=generator_class(args.backend), judge=_judge(args),
+                       taxonomy=load_taxonomy(args.taxonomy))
     except (*EVALUATION_ERRORS, ModelError, ValueError) as error:
         print(f"iopo-fast: error: {error}", file=sys.stderr)
         return 2
@@ -112,8 +123,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace) -> Judge | None:
+    protocol = JUDGE_PROTOCOLS[args.judge_protocol]
+    if args.judge_max_tokens is None:
+        args.judge_max_tokens = protocol.MAX_TOKENS
     endpoint = _endpoint_settings(args, "judge")
-    return Judge(endpoint, load_judge_prompt(args.judge_prompt)) if endpoint is not None else None
+    return protocol.with_prompt_file(endpoint, args.judge_prompt) if endpoint is not None else None
 
 
 def _build_pairs(args: argparse.Namespace) -> int:
@@ -137,9 +151,9 @@ def _build_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _endpoint_options(group, name: str, local: bool = False) -> None:
+def _endpoint_options(group, name: str, local: bool = False, max_tokens: int | None = EndpointSettings.max_tokens) -> None:
     """--NAME-url, --NAME-model and the request settings of one OpenAI-compatible endpoint; with `local`, also
-    those of a local model (--NAME-model without --NAME-url)."""
+    those of a local model (--NAME-model without --NAME-url). `max_tokens` None: the caller's default."""
     group.add_argument(f"--{name}-url", help="e.g. http://localhost:8000/v1")
     group.add_argument(f"--{name}-model", help="the model name the endpoint serves" + (
         "; alone, a local model directory, hub id or smollm2-135m-instruct" if local else ""))
@@ -154,7 +168,8 @@ def _endpoint_options(group, name: str, local: bool = False) -> None:
     group.add_argument(f"--{name}-timeout", type=float, default=EndpointSettings.timeout, help="seconds per request")
     group.add_argument(f"--{name}-retries", type=int, default=EndpointSettings.retries,
                        help="retries with backoff of a request that failed")
-    group.add_argument(f"--{name}-max-tokens", type=int, default=EndpointSettings.max_tokens)
+    group.add_argument(f"--{name}-max-tokens", type=int, default=max_tokens,
+                       help=None if max_tokens else "default: the protocol's (trace 2048, per-constraint 512)")
     group.add_argument(f"--{name}-temperature", type=float, default=EndpointSettings.temperature)
 
 

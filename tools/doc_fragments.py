@@ -78,7 +78,7 @@ PAGES = {
     "data.md": ("Data formats", "sources, record forms, chat templates, truncation, bad records, the cache, the demo data"),
     "evaluation.md": ("Evaluation", "`iopo-fast eval`: benchmarks, verdicts, batch-invariant decoding, the floor of "
                                     "trivial answers"),
-    "judge.md": ("The LLM judge", "constraints in words, judged through an OpenAI-compatible endpoint"),
+    "judge.md": ("The LLM judge", "constraints in words, judged by an LLM with TRACE's protocol (IF-S, IF-M, TRACE's 5 types and 26 dimensions) or one question per constraint"),
     "study.md": ("The study", "SFT, DPO and IOPO from the embedded model, evaluated in and out of domain"),
     "building-data.md": ("Building data", "`iopo-fast build-pairs`: IOPO quadruples from your instructions"),
     "models.md": ("Models and fast paths", "supported families, attention backends, log-prob kernels"),

@@ -1,13 +1,16 @@
 """Constraints no program can check, judged by an LLM behind an OpenAI-compatible endpoint.
 
-The protocol is the IOPO paper's (TRACE): every constraint of every response is judged on its own, met
-or not, and a prompt counts as followed only if all its constraints are met. One request per
-(response, constraint): the judge sees the whole instruction, the one constraint and the response, and
-ends its answer with `Verdict: YES` or `Verdict: NO`.
+Two protocols, each a `Judge`:
 
-An answer without a verdict, or a request that failed after its retries, is `unjudged`: counted apart,
-never as met or failed (the report leaves the prompt out of the prompt level, as it does with an
-`unsupported` check). An empty response meets nothing, as in IFBench, and is not sent.
+- `trace` (`trace_judge.TraceJudge`, the default): the IOPO paper's protocol on TRACE. One request per
+  response holding all its constraints; the judge scores each constraint from 0 to 10 and the response
+  overall, and a constraint is met only with a score of 10.
+- `per-constraint` (`ConstraintJudge`): one request per (response, constraint); the judge sees the whole
+  instruction, the one constraint and the response, and ends its answer with `Verdict: YES` or `Verdict: NO`.
+
+An answer that cannot be read, or a request that failed after its retries, leaves its constraints
+`unjudged`: counted apart, never as met or failed (the report leaves the prompt out of the prompt level,
+as it does with an `unsupported` check). An empty response meets nothing, as in IFBench, and is not sent.
 """
 
 from __future__ import annotations
@@ -22,8 +25,6 @@ from .checks import FAILED, MET
 
 UNJUDGED = "unjudged"
 JUDGE_PREFIX = "judge:"
-PLACEHOLDERS = ("{instruction}", "{constraint}", "{response}")
-
 JUDGE_PROMPT = """You judge whether a response follows one constraint of an instruction. Be strict.
 
 [Instruction]
@@ -63,8 +64,21 @@ class JudgedConstraint:
 
 @dataclass(frozen=True)
 class Judgment:
+    """The verdict on one constraint of one response."""
+
     verdict: str
-    answer: str | None  # the judge's answer, or why there is none
+    answer: str | None = None  # the judge's answer about this constraint alone, or why there is none
+    score: float | None = None  # its score from 0 to 10, in the protocols that score
+
+
+@dataclass(frozen=True)
+class JudgedResponse:
+    """The verdicts on every constraint of one response, and what the judge said of the response as a whole."""
+
+    judgments: tuple[Judgment, ...]
+    answer: str | None = None  # the answer to a request about all the constraints at once
+    overall: float | None = None  # the judge's overall score, in the protocols that give one
+    problem: str | None = None  # why the constraints have no verdict, when the answer cannot be read
 
 
 def parse_verdict(answer: str) -> str:
@@ -81,38 +95,69 @@ def parse_verdict(answer: str) -> str:
     return MET if verdicts[-1].lower() == "yes" else FAILED
 
 
-def load_judge_prompt(path: str | Path | None) -> str:
-    """The judge prompt: `JUDGE_PROMPT`, or a file's text with the same three placeholders."""
-    if path is None:
-        return JUDGE_PROMPT
+def load_judge_prompt(path: str | Path, placeholders: tuple[str, ...]) -> str:
+    """The text of a judge prompt file, which must hold every one of `placeholders`."""
     try:
         template = Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise JudgeError(f"{path}: {error.strerror or error}") from None
-    missing = [name for name in PLACEHOLDERS if name not in template]
+    missing = [name for name in placeholders if name not in template]
     if missing:
         raise JudgeError(f"{path}: the judge prompt must contain {', '.join(missing)}")
     return template
 
 
 class Judge:
-    """Verdicts of an LLM judge on (instruction, constraint, response) triples."""
+    """Verdicts of an LLM judge on the constraints of responses; a subclass is a protocol: how it asks, and how
+    it reads the answers."""
 
-    def __init__(self, settings: EndpointSettings, prompt: str = JUDGE_PROMPT):
+    protocol: str
+    DEFAULT_PROMPT: str
+    PLACEHOLDERS: tuple[str, ...]
+    MAX_TOKENS: int  # the default length of an answer
+
+    def __init__(self, settings: EndpointSettings, prompt: str | None = None):
         self.settings = settings
-        self.prompt = prompt
+        self.prompt = prompt or self.DEFAULT_PROMPT
+
+    @classmethod
+    def with_prompt_file(cls, settings: EndpointSettings, path: str | Path | None) -> Judge:
+        """The judge with the prompt in `path` (holding this protocol's placeholders), or its default prompt."""
+        return cls(settings, None if path is None else load_judge_prompt(path, cls.PLACEHOLDERS))
 
     def describe(self) -> dict:
         """What decides the verdicts, for the results files."""
         prompt_digest = hashlib.sha256(self.prompt.encode()).hexdigest()[:16]
-        return {**asdict(self.settings), "prompt_sha256": prompt_digest}
+        return {**asdict(self.settings), "protocol": self.protocol, "prompt_sha256": prompt_digest}
 
     def check_reachable(self) -> None:
         """`EndpointError` if the judge is down or refuses the key or the model."""
         check_reachable(self.settings)
 
+    def judge_responses(self, cases: list[tuple[str, tuple[JudgedConstraint, ...], str]],
+                        cache_path: Path) -> list[JudgedResponse]:
+        """One `JudgedResponse` per (instruction, its constraints, response), in order; the answers cached in
+        `cache_path` (`CachedChat`), so that a rerun asks nothing again."""
+        raise NotImplementedError
+
+
+class ConstraintJudge(Judge):
+    """One request per constraint of a response, answered `Verdict: YES` or `Verdict: NO`."""
+
+    protocol = "per-constraint"
+    DEFAULT_PROMPT = JUDGE_PROMPT
+    PLACEHOLDERS = ("{instruction}", "{constraint}", "{response}")
+    MAX_TOKENS = 512  # two sentences and a verdict
+
+    def judge_responses(self, cases: list[tuple[str, tuple[JudgedConstraint, ...], str]],
+                        cache_path: Path) -> list[JudgedResponse]:
+        flat = [(instruction, constraint, response) for instruction, constraints, response in cases
+                for constraint in constraints]
+        judgments = iter(self.judge(flat, cache_path))
+        return [JudgedResponse(tuple(next(judgments) for _ in constraints)) for _, constraints, _ in cases]
+
     def judge(self, cases: list[tuple[str, JudgedConstraint, str]], cache_path: Path) -> list[Judgment]:
-        """One `Judgment` per (instruction, constraint, response), in order; answers cached in `cache_path`."""
+        """One `Judgment` per (instruction, constraint, response), in order."""
         asked = [index for index, (_, _, response) in enumerate(cases) if response.strip()]
         conversations = [self.messages(*cases[index]) for index in asked]
         answers = CachedChat(self.settings, cache_path).answers(conversations, description="judging")

@@ -4,6 +4,10 @@ IFEval and IFBench name them (their instruction is a constraint here).
 - Prompt-level accuracy: the share of prompts whose response meets every constraint.
 - Instruction-level accuracy: the share of constraints met, over all prompts.
 - Per constraint type: the share met of the constraints with that id.
+- The prompt level of prompts with one constraint and of prompts with several (the IOPO paper's IF-S and
+  IF-M on TRACE).
+- With a taxonomy (`taxonomy.py`): the share met of the constraints of each of its types and dimensions,
+  a constraint placed by its checker id or its judged label (TRACE's `levels2`).
 
 A constraint that is `unsupported` (its checker's resource is missing) has no verdict: it is counted,
 not scored. A prompt with such a constraint is left out of the prompt level whatever its other
@@ -21,14 +25,17 @@ from collections import Counter, defaultdict
 import numpy as np
 
 from .checks import ERROR, FAILED, MET, MODES
+from .judge import JUDGE_PREFIX
+from .taxonomy import Taxonomy
 
 RESAMPLES = 1000
 LEVELS = ("prompt_level", "instruction_level")  # the two accuracies of every summary, as IFEval names them
 DECIDED = (MET, FAILED, ERROR)  # ERROR counts as not met
 
 
-def summarize(rows: list[dict], mode: str, seed: int = 0) -> dict:
-    """The accuracies of scored responses (`rows[i]["checks"][j][mode]` is a verdict) in one mode."""
+def summarize(rows: list[dict], mode: str, seed: int = 0, taxonomy: Taxonomy | None = None) -> dict:
+    """The accuracies of scored responses (`rows[i]["checks"][j][mode]` is a verdict) in one mode; by the
+    types and dimensions of `taxonomy` too, if it places any of their constraints."""
     rng = np.random.default_rng(seed)
     verdicts = [[check[mode] for check in row["checks"]] for row in rows]
     scores = prompt_scores(rows, mode)
@@ -38,8 +45,12 @@ def summarize(rows: list[dict], mode: str, seed: int = 0) -> dict:
             if check[mode] in DECIDED:
                 by_type[check["id"]].append(check[mode] == MET)
     no_verdict = Counter(verdict for row in verdicts for verdict in row if verdict not in DECIDED)
+    outcomes = [(len(row), every) for row, (_, _, every) in zip(verdicts, scores) if every is not None]
+    by_taxonomy = taxonomy_accuracies(rows, mode, taxonomy, rng) if taxonomy is not None else None
     return {
-        "prompt_level": _accuracy([every for _, _, every in scores if every is not None], rng),
+        "prompt_level": _accuracy([every for _, every in outcomes], rng),
+        "prompt_level_single_constraint": _accuracy([every for count, every in outcomes if count == 1], rng),
+        "prompt_level_multiple_constraints": _accuracy([every for count, every in outcomes if count > 1], rng),
         "instruction_level": _ratio_of_sums([met for met, _, _ in scores], [decided for _, decided, _ in scores], rng),
         "per_constraint": {name: _accuracy(values, rng) for name, values in sorted(by_type.items())},
         "prompts": len(rows),
@@ -52,7 +63,27 @@ def summarize(rows: list[dict], mode: str, seed: int = 0) -> dict:
         "responses_cut_at_limit": (sum(bool(row.get("cut")) for row in rows)
                                    if any(row.get("cut") is not None for row in rows) else None),
         "response_words": _distribution([len(row["response"].split()) for row in rows]),
+        **({"taxonomy": by_taxonomy} if by_taxonomy and by_taxonomy["placed"] else {}),
     }
+
+
+def taxonomy_accuracies(rows: list[dict], mode: str, taxonomy: Taxonomy, rng: np.random.Generator) -> dict:
+    """The share met of the decided constraints of each type and dimension of `taxonomy`, and how many
+    constraints it placed and did not place."""
+    by_type: dict[str, list[bool]] = defaultdict(list)
+    by_dimension: dict[str, list[bool]] = defaultdict(list)
+    placed = unplaced = 0
+    for row in rows:
+        for check in row["checks"]:
+            dimension = taxonomy.classify(check["id"].removeprefix(JUDGE_PREFIX))
+            placed, unplaced = placed + (dimension is not None), unplaced + (dimension is None)
+            if dimension is not None and check[mode] in DECIDED:
+                by_type[dimension.type].append(check[mode] == MET)
+                by_dimension[dimension.name].append(check[mode] == MET)
+    order = {dimension.name: index for index, dimension in enumerate(taxonomy.dimensions)}
+    return {"name": taxonomy.name, "placed": placed, "unplaced": unplaced,
+            "types": {name: _accuracy(by_type[name], rng) for name in taxonomy.types if name in by_type},
+            "dimensions": {name: _accuracy(by_dimension[name], rng) for name in sorted(by_dimension, key=order.get)}}
 
 
 def prompt_scores(rows: list[dict], mode: str) -> list[tuple[int, int, bool | None]]:
@@ -75,6 +106,11 @@ def _distribution(values: list[int]) -> dict:
     if not values:
         return {"mean": None, "quartiles": None}
     return {"mean": float(np.mean(values)), "quartiles": [float(q) for q in np.percentile(values, [25, 50, 75])]}
+
+
+def accuracy(values: list[bool], seed: int = 0) -> dict:
+    """The share of true `values`, with its 95% bootstrap interval."""
+    return _accuracy(values, np.random.default_rng(seed))
 
 
 def _accuracy(values: list[bool], rng: np.random.Generator) -> dict:

@@ -11,7 +11,9 @@ For each benchmark, in `output_dir/<benchmark>/`:
   never mixed in.
 - `judge-cache.jsonl`, for constraints in words: the LLM judge's answers by request
   (`iopo_fast.endpoints.client`), so an interrupted judging resumes and a rerun asks nothing again.
-- `summary.json`: accuracies in both modes (`report.summarize`), the judge's settings if one was asked, and
+- `summary.json`: accuracies in both modes (`report.summarize`, by the taxonomy's types and dimensions
+  too), the judge's settings if one was asked (and, under TRACE's protocol, the evaluation code's
+  overall-score rule beside the paper's, `trace_judge.overall_score_rule`), and
   what answers that ignore the task score on the same prompts: the named trivial answers' summaries
   (`trivial_floors`) and the highest of their family, with the member that reaches it (`trivial_family_floor`).
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -33,8 +35,10 @@ from ..model.loading import model_fingerprint
 from ..utils import write_atomically
 from .benchmarks import EvalItem, benchmark_name, default_max_new_tokens, load_benchmark
 from .checks import MODES
-from .judge import Judge, Judgment
+from .judge import Judge, JudgedResponse
 from .report import LEVELS, format_family_floor, format_table, summarize
+from .taxonomy import Taxonomy, load_taxonomy
+from .trace_judge import overall_score_rule
 from .trivial_answers import TRIVIAL_ANSWERS, TRIVIAL_FAMILY
 
 RESPONSE_FIELDS = ("key", "prompt", "response")  # what a line of responses.jsonl holds at least
@@ -46,7 +50,7 @@ class EvaluationError(RuntimeError):
 
 def evaluate_model(model: str, benchmarks: list[str], output_dir: str | Path, settings: GenerationSettings,
                    limit: int | None = None, make_generator: Callable | None = None, replace_stale: bool = False,
-                   judge: Judge | None = None, log=print) -> dict:
+                   judge: Judge | None = None, taxonomy: Taxonomy | None = None, log=print) -> dict:
     """Evaluate `model` on each benchmark; returns {benchmark: {"strict": summary, "loose": summary}}.
 
     `limit` takes the first prompts of each benchmark only. `make_generator(model, settings)` builds the
@@ -58,8 +62,10 @@ def evaluate_model(model: str, benchmarks: list[str], output_dir: str | Path, se
     of another model, backend or settings (that benchmark's number of new tokens included) are an
     `EvaluationError`, or with `replace_stale` are discarded (a training run's own output folder, where a new
     run replaces an old one). `judge` gives the verdicts of constraints stated in words (`judge:PATH`
-    benchmarks); it is asked whether it is up before any generation they need.
+    benchmarks); it is asked whether it is up before any generation they need. `taxonomy` (default: TRACE's)
+    places each constraint in a type and dimension, for the accuracies by type and dimension.
     """
+    taxonomy = taxonomy or load_taxonomy()
     make_generator = make_generator or generator_class("auto")
     names = [benchmark_name(spec) for spec in benchmarks]
     if len(set(names)) < len(names):
@@ -96,13 +102,16 @@ def evaluate_model(model: str, benchmarks: list[str], output_dir: str | Path, se
         generated = [written.pop(item.key) for item in benchmark_items]
         texts = [row["response"] for row in generated]
         judged = spec in judged_specs
-        judgments = (_judge(judge, benchmark_items, texts, folder / "judge-cache.jsonl") if judged
-                     else [[] for _ in benchmark_items])
-        rows = [{**score(item, text, judged_verdicts), "cut": answer["cut"]}
-                for item, text, judged_verdicts, answer in zip(benchmark_items, texts, judgments, generated)]
+        judged_responses = (judge.judge_responses([(item.prompt, item.judged, text) for item, text
+                                                   in zip(benchmark_items, texts)], folder / "judge-cache.jsonl")
+                            if judged else [JudgedResponse(()) for _ in benchmark_items])
+        rows = [{**score(item, text, judged_response), "cut": answer["cut"]}
+                for item, text, judged_response, answer in zip(benchmark_items, texts, judged_responses, generated)]
         _write_lines(folder / "responses.jsonl", rows + list(written.values()))  # and those beyond `limit`
-        results[name] = {mode: summarize(rows, mode) for mode in MODES}
+        results[name] = {mode: summarize(rows, mode, taxonomy=taxonomy) for mode in MODES}
         judge_settings = {"judge": judge.describe()} if judged else {}
+        if judged and judge.protocol == "trace":
+            judge_settings["overall_score_rule"] = overall_score_rule(rows)
         # What trivial answers score on the same prompts (by program; a judge is not asked about them).
         floors[name], family_floors[name] = ({}, {}) if judged else trivial_floors(benchmark_items)
         _write_json(folder / "summary.json", {**benchmark_identity, **judge_settings, "limit": limit,
@@ -149,24 +158,23 @@ def trivial_floors(items: list[EvalItem]) -> tuple[dict[str, dict[str, dict]], d
     return {answer: summaries[answer] for answer in TRIVIAL_ANSWERS}, family
 
 
-def score(item: EvalItem, response: str, judgments: Sequence[Judgment] = ()) -> dict:
-    """One line of responses.jsonl: the prompt, the response and each constraint's verdicts (a judged
-    constraint has one verdict, the same in both modes, and the judge's answer beside it)."""
+def score(item: EvalItem, response: str, judged: JudgedResponse = JudgedResponse(())) -> dict:
+    """One line of responses.jsonl: the prompt, the response and each constraint's verdicts. A judged constraint
+    has one verdict, the same in both modes, with the judge's answer about it or its score beside it; an answer
+    about the whole response, its overall score and why it could not be read are the row's."""
     verdicts = [check.verdicts(response) for check in item.checks]
     checks = [{"id": check.id, "kwargs": check.kwargs, "strict": strict, "loose": loose}
               for check, (strict, loose) in zip(item.checks, verdicts)]
     checks += [{"id": constraint.id, "constraint": constraint.text, "strict": judgment.verdict,
-                "loose": judgment.verdict, "judge_answer": judgment.answer}
-               for constraint, judgment in zip(item.judged, judgments, strict=True)]
-    return {"key": item.key, "prompt": item.prompt, "response": response, "checks": checks}
+                "loose": judgment.verdict, **_present(judge_answer=judgment.answer, score=judgment.score)}
+               for constraint, judgment in zip(item.judged, judged.judgments, strict=True)]
+    return {"key": item.key, "prompt": item.prompt, "response": response, "checks": checks,
+            **_present(judge_answer=judged.answer, judge_overall_score=judged.overall, judge_problem=judged.problem)}
 
 
-def _judge(judge: Judge, items: list[EvalItem], responses: list[str], cache_path: Path) -> list[list[Judgment]]:
-    """The judge's verdicts on every judged constraint of every response, grouped by item."""
-    cases = [(item.prompt, constraint, response) for item, response in zip(items, responses)
-             for constraint in item.judged]
-    judgments = iter(judge.judge(cases, cache_path))
-    return [[next(judgments) for _ in item.judged] for item in items]
+def _present(**values) -> dict:
+    """The `values` that are not None."""
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def _responses_so_far(folder: Path, identity: dict, replace_stale: bool) -> dict[str, dict]:

@@ -17,7 +17,8 @@ from iopo_fast.distributed import free_port
 from iopo_fast.endpoints.client import CachedChat, EndpointError, EndpointSettings
 from iopo_fast.evaluation.benchmarks import BenchmarkError, load_benchmark
 from iopo_fast.evaluation.checks import FAILED, MET
-from iopo_fast.evaluation.judge import UNJUDGED, Judge, JudgeError, load_judge_prompt, parse_verdict
+from iopo_fast.evaluation.judge import UNJUDGED, ConstraintJudge, Judge, JudgeError, load_judge_prompt, parse_verdict
+from iopo_fast.evaluation.trace_judge import TraceJudge
 from iopo_fast.evaluation.run import evaluate_model
 from iopo_fast.generation.settings import GenerationSettings
 
@@ -66,7 +67,7 @@ class FixedResponses:
 def small_model_judge(url: str, model: str, tmp_path: Path, **settings) -> Judge:
     prompt = tmp_path / "judge-prompt.txt"
     prompt.write_text(SMALL_MODEL_PROMPT)
-    return Judge(EndpointSettings(url, model, max_tokens=8, concurrency=3, **settings), load_judge_prompt(prompt))
+    return ConstraintJudge.with_prompt_file(EndpointSettings(url, model, max_tokens=8, concurrency=3, **settings), prompt)
 
 
 def judged_checks(folder: Path) -> list[dict]:
@@ -176,13 +177,15 @@ def test_a_cache_cut_inside_a_character_loses_only_that_line(tmp_path, monkeypat
     assert len(sent) == 2 and len((tmp_path / "cache.jsonl").read_text(encoding="utf-8").splitlines()) == 2
 
 
-def test_judge_prompt_file_must_hold_every_placeholder(tmp_path):
+@pytest.mark.parametrize("protocol, missing", [(ConstraintJudge, r"\{constraint\}"), (TraceJudge, r"\{constraints\}")])
+def test_judge_prompt_file_must_hold_every_placeholder(tmp_path, protocol: type[Judge], missing: str):
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("Does {response} meet it? {instruction}")
-    with pytest.raises(JudgeError, match=r"prompt.txt: the judge prompt must contain \{constraint\}"):
-        load_judge_prompt(prompt)
+    settings = EndpointSettings("http://judge.test/v1", "judge")
+    with pytest.raises(JudgeError, match=rf"prompt.txt: the judge prompt must contain {missing}"):
+        protocol.with_prompt_file(settings, prompt)
     with pytest.raises(JudgeError, match="missing.txt: No such file"):
-        load_judge_prompt(tmp_path / "missing.txt")
+        load_judge_prompt(tmp_path / "missing.txt", protocol.PLACEHOLDERS)
 
 
 def test_every_constraint_judged_by_a_local_server_cached_and_resumed_after_a_kill(tmp_path, chat_server):
@@ -250,7 +253,7 @@ def test_requests_that_time_out_are_unjudged_and_asked_again(tmp_path, chat_serv
 def test_a_judge_that_is_down_stops_the_run_before_any_generation(tmp_path):
     closed_port = free_port()
     benchmark = f"judge:{write_lines(tmp_path / 'trace.jsonl', TRACE_RECORDS)}"
-    judge = Judge(EndpointSettings(f"http://127.0.0.1:{closed_port}/v1", "judge", retries=1))
+    judge = TraceJudge(EndpointSettings(f"http://127.0.0.1:{closed_port}/v1", "judge", retries=1))
     FixedResponses.built = 0
     with pytest.raises(EndpointError, match=f"^http://127.0.0.1:{closed_port}/v1: the endpoint cannot be reached"):
         evaluate_model("fixed", [benchmark], tmp_path / "out", GenerationSettings(), make_generator=FixedResponses,
@@ -267,7 +270,7 @@ def test_cli_judges_a_trace_file_and_errors_are_one_line(tmp_path, tiny_model_di
               "--max-new-tokens", "3"]
 
     result = run_cli(*common, "--judge-url", url, "--judge-model", model, "--judge-prompt", str(prompt),
-                     "--judge-max-tokens", "8", "--judge-concurrency", "2")
+                     "--judge-max-tokens", "8", "--judge-concurrency", "2", "--judge-protocol", "per-constraint")
 
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "out" / "trace" / "summary.json").read_text())
@@ -277,7 +280,7 @@ def test_cli_judges_a_trace_file_and_errors_are_one_line(tmp_path, tiny_model_di
     cases = {
         (): "constraints in words need an LLM judge (--judge-url and --judge-model)",
         ("--judge-url", url): "--judge-url and --judge-model go together",
-        ("--judge-url", url, "--judge-model", model, "--judge-prompt", str(prompt)): "must contain {constraint}",
+        ("--judge-url", url, "--judge-model", model, "--judge-prompt", str(prompt)): "must contain {constraints}",
     }
     for args, message in cases.items():
         result = run_cli(*common, *args)

@@ -1,0 +1,177 @@
+"""The IOPO paper's judging protocol on TRACE: one request per response, every constraint scored from 0 to 10.
+
+The judge sees the instruction, its constraints as a numbered list and the response. It explains each
+constraint's evaluation, then answers in the format of TRACE's evaluation code, which this parser reads:
+
+    Fine Grained Score: [{"<constraint 1>": 10, "<constraint 2>": 0, ...}]
+    Constraints Overall Score: [[5]]
+
+A constraint is met only with a score of 10, so a response follows its instruction only if every
+constraint scores 10 (the paper's accuracy). The overall score is kept beside it: TRACE's evaluation
+code counts a response by it (`overall_score_rule`), and the two rules disagree when a judge gives 10
+overall to a response it scored below 10 somewhere, or the reverse; how often is reported.
+
+The prompt (`TRACE_JUDGE_PROMPT`) is written for this project from the paper's description and keeps
+the evaluation code's answer format; `--judge-prompt FILE` replaces it (holding `{instruction}`,
+`{constraints}` and `{response}`), e.g. with the paper's own.
+
+An answer is untrusted: scores are read by position, and an answer whose fine-grained scores are not a
+JSON object (or a list holding one, or a list of numbers) with one score from 0 to 10 per constraint
+leaves every constraint of the response `unjudged`, with the reason and the answer kept.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from ..endpoints.client import CachedChat
+from .checks import FAILED, MET
+from .judge import UNJUDGED, Judge, JudgedConstraint, JudgedResponse, Judgment, fill
+from .report import accuracy
+
+FULL_SCORE = 10.0
+
+TRACE_JUDGE_PROMPT = """You are a strict and fair judge of whether an AI assistant's response follows the \
+constraints of a user's instruction. You are given the instruction, its constraints as a numbered list, and \
+the response.
+
+1. Evaluate the response against each constraint in turn: explain in one or two sentences whether it is met, \
+then give that constraint a score from 0 to 10. Give 10 only when the constraint is fully met.
+2. Then give the response an overall score from 0 to 10 that sums up the constraints.
+3. Be as strict as you can. A response that is irrelevant to the instruction, contains serious factual \
+errors or is harmful scores 0.
+4. Follow the format of the example exactly: your explanations, then "Fine Grained Score:" with a JSON list \
+holding one object that maps each constraint, in order, to its score, then "Constraints Overall Score: [[d]]".
+
+[Example]
+Instruction: Describe the Moon.
+Constraints:
+1. Use a single sentence;
+2. Mention its distance from Earth;
+3. Write entirely in lowercase;
+Response: The Moon orbits about 384,400 km from Earth.
+
+Explanation:
+1. A single sentence: the response is one sentence; met, 10.
+2. Its distance from Earth: it gives about 384,400 km; met, 10.
+3. Entirely in lowercase: "The", "Moon" and "Earth" are capitalised; not met, 0.
+Fine Grained Score: [{"Use a single sentence": 10, "Mention its distance from Earth": 10, \
+"Write entirely in lowercase": 0}]
+Constraints Overall Score: [[6]]
+
+[Instruction]
+{instruction}
+
+[Constraints]
+{constraints}
+
+[Response]
+{response}"""
+
+_FINE_GRAINED = re.compile(r"fine[\s_-]*grained[\s_-]*scores?[\s*:]*", re.IGNORECASE)  # "**Fine Grained Score:**"
+_OVERALL = re.compile(r"constraints\s+overall\s+score\W*\[\[\s*([0-9]+(?:\.[0-9]+)?)\s*\]\]", re.IGNORECASE)
+_REASONING = re.compile(r"<think>.*?(</think>|$)", re.DOTALL)
+_FENCE = re.compile(r"[\s`]*(?:json\b)?[\s`]*", re.IGNORECASE)  # a code fence around the JSON
+_NUMBERED = re.compile(r"\s*\d+\s*[.)、]")  # a constraint that already carries its number, as TRACE's do
+
+
+class TraceJudge(Judge):
+    """One request per response; every constraint scored, and met only with a score of 10."""
+
+    protocol = "trace"
+    DEFAULT_PROMPT = TRACE_JUDGE_PROMPT
+    PLACEHOLDERS = ("{instruction}", "{constraints}", "{response}")
+    MAX_TOKENS = 2048  # an explanation per constraint (TRACE's have up to 15) before the scores
+
+    def judge_responses(self, cases: list[tuple[str, tuple[JudgedConstraint, ...], str]],
+                        cache_path: Path) -> list[JudgedResponse]:
+        asked = [index for index, (_, _, response) in enumerate(cases) if response.strip()]
+        conversations = [self.messages(*cases[index]) for index in asked]
+        answers = CachedChat(self.settings, cache_path).answers(conversations, description="judging")
+        judged = [JudgedResponse(tuple(Judgment(FAILED, score=0.0) for _ in constraints), "empty response", 0.0)
+                  for _, constraints, _ in cases]
+        for index, answer in zip(asked, answers):
+            count = len(cases[index][1])
+            judged[index] = (read_scores(answer.text, count) if answer.error is None
+                             else JudgedResponse((Judgment(UNJUDGED),) * count, answer.error, problem="no answer"))
+        return judged
+
+    def messages(self, instruction: str, constraints: tuple[JudgedConstraint, ...], response: str) -> list[dict]:
+        """The request that asks for every score of one response."""
+        content = fill(self.prompt, instruction=instruction, constraints=numbered(constraints), response=response)
+        return [{"role": "user", "content": content}]
+
+
+def numbered(constraints: tuple[JudgedConstraint, ...]) -> str:
+    """The constraints one per line, each with its number (kept where the text already starts with one)."""
+    return "\n".join(constraint.text if _NUMBERED.match(constraint.text) else f"{number}. {constraint.text}"
+                     for number, constraint in enumerate(constraints, start=1))
+
+
+def read_scores(answer: str, count: int) -> JudgedResponse:
+    """The verdicts in a judge's answer about `count` constraints: each met only with a score of 10; all
+    `unjudged`, with the reason, if the fine-grained scores cannot be read. The overall score is read apart."""
+    text = _REASONING.sub("", answer)
+    overall = [float(value) for value in _OVERALL.findall(text)]
+    overall_score = overall[-1] if overall and overall[-1] <= FULL_SCORE else None
+    scores, problem = _fine_grained(text, count)
+    if problem is not None:
+        return JudgedResponse((Judgment(UNJUDGED),) * count, answer, overall_score, problem)
+    judgments = tuple(Judgment(MET if score == FULL_SCORE else FAILED, score=score) for score in scores)
+    return JudgedResponse(judgments, answer, overall_score)
+
+
+def _fine_grained(text: str, count: int) -> tuple[list[float], str | None]:
+    """The scores after the last "Fine Grained Score", in order, or the reason they cannot be read."""
+    starts = list(_FINE_GRAINED.finditer(text))
+    if not starts:
+        return [], "no fine-grained scores"
+    rest = text[starts[-1].end():]
+    rest = rest[_FENCE.match(rest).end():]
+    try:
+        # Objects as lists of pairs, not dicts: a judge that names two constraints alike still gives two scores.
+        value, _ = json.JSONDecoder(object_pairs_hook=lambda pairs: pairs).raw_decode(rest)
+    except json.JSONDecodeError:
+        return [], "the fine-grained scores are not JSON"
+    if isinstance(value, list) and value and all(_is_object(element) for element in value):
+        value = [pair for element in value for pair in element]  # [{...}] as in TRACE's format, or [{...}, {...}]
+    raw = [score for _, score in value] if _is_object(value) else value
+    if not isinstance(raw, list) or len(raw) != count:
+        scored = len(raw) if isinstance(raw, list) else "no"
+        return [], f"{scored} fine-grained scores for {count} constraints"
+    scores = [_number(score) for score in raw]
+    if any(score is None or not 0 <= score <= FULL_SCORE for score in scores):
+        return [], "a fine-grained score is not a number from 0 to 10"
+    return scores, None
+
+
+def _is_object(value) -> bool:
+    """Whether a decoded JSON value was an object (decoded as a list of (key, value) pairs)."""
+    return isinstance(value, list) and all(isinstance(pair, tuple) for pair in value)
+
+
+def _number(value) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def overall_score_rule(rows: list[dict]) -> dict:
+    """TRACE's evaluation code's rule, beside the paper's: the share of responses whose overall score is 10
+    (of those with one), and in how many of them it disagrees with "every constraint scored 10"."""
+    overall = [row for row in rows if row.get("judge_overall_score") is not None]
+    followed = [row["judge_overall_score"] == FULL_SCORE for row in overall]
+    every_met = [all(check["strict"] == MET for check in row["checks"]) for row in overall]
+    decided = [all(check["strict"] != UNJUDGED for check in row["checks"]) for row in overall]
+    disagree = sum(rule != met for rule, met, known in zip(followed, every_met, decided) if known)
+    return {**accuracy(followed), "responses_without_overall_score": len(rows) - len(overall),
+            "disagreements_with_every_constraint_met": disagree}
