@@ -50,8 +50,9 @@ from .tiktoken_twin import EncodingMismatch
 MIN_RECORDS_PER_WORKER = 100  # below it a worker process costs more than it saves
 BATCH_SIZE = 256  # records tokenized in one call of the tokenizer
 RECORDS_PER_BLOCK = 1000  # records read before they are written to the records' Arrow file
-# Bump when the prepared columns or the tokenization policy change: older caches are then not read.
-FORMAT_VERSION = 3
+# Bump when the prepared columns, the tokenization policy or the record formats read change: older caches are
+# then not read.
+FORMAT_VERSION = 4
 COMPLETE = "complete.json"  # written last: its presence means the directory is whole
 
 

@@ -9,12 +9,17 @@ folder of those, a saved or Hub `datasets` data set, a LLaMA-Factory `dataset_in
   for x2 and rejected only for x1 (the roles `chosen_v2` and `rejected_v2` of `loss.IOPO` carry the
   same names);
 - flat IOPO: `{"x1": ..., "x2": ..., "y1": ..., "y2": ...}`;
-- DPO: `{"prompt": ..., "chosen": ..., "rejected": ...}` (DPO and SFT modes only).
+- DPO: `{"prompt": ..., "chosen": ..., "rejected": ...}` (DPO and SFT modes only);
+- SFT (SFT mode only): `{"prompt": ..., "response": ...}` (or Alpaca's `"instruction"`, an optional `"input"`
+  appended after a blank line, `"output"`), or one user and one assistant turn, after an optional system
+  turn: `{"messages": [{"role": "user", "content": x}, {"role": "assistant", "content": y}]}` or ShareGPT's
+  `"conversations"` with `"from"` "human" and "gpt" (a gpt turn tells it from the IOPO release's format).
 
-Every format takes an optional `"system"` string. In DPO mode an IOPO record gives the two DPO pairs
-that carry its four sequences: (x1: y1 over y2) and (x2: y2 over y1). In SFT mode it gives its two
-responses that follow their own instruction, (x1, y1) and (x2, y2); a DPO record gives (x, y_w). Both
-are read from the objective's roles (`Objective.preference_pairs`, `Objective.preferred_sequences`).
+Every format takes an optional `"system"` string (a chat's system turn takes its place). In DPO mode an
+IOPO record gives the two DPO pairs that carry its four sequences: (x1: y1 over y2) and (x2: y2 over y1). In
+SFT mode it gives its two responses that follow their own instruction, (x1, y1) and (x2, y2); a DPO record
+gives (x, y_w), an SFT record itself. Both are read from the objective's roles (`Objective.preference_pairs`,
+`Objective.preferred_sequences`).
 
 A record that cannot be used is rejected with its file, line (or array index) and reason: skipped and
 written to the rejection log by default, or raised as `DataError` in strict mode. Good records are
@@ -34,6 +39,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from .chat_splice import SpliceMismatch, SplicedTemplate, render
 from ..loss import Objective
@@ -46,6 +52,20 @@ LOSS_MODES = ("iopo", "dpo", "sft")
 # Of the conversations a fast path makes, one in this many is also made the plain way (the template rendered,
 # the backend tokenizer).
 VERIFY_EVERY = 64
+
+
+class _Chat(NamedTuple):
+    """The layout of a chat record's turns: the keys of a turn's role and text, and the roles' names."""
+
+    role: str
+    text: str
+    user: str
+    assistant: str
+
+
+# The chat formats of an SFT record, by the key that holds its turns.
+CHATS = {"messages": _Chat("role", "content", "user", "assistant"),
+         "conversations": _Chat("from", "value", "human", "gpt")}  # ShareGPT's
 
 
 @dataclass
@@ -148,7 +168,7 @@ def _parse_record(source: str, record: object, loss: str) -> list[TextExample]:
     if not isinstance(record, dict):
         raise _Rejected("not a JSON object")
     system = _optional_string(record, "system")
-    if record.get("conversations") is not None:
+    if record.get("conversations") is not None and not _is_chat(record, "conversations"):
         turns = record["conversations"]
         if not isinstance(turns, list) or len(turns) != 2:
             raise _Rejected("'conversations' must hold exactly two human turns (x1, x2)")
@@ -156,17 +176,39 @@ def _parse_record(source: str, record: object, loss: str) -> list[TextExample]:
         y1, y2 = (_message_text(record, key, key) for key in ("chosen", "rejected"))
     elif record.get("x1") is not None or record.get("x2") is not None:
         x1, x2, y1, y2 = (_required_string(record, name) for name in ("x1", "x2", "y1", "y2"))
-    elif record.get("prompt") is not None:
+    elif record.get("prompt") is not None and (record.get("chosen") is not None or record.get("rejected") is not None):
         prompt, chosen, rejected = (_required_string(record, name) for name in ("prompt", "chosen", "rejected"))
         if loss == "iopo":
             raise _Rejected("a DPO record (prompt/chosen/rejected) has no second instruction: train it with loss: dpo")
         _check_distinct(("chosen", chosen), ("rejected", rejected))
         return _derived(TextExample(source, system, (prompt,), (chosen, rejected)), DPOExample.objective, loss)
+    elif record.get("conversations") is not None or record.get("messages") is not None:
+        key = "conversations" if record.get("conversations") is not None else "messages"
+        turn_system, prompt, response = _chat_texts(record, key)
+        label = f"{CHATS[key].user}/{CHATS[key].assistant} {key}"
+        return _sft(TextExample(source, turn_system or system, (prompt,), (response,)), label, loss)
+    elif record.get("prompt") is not None or record.get("instruction") is not None:
+        prompt_key, response_key = _present(record, "prompt", "instruction"), _present(record, "response", "output")
+        prompt, response = _required_string(record, prompt_key), _required_string(record, response_key)
+        context = record.get("input")  # Alpaca's, often ""
+        if context is not None and not isinstance(context, str):
+            raise _Rejected("field 'input' is not a string")
+        if context and context.strip():
+            prompt = f"{prompt}\n\n{context}"
+        return _sft(TextExample(source, system, (prompt,), (response,)), f"{prompt_key}/{response_key}", loss)
     else:
-        raise _Rejected("unrecognised record: expected conversations/chosen/rejected, x1/x2/y1/y2 or prompt/chosen/rejected")
+        raise _Rejected("unrecognised record: expected conversations/chosen/rejected, x1/x2/y1/y2, "
+                        "prompt/chosen/rejected, prompt/response or messages")
     _check_distinct(("x1", x1), ("x2", x2))
     _check_distinct(("y1", y1), ("y2", y2))
     return _derived(TextExample(source, system, (x1, x2), (y1, y2)), IOPOExample.objective, loss)
+
+
+def _sft(text: TextExample, label: str, loss: str) -> list[TextExample]:
+    """The examples of an SFT record (`label` names its format), which only SFT mode trains on."""
+    if loss != SFTExample.objective.name:
+        raise _Rejected(f"an SFT record ({label}) has one response: train it with loss: sft")
+    return _derived(text, SFTExample.objective, loss)
 
 
 def _derived(text: TextExample, objective: Objective, loss: str) -> list[TextExample]:
@@ -197,6 +239,31 @@ def _required_string(container: dict, key: str, label: str | None = None) -> str
 
 def _optional_string(record: dict, key: str) -> str | None:
     return _required_string(record, key) if record.get(key) is not None else None
+
+
+def _present(record: dict, *keys: str) -> str:
+    """The first of `keys` that `record` holds, else the first (for the message of the missing field)."""
+    return next((key for key in keys if record.get(key) is not None), keys[0])
+
+
+def _is_chat(record: dict, key: str) -> bool:
+    """Whether the turns under `key` hold an assistant turn (an SFT chat, not the IOPO release's two instructions)."""
+    turns, chat = record[key], CHATS[key]
+    return isinstance(turns, list) and any(isinstance(turn, dict) and turn.get(chat.role) == chat.assistant
+                                           for turn in turns)
+
+
+def _chat_texts(record: dict, key: str) -> tuple[str | None, str, str]:
+    """(system turn or None, prompt, response) of the turns under `key`: an optional system turn, then one user
+    turn and one assistant turn."""
+    chat = CHATS[key]
+    turns = record[key] if isinstance(record[key], list) else []
+    roles = [turn.get(chat.role) if isinstance(turn, dict) else None for turn in turns]
+    if roles not in ([chat.user, chat.assistant], ["system", chat.user, chat.assistant]):
+        raise _Rejected(f"'{key}' must hold one {chat.user} turn and one {chat.assistant} turn, "
+                        "after an optional system turn")
+    texts = [_required_string(turn, chat.text, f"{key}[{i}].{chat.text}") for i, turn in enumerate(turns)]
+    return (texts[0] if len(texts) == 3 else None), texts[-2], texts[-1]
 
 
 def _message_text(container: dict, key: str, label: str) -> str:

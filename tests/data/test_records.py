@@ -78,6 +78,85 @@ def test_sft_mode_keeps_each_instructions_own_response(tmp_path, smollm2_tokeniz
                         SFTExample(iopo.prompt2, iopo.response2)]
 
 
+EXTRA_KEYS = {"constraints": ["greet"], "constraint_types": ["Content"], "instruction_id_list": ["x"], "kwargs": [{}]}
+# Each SFT record format, holding DPO_RECORD's prompt and chosen response.
+SFT_RECORDS = {
+    "prompt/response": {"prompt": "Say hi.", "response": "Hi!"},
+    "instruction/output": {"instruction": "Say hi.", "input": "", "output": "Hi!"},
+    "user/assistant messages": {"messages": [{"role": "user", "content": "Say hi."},
+                                             {"role": "assistant", "content": "Hi!"}]},
+    "human/gpt conversations": {"conversations": [{"from": "human", "value": "Say hi."},
+                                                  {"from": "gpt", "value": "Hi!"}]},
+}
+
+
+def sft_example_of_dpo_record(tmp_path, smollm2_tokenizer, record: dict = DPO_RECORD) -> SFTExample:
+    (example,), _ = load_examples(write_lines(tmp_path / "dpo.jsonl", [json.dumps(record)]), smollm2_tokenizer,
+                                  loss="sft")
+    return example
+
+
+@pytest.mark.parametrize("form", SFT_RECORDS)
+def test_sft_record_gives_the_example_of_a_dpo_records_chosen_response(tmp_path, smollm2_tokenizer, form):
+    path = write_lines(tmp_path / "sft.jsonl", [json.dumps({**SFT_RECORDS[form], **EXTRA_KEYS})])
+    examples, stats = load_examples(path, smollm2_tokenizer, loss="sft", rejection_log=RejectionLog(strict=True))
+    assert stats.records == 1
+    assert examples == [sft_example_of_dpo_record(tmp_path, smollm2_tokenizer)]
+
+
+def test_alpaca_input_follows_the_instruction_after_a_blank_line(tmp_path, smollm2_tokenizer):
+    record = {"instruction": "Say hi.", "input": "To Ann.", "output": "Hi!"}
+    examples, _ = load_examples(write_lines(tmp_path / "sft.jsonl", [json.dumps(record)]), smollm2_tokenizer,
+                                loss="sft")
+    expected = sft_example_of_dpo_record(tmp_path, smollm2_tokenizer, dict(DPO_RECORD, prompt="Say hi.\n\nTo Ann."))
+    assert examples == [expected]
+
+
+SYSTEM_RECORDS = {
+    "system key": {"prompt": "Say hi.", "response": "Hi!", "system": "Be brief."},
+    "system message": {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi."},
+                                    {"role": "assistant", "content": "Hi!"}], "system": "Be long."},
+    "system turn": {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Say hi."},
+                                      {"from": "gpt", "value": "Hi!"}]},
+}
+
+
+@pytest.mark.parametrize("form", SYSTEM_RECORDS)
+def test_sft_record_keeps_its_system_prompt(tmp_path, smollm2_tokenizer, form):
+    path = write_lines(tmp_path / "sft.jsonl", [json.dumps(SYSTEM_RECORDS[form])])
+    (example,), _ = load_examples(path, smollm2_tokenizer, loss="sft", rejection_log=RejectionLog(strict=True))
+    assert example == sft_example_of_dpo_record(tmp_path, smollm2_tokenizer, dict(DPO_RECORD, system="Be brief."))
+    assert "Be brief." in smollm2_tokenizer.decode(example.prompt)
+
+
+@pytest.mark.parametrize("loss", ["iopo", "dpo"])
+@pytest.mark.parametrize("form", SFT_RECORDS)
+def test_sft_record_is_rejected_outside_sft_mode(tmp_path, smollm2_tokenizer, form, loss):
+    path = write_lines(tmp_path / "d.jsonl", [json.dumps(SFT_RECORDS[form]), json.dumps(GOOD[0])])
+    log = RejectionLog()
+    examples, stats = load_examples(path, smollm2_tokenizer, loss=loss, rejection_log=log)
+    assert len(examples) == {"iopo": 1, "dpo": 2}[loss] and sum(stats.rejected.values()) == 1
+    with pytest.raises(DataError) as error:
+        load_examples(path, smollm2_tokenizer, loss=loss, rejection_log=RejectionLog(strict=True))
+    assert str(error.value) == f"{path}:1: an SFT record ({form}) has one response: train it with loss: sft"
+
+
+def test_conversations_are_told_apart_by_their_roles(tmp_path, smollm2_tokenizer):
+    """Two human turns are the IOPO release's x1 and x2; a human and a gpt turn are an SFT record."""
+    chat, iopo = SFT_RECORDS["human/gpt conversations"], original_format(GOOD[0])
+    flat = write_lines(tmp_path / "flat.jsonl", [json.dumps(GOOD[0])])
+    for loss in ("iopo", "dpo", "sft"):
+        expected, _ = load_examples(flat, smollm2_tokenizer, loss=loss)
+        loaded, _ = load_examples(write_lines(tmp_path / "i.jsonl", [json.dumps(iopo)]), smollm2_tokenizer, loss=loss,
+                                  rejection_log=RejectionLog(strict=True))
+        assert loaded == expected
+    both = write_lines(tmp_path / "both.jsonl", [json.dumps(iopo), json.dumps(chat)])
+    examples, _ = load_examples(both, smollm2_tokenizer, loss="sft", rejection_log=RejectionLog(strict=True))
+    assert examples == expected + [sft_example_of_dpo_record(tmp_path, smollm2_tokenizer)]
+    (example,), _ = load_examples(both, smollm2_tokenizer, rejection_log=RejectionLog())
+    assert isinstance(example, IOPOExample)
+
+
 BAD = {
     "invalid JSON": ('{"x1": "a", "x2": ', "invalid JSON: Expecting value at column 19"),
     "not an object": ('["x1", "x2"]', "not a JSON object"),
@@ -89,6 +168,8 @@ BAD = {
     "y1 identical to y2": (json.dumps({"x1": "a", "x2": "b", "y1": "same", "y2": "same"}), "y1 identical to y2"),
     "cannot fit": (json.dumps({"x1": "a", "x2": "b", "y1": "word " * 200, "y2": "d"}), "cannot fit in cutoff_len=64"),
     "DPO record in IOPO mode": (json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}), "a DPO record"),
+    "chat without an answer": (json.dumps({"messages": [{"role": "user", "content": "a"}]}),
+                               "'messages' must hold one user turn and one assistant turn"),
     "unrecognised record": (json.dumps({"question": "a"}), "unrecognised record"),
 }
 
