@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import platform
 import re
 from pathlib import Path
@@ -34,3 +35,10 @@ def cpu_name() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or "CPU"
+
+
+def write_results(directory: Path, name: str, lines: list[str], report: dict) -> None:
+    """`directory/name.md` (the printed lines) and `directory/name.json` (the figures the docs render)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (directory / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")

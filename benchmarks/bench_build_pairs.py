@@ -20,23 +20,18 @@ were deleted but whose request cache was kept (every answer from the cache).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import json
 import os
-import resource
 import shlex
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
 from functools import lru_cache
 from pathlib import Path
 
-from _results import cpu_name, versions
+from _oracle_server import add_arguments, memory_table, serve, start, three_runs
+from _results import cpu_name, versions, write_results
 
-from iopo_fast.distributed import free_port
 from iopo_fast.endpoints.client import EndpointSettings
 from iopo_fast.evaluation.demo_constraints import broken, parse_constraints
 from iopo_fast.pairs.pipeline import build_pairs
@@ -57,32 +52,12 @@ def oracle_responses(instruction_without_number: str) -> tuple[str, ...]:
                  if not broken(response, constraints))
 
 
-def serve(port: int, latency: float) -> None:
-    """The oracle endpoint: POST /v1/chat/completions, GET /health."""
-    import uvicorn
-    from starlette.applications import Starlette
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
-
-    async def completions(request):
-        body = await request.json()
-        content = body["messages"][-1]["content"]
-        instruction = content.rsplit(" (request ", 1)[0]
-        responses = oracle_responses(instruction)
-        digest = int(hashlib.sha256(content.encode()).hexdigest(), 16)
-        text = responses[digest % len(responses)] if responses else "OK"
-        if latency:
-            await asyncio.sleep(latency)
-        return JSONResponse({"id": "0", "object": "chat.completion", "created": 0, "model": body["model"],
-                             "choices": [{"index": 0, "finish_reason": "stop",
-                                          "message": {"role": "assistant", "content": text}}]})
-
-    async def health(request):
-        return JSONResponse({"status": "ok"})
-
-    app = Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"]),
-                            Route("/health", health)])
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+def oracle_answer(content: str) -> str:
+    """A response from the demo sentences that meets every constraint the instruction states (one of them,
+    chosen by the request's text), or "OK" to anything else."""
+    responses = oracle_responses(content.rsplit(" (request ", 1)[0])
+    digest = int(hashlib.sha256(content.encode()).hexdigest(), 16)
+    return responses[digest % len(responses)] if responses else "OK"
 
 
 def write_instructions(path: Path, count: int) -> None:
@@ -95,33 +70,9 @@ def write_instructions(path: Path, count: int) -> None:
 
 def measure(records: int, endpoint: EndpointSettings) -> dict:
     """The three runs on `records` records, in this process."""
-    with tempfile.TemporaryDirectory() as scratch:
-        source, output = Path(scratch) / "instructions.jsonl", Path(scratch) / "out"
-        write_instructions(source, records)
-        runs = {}
-        for name in ("first run", "rerun of the finished folder", "outputs deleted, cache kept"):
-            if name == "outputs deleted, cache kept":
-                for file in ("pairs.jsonl", "dropped.jsonl"):
-                    (output / file).unlink(missing_ok=True)
-            start = time.perf_counter()
-            report = build_pairs(str(source), output, endpoint, log=lambda _: None)
-            runs[name] = {"seconds": time.perf_counter() - start, "report": report}
-        cache_bytes = (output / "cache.jsonl").stat().st_size
-    return {"records": records, "runs": runs, "cache_mib": cache_bytes / 2**20,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-
-
-def start_oracle(latency: float) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--latency", str(latency)])
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-            return server, f"http://127.0.0.1:{port}/v1"
-        except OSError:
-            time.sleep(0.2)
-    server.kill()
-    raise RuntimeError("the oracle endpoint did not start")
+    return three_runs(records, write_instructions,
+                      lambda source, output: build_pairs(str(source), output, endpoint, log=lambda _: None),
+                      ("pairs.jsonl",))
 
 
 def summarized(result: dict) -> dict:
@@ -131,7 +82,7 @@ def summarized(result: dict) -> dict:
     for name, run in result["runs"].items():
         this_run = run["report"]["this_run"]
         runs[name] = {"seconds": run["seconds"], "records_per_second": result["records"] / run["seconds"],
-                      "kept": run["report"]["accepted"],
+                      "kept": run["report"]["kept"].get("pairs", 0),
                       "requests": this_run["requests"].get("generator (asked)", 0),
                       "waiting_seconds": this_run["waiting_seconds"].get("generator", 0),
                       "checks_seconds": this_run["waiting_seconds"].get("checks", 0)}
@@ -147,30 +98,24 @@ def table(results: list[dict]) -> list[str]:
             lines.append(f"| {result['records']} | {name} | {run['seconds']:.1f} | {run['records_per_second']:.0f} | "
                          f"{run['kept']} | {run['requests']} | {run['waiting_seconds']:.0f} | "
                          f"{run['checks_seconds']:.1f} |")
-    lines += ["", "| records | peak resident memory (MiB) | request cache on disk (MiB) |", "|---|---|---|"]
-    lines += [f"| {r['records']} | {r['peak_rss_mib']:.0f} | {r['cache_mib']:.0f} |" for r in results]
-    return lines
+    return lines + memory_table(results)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--records", type=int, nargs="+", default=[12_000, 120_000])
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--latency", type=float, default=0.05, help="the oracle's seconds per answer")
+    add_arguments(parser)
     parser.add_argument("--url", help="a real OpenAI-compatible server instead of the oracle")
     parser.add_argument("--model", default="oracle")
     parser.add_argument("--output-dir", type=Path, help="where to write build-pairs-cpu.md and .json (default: nowhere)")
-    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        return serve(args.serve, args.latency)
+        return serve(args.serve, args.latency, oracle_answer)
     if args.one:
         endpoint = EndpointSettings(args.url, args.model, concurrency=args.concurrency, max_tokens=256)
         print(json.dumps(measure(args.one, endpoint)))
         return
 
-    server, url = start_oracle(args.latency) if args.url is None else (None, args.url)
+    server, url = start(__file__, args.latency) if args.url is None else (None, args.url)
     try:
         results = []
         for records in args.records:
@@ -198,9 +143,7 @@ def main() -> None:
     ]
     print("\n".join(lines))
     if args.output_dir is not None:
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-        (args.output_dir / "build-pairs-cpu.md").write_text("\n".join(lines) + "\n")
-        (args.output_dir / "build-pairs-cpu.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_results(args.output_dir, "build-pairs-cpu", lines, report)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import cpu_name, versions
+from _results import cpu_name, versions, write_results
 
 from iopo_fast.data.records import ChatEncoder, load_examples
 from iopo_fast.model.loading import DEFAULT_MODEL, load_tokenizer
@@ -161,9 +161,7 @@ def main() -> None:
     ]
     print("\n".join(lines))
     if args.output_dir is not None:
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-        (args.output_dir / "data-cpu.md").write_text("\n".join(lines) + "\n")
-        (args.output_dir / "data-cpu.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_results(args.output_dir, "data-cpu", lines, report)
         print(f"wrote {args.output_dir / 'data-cpu.md'} and .json")
 
 

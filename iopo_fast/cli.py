@@ -23,6 +23,8 @@ from .model.loading import ModelError
 EVALUATION_ERRORS = (BenchmarkError, EndpointError, EvaluationError, JudgeError, MissingEvaluationPackage,
                      TaxonomyError)
 JUDGE_PROTOCOLS = {judge.protocol: judge for judge in (TraceJudge, ConstraintJudge)}
+# build-instructions' answers: a structure of up to 15 constraints as JSON, TRACE's judge explaining each.
+INSTRUCTION_MAX_TOKENS = 2048
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,6 +80,34 @@ def main(argv: list[str] | None = None) -> int:
     _endpoint_options(generator_options, "generator", local=True)
     judge_pairs_options = pairs_parser.add_argument_group("judge of constraints in words (default: the generator)")
     _endpoint_options(judge_pairs_options, "judge", local=True)
+    instructions_parser = commands.add_parser(
+        "build-instructions", help="TRACE's construction: simple instructions expanded with constraints, checked, "
+                                   "answered and judged; a training split (SFT, and build-pairs' input) and an "
+                                   "evaluation split")
+    instructions_parser.add_argument("input", help="simple instructions, in any format the trainer reads "
+                                                   "(a prompt or instruction field, or a chat's user turn)")
+    instructions_parser.add_argument("output", help="folder for instructions.jsonl, eval.jsonl, eval-checks.jsonl, "
+                                                    "dropped.jsonl, report.json and the request cache; a rerun resumes")
+    instructions_parser.add_argument("--prompts", help="a JSON or YAML file replacing the prompts of some steps "
+                                                       "(expand, structure, review, answer, revise, judge)")
+    instructions_parser.add_argument("--taxonomy", help="a JSON file of constraint types and dimensions "
+                                                        "(default: TRACE's 5 types and 26 dimensions)")
+    instructions_parser.add_argument("--plan", help="a JSON file of the distributions of constraints per instruction "
+                                                    "and of dimensions (default: TRACE's evaluation set's)")
+    instructions_parser.add_argument("--eval-fraction", type=float, default=0.01,
+                                     help="share of the instructions set apart for evaluation, never trained on")
+    instructions_parser.add_argument("--max-tries", type=int, default=3, help="responses tried per instruction")
+    instructions_parser.add_argument("--max-constraints", type=int, default=15,
+                                     help="an instruction structured with more is dropped")
+    instructions_parser.add_argument("--limit", type=int, help="only the first N records")
+    instructions_parser.add_argument("--seed", type=int, default=0,
+                                     help="seeds the plan of each instruction and the evaluation split")
+    _endpoint_options(instructions_parser.add_argument_group(
+        "generator (expansion, structuring, review, responses): an endpoint, or with --generator-model alone a "
+        "local Hugging Face model"), "generator", local=True, max_tokens=INSTRUCTION_MAX_TOKENS)
+    _endpoint_options(instructions_parser.add_argument_group("judge of constraints in words, by TRACE's protocol "
+                                                             "(default: the generator)"), "judge", local=True,
+                      max_tokens=INSTRUCTION_MAX_TOKENS)
     options_parser = commands.add_parser("options", help="list the config keys")
     options_parser.add_argument("--markdown", action="store_true", help="as the markdown table of docs/configuration.md")
     args, overrides = parser.parse_known_args(argv)
@@ -87,10 +117,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(overrides)}")
         print(options_markdown() if args.markdown else "\n".join(_option_lines()))
         return 0
-    if args.command in ("eval", "build-pairs"):
+    if args.command in ("eval", "build-pairs", "build-instructions"):
         if overrides:
             parser.error(f"unrecognized arguments: {' '.join(overrides)}")
-        return _evaluate(args) if args.command == "eval" else _build_pairs(args)
+        return {"eval": _evaluate, "build-pairs": _build_pairs, "build-instructions": _build_instructions}[
+            args.command](args)
     from .training.checkpoint import CheckpointError
     from .training.engine import NonFiniteLossError
     from .training.loop import train  # imported here: it pulls in torch and DeepSpeed
@@ -148,6 +179,39 @@ def _build_pairs(args: argparse.Namespace) -> int:
         print(f"iopo-fast: error: {error}", file=sys.stderr)
         return 2
     print(f"pairs in {Path(args.output) / 'pairs.jsonl'}, report in {Path(args.output) / 'report.json'}")
+    return 0
+
+
+def _build_instructions(args: argparse.Namespace) -> int:
+    from .instructions.build import build_instructions
+    from .instructions.plan import PlanError, load_plan
+    from .instructions.prompts import load_instruction_prompts
+    from .pairs.prompts import PromptError
+
+    try:
+        if args.limit is not None and args.limit <= 0:
+            raise ValueError(f"--limit must be positive, got {args.limit}")
+        if not 0 <= args.eval_fraction < 1 or args.max_tries < 1 or args.max_constraints < 1:
+            raise ValueError("--eval-fraction must be in [0, 1), --max-tries and --max-constraints at least 1")
+        generator, judge = _model_settings(args, "generator"), _model_settings(args, "judge")
+        if generator is None:
+            raise ValueError("every stage asks a model: give --generator-url and --generator-model, or "
+                             "--generator-model alone for a local one")
+        taxonomy = load_taxonomy(args.taxonomy)
+        plan, prompts = load_plan(args.plan, taxonomy), load_instruction_prompts(args.prompts)
+    except (PlanError, PromptError, TaxonomyError, ValueError) as error:
+        print(f"iopo-fast: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        build_instructions(args.input, args.output, generator, judge, prompts, taxonomy, plan, seed=args.seed,
+                           eval_fraction=args.eval_fraction, max_tries=args.max_tries,
+                           max_constraints=args.max_constraints, limit=args.limit)
+    except (DataError, EndpointError, ModelError) as error:
+        print(f"iopo-fast: error: {error}", file=sys.stderr)
+        return 2
+    output = Path(args.output)
+    print(f"training split in {output / 'instructions.jsonl'}, evaluation split in {output / 'eval.jsonl'} and "
+          f"{output / 'eval-checks.jsonl'}, report in {output / 'report.json'}")
     return 0
 
 

@@ -223,6 +223,19 @@ def test_build_pairs_benchmark_smoke_writes_the_figures_the_docs_render(tmp_path
     assert [row[1] for row in table_rows(run.stdout)[:3]] == list(result["runs"])  # and printed
 
 
+def test_build_instructions_benchmark_smoke_takes_every_record_through_every_stage(tmp_path):
+    run = run_script("bench_build_instructions.py", "--records", "40", "--concurrency", "8", "--latency", "0.01",
+                     "--output-dir", str(tmp_path))
+
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    report = json.loads((tmp_path / "build-instructions-cpu.json").read_text())
+    (result,) = report["results"]
+    first, rerun, cached = result["runs"].values()
+    assert first["dropped"] == 0 and sum(first["kept"].values()) == 40 and first["kept"] == cached["kept"]
+    assert 4 * 40 < first["requests"] <= 5 * 40 and rerun["requests"] == cached["requests"] == 0
+    assert report["bound_records_per_second"] == 8 / (0.01 * 5) and 0 < first["share_of_bound"] <= 1
+
+
 def test_generation_benchmark_times_both_ways_on_the_same_prompts(tmp_path):
     run = run_script("bench_generation.py", "--prompts", "4", "--max-new-tokens", "6", "--rows", "2", "--dtype",
                      "float32", "--output-dir", str(tmp_path))

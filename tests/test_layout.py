@@ -19,6 +19,7 @@ LAYERS = [
     {"generation"},
     {"evaluation"},
     {"pairs"},
+    {"instructions"},
     {"config"},
     {"training"},
     {"cli", "__init__"},

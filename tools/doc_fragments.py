@@ -80,7 +80,7 @@ PAGES = {
                                     "trivial answers"),
     "judge.md": ("The LLM judge", "constraints in words, judged by an LLM with TRACE's protocol (IF-S, IF-M, TRACE's 5 types and 26 dimensions) or one question per constraint"),
     "study.md": ("The study", "SFT, DPO and IOPO from the embedded model, evaluated in and out of domain"),
-    "building-data.md": ("Building data", "`iopo-fast build-pairs`: IOPO quadruples from your instructions"),
+    "building-data.md": ("Building data", "`iopo-fast build-instructions` and `build-pairs`: TRACE-style instructions, responses and an evaluation split from plain prompts, then IOPO quadruples"),
     "models.md": ("Models and fast paths", "supported families, attention backends, log-prob kernels"),
     "performance.md": ("Performance", "the hardware each path needs, host memory, GPU readiness, the 7-8B trace, "
                                       "the CPU path"),

@@ -51,27 +51,29 @@ class PromptError(ValueError):
     """A prompts file that cannot be used; the message names the file and the reason."""
 
 
-def load_prompts(path: str | Path | None) -> dict[str, str]:
-    """`PROMPTS`, with the steps a JSON or YAML file names replaced by its templates."""
+def load_prompts(path: str | Path | None, defaults: dict[str, str] = PROMPTS,
+                 placeholders: dict[str, tuple[str, ...]] = PLACEHOLDERS) -> dict[str, str]:
+    """`defaults` (by default `build-pairs`' prompts), with the steps a JSON or YAML file names replaced by its
+    templates, each holding its step's `placeholders`."""
     if path is None:
-        return dict(PROMPTS)
+        return dict(defaults)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise PromptError(f"{path}: {error.strerror or error}") from None
     overrides = _parse(path, text)
     if not isinstance(overrides, dict) or not overrides:
-        raise PromptError(f"{path}: expected a mapping from step names ({', '.join(PROMPTS)}) to prompt templates")
-    unknown = sorted(set(overrides) - set(PROMPTS))
+        raise PromptError(f"{path}: expected a mapping from step names ({', '.join(defaults)}) to prompt templates")
+    unknown = sorted(set(overrides) - set(defaults))
     if unknown:
-        raise PromptError(f"{path}: unknown step {unknown[0]!r} (the steps are {', '.join(PROMPTS)})")
+        raise PromptError(f"{path}: unknown step {unknown[0]!r} (the steps are {', '.join(defaults)})")
     for step, template in overrides.items():
         if not isinstance(template, str) or not template.strip():
             raise PromptError(f"{path}: the {step!r} prompt must be a non-empty string")
-        missing = [name for name in PLACEHOLDERS[step] if "{" + name + "}" not in template]
+        missing = [name for name in placeholders[step] if "{" + name + "}" not in template]
         if missing:
             raise PromptError(f"{path}: the {step!r} prompt must contain {', '.join('{' + m + '}' for m in missing)}")
-    return {**PROMPTS, **overrides}
+    return {**defaults, **overrides}
 
 
 def _parse(path: str | Path, text: str) -> object:

@@ -69,7 +69,7 @@ def read_task(where: str, record: object) -> Task:
     """The `Task` of one record, or `RecordError` with the reason."""
     if not isinstance(record, dict):
         raise RecordError("not a JSON object")
-    instruction, response, system = _turns(record)
+    instruction, response, system = turns(record)
     requirements = (*_checked_requirements(record, instruction), *_worded_requirements(record))
     if not requirements:
         raise RecordError("no constraints: give instruction_id_list and kwargs, or constraints in words, or "
@@ -77,7 +77,7 @@ def read_task(where: str, record: object) -> Task:
     return Task(where, instruction, requirements, response, system)
 
 
-def _turns(record: dict) -> tuple[str, str | None, str | None]:
+def turns(record: dict) -> tuple[str, str | None, str | None]:
     """(instruction, response or None, system or None)."""
     system = _text(record.get("system"), "system") if record.get("system") is not None else None
     turns = record.get("messages") if record.get("messages") is not None else record.get("conversations")

@@ -54,7 +54,7 @@ def test_rule_based_pairs_without_any_model_are_valid_quadruples_the_trainer_rea
     report = build_pairs(str(source), tmp_path / "out", log=quiet)
 
     pairs, dropped = read_lines(tmp_path / "out" / "pairs.jsonl"), read_lines(tmp_path / "out" / "dropped.jsonl")
-    assert report["records"] == 60 and report["accepted"] == len(pairs) >= 20
+    assert report["records"] == 60 and report["kept"]["pairs"] == len(pairs) >= 20
     assert sorted(int(r["source"].rsplit(":", 1)[1]) for r in pairs + dropped) == list(range(1, 61))
     assert report["reached"][STAGES[0]] == 60 and list(report["reached"].values()) == sorted(
         report["reached"].values(), reverse=True)
@@ -131,7 +131,7 @@ def test_a_folder_is_resumed_only_from_the_input_it_was_built_from(tmp_path, mon
     first = build_pairs(str(source), tmp_path / "out", log=quiet)
     monkeypatch.chdir(tmp_path)
     again = build_pairs("sft.jsonl", tmp_path / "out", log=quiet)  # spelled another way: the same input
-    assert again["this_run"]["records"] == 0 and again["accepted"] == first["accepted"]
+    assert again["this_run"]["records"] == 0 and again["kept"] == first["kept"]
     other = write_lines(tmp_path / "other.jsonl", demo_sft_records(3))
     with pytest.raises(DataError, match=f"^{tmp_path / 'out'}: holds pairs built from {source} \\(another input\\)"):
         build_pairs(str(other), tmp_path / "out", log=quiet)
@@ -162,7 +162,7 @@ def test_bad_records_are_counted_and_reported_with_their_line(tmp_path):
     assert dropped[5][2].startswith("unknown constraint id 'no:such_check'")
     assert dropped[6][2] == "a conversation must be one user turn, optionally followed by one assistant turn"
     assert dropped[7][:2] == ("y1 meets x1", "constraints in words need a judge (--judge-url, or --generator-url)")
-    assert set(dropped) == {2, 3, 4, 5, 6, 7} and report["accepted"] == 1
+    assert set(dropped) == {2, 3, 4, 5, 6, 7} and report["kept"]["pairs"] == 1
     assert report["dropped"]["constraints"] == {"not a usable record": 4}
 
 
@@ -265,10 +265,10 @@ def test_failed_requests_and_internal_errors_are_retried_by_a_rerun_not_dropped(
     assert report["to_retry"] == {"unknown": {"an internal error (ZeroDivisionError)": 1},
                                   "y1": {"a generator request failed": 1}}
     assert report["this_run"]["retry_examples"]["a generator request failed"].startswith("HTTP 503")
-    assert not (tmp_path / "out" / "dropped.jsonl").exists() and report["accepted"] == 0
+    assert not (tmp_path / "out" / "dropped.jsonl").exists() and report["kept"]["pairs"] == 0
     down.clear()
     again = build_pairs(str(source), tmp_path / "out", SCRIPTED, log=quiet)
-    assert again["this_run"]["records"] == 2 and again["to_retry"] == {} and again["accepted"] >= 1
+    assert again["this_run"]["records"] == 2 and again["to_retry"] == {} and again["kept"]["pairs"] >= 1
 
 
 def test_ifeval_constraints_are_changed_by_rule_and_restated_by_the_generator(tmp_path, monkeypatch):
@@ -368,7 +368,7 @@ def test_against_a_local_server_a_killed_run_resumes_without_asking_again(tmp_pa
     # the concurrency), whose answers were not cached yet and are asked again.
     assert answers + 2 <= completions_served(log) - served <= answers + 2 + 2
     report = json.loads((output / "report.json").read_text())
-    assert report["records"] == 6 and report["accepted"] == len(pairs)
+    assert report["records"] == 6 and report["kept"]["pairs"] == len(pairs)
     asked = sum(count for role, count in report["this_run"]["requests"].items() if role.endswith("(asked)"))
     assert asked == answers - cached_at_kill  # the generator's endpoint is the judge too; nothing asked twice
     assert any(entry["stage"] not in ("read", "constraints", "y1") for entry in dropped) or pairs
