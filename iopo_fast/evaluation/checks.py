@@ -100,8 +100,8 @@ def make_check(instruction_id: str, kwargs: dict, prompt: str) -> Check:
             arguments = checker.get_instruction_args() or {}
             if "prompt" in arguments:
                 checker.build_description(prompt=prompt)  # checks that compare the response with the prompt
-    except (TypeError, ValueError) as error:
-        raise CheckError(f"{instruction_id}: arguments {kwargs} are not accepted: {error}") from None
+    except Exception as error:  # the official checkers raise KeyError, AttributeError, ... on arguments they reject
+        raise CheckError(f"{instruction_id}: arguments {kwargs} are not accepted ({type(error).__name__}: {error})") from None
     # An official checker draws an argument it is not given at random: a constraint must state them all.
     missing = sorted(arguments.keys() - kwargs.keys() - {"prompt"})
     if missing:

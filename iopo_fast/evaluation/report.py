@@ -46,13 +46,13 @@ def summarize(rows: list[dict], mode: str, seed: int = 0, taxonomy: Taxonomy | N
                 by_type[check["id"]].append(check[mode] == MET)
     no_verdict = Counter(verdict for row in verdicts for verdict in row if verdict not in DECIDED)
     outcomes = [(len(row), every) for row, (_, _, every) in zip(verdicts, scores) if every is not None]
-    by_taxonomy = taxonomy_accuracies(rows, mode, taxonomy, rng) if taxonomy is not None else None
-    return {
+    summary = {
         "prompt_level": _accuracy([every for _, every in outcomes], rng),
-        "prompt_level_single_constraint": _accuracy([every for count, every in outcomes if count == 1], rng),
-        "prompt_level_multiple_constraints": _accuracy([every for count, every in outcomes if count > 1], rng),
         "instruction_level": _ratio_of_sums([met for met, _, _ in scores], [decided for _, decided, _ in scores], rng),
         "per_constraint": {name: _accuracy(values, rng) for name, values in sorted(by_type.items())},
+        # Each with its own draws, so that the intervals above do not depend on whether these are computed.
+        "prompt_level_single_constraint": accuracy([every for count, every in outcomes if count == 1], seed),
+        "prompt_level_multiple_constraints": accuracy([every for count, every in outcomes if count > 1], seed),
         "prompts": len(rows),
         "undecided_prompts": sum(every is None for _, _, every in scores),
         "constraints": sum(map(len, verdicts)),
@@ -63,11 +63,12 @@ def summarize(rows: list[dict], mode: str, seed: int = 0, taxonomy: Taxonomy | N
         "responses_cut_at_limit": (sum(bool(row.get("cut")) for row in rows)
                                    if any(row.get("cut") is not None for row in rows) else None),
         "response_words": _distribution([len(row["response"].split()) for row in rows]),
-        **({"taxonomy": by_taxonomy} if by_taxonomy and by_taxonomy["placed"] else {}),
     }
+    by_taxonomy = taxonomy_accuracies(rows, mode, taxonomy, seed) if taxonomy is not None else None
+    return {**summary, "taxonomy": by_taxonomy} if by_taxonomy and by_taxonomy["placed"] else summary
 
 
-def taxonomy_accuracies(rows: list[dict], mode: str, taxonomy: Taxonomy, rng: np.random.Generator) -> dict:
+def taxonomy_accuracies(rows: list[dict], mode: str, taxonomy: Taxonomy, seed: int = 0) -> dict:
     """The share met of the decided constraints of each type and dimension of `taxonomy`, and how many
     constraints it placed and did not place."""
     by_type: dict[str, list[bool]] = defaultdict(list)
@@ -82,8 +83,8 @@ def taxonomy_accuracies(rows: list[dict], mode: str, taxonomy: Taxonomy, rng: np
                 by_dimension[dimension.name].append(check[mode] == MET)
     order = {dimension.name: index for index, dimension in enumerate(taxonomy.dimensions)}
     return {"name": taxonomy.name, "placed": placed, "unplaced": unplaced,
-            "types": {name: _accuracy(by_type[name], rng) for name in taxonomy.types if name in by_type},
-            "dimensions": {name: _accuracy(by_dimension[name], rng) for name in sorted(by_dimension, key=order.get)}}
+            "types": {name: accuracy(by_type[name], seed) for name in taxonomy.types if name in by_type},
+            "dimensions": {name: accuracy(by_dimension[name], seed) for name in sorted(by_dimension, key=order.get)}}
 
 
 def prompt_scores(rows: list[dict], mode: str) -> list[tuple[int, int, bool | None]]:

@@ -56,7 +56,7 @@ class Taxonomy:
         index = {}
         for dimension in self.dimensions:
             keys = [dimension.name, dimension.trace_label, *(check["id"] for check in dimension.checks)]
-            index.update((key.lower(), dimension) for key in keys)
+            index.update((key.lower(), dimension) for key in keys if key)
         return index
 
 
@@ -72,7 +72,7 @@ def load_taxonomy(path: str | Path | None = None) -> Taxonomy:
         raise TaxonomyError(f"{path}: {error.strerror or error}") from None
     except json.JSONDecodeError as error:
         raise TaxonomyError(f"{path}: invalid JSON at line {error.lineno}: {error.msg}") from None
-    except (KeyError, TypeError, ValueError) as error:
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
         raise TaxonomyError(f"{path}: not a taxonomy ({{'types': [{{'name', 'dimensions': [...]}}]}}): "
                             f"{_reason(error)}") from None
     _check_unique(taxonomy, path)
@@ -80,13 +80,15 @@ def load_taxonomy(path: str | Path | None = None) -> Taxonomy:
 
 
 def _dimension(entry: dict, type_name: str) -> Dimension:
+    if not isinstance(entry, dict):
+        raise ValueError(f"a dimension is an object, got {entry!r}")
     if not isinstance(type_name, str) or not type_name or not isinstance(entry.get("name"), str) or not entry["name"]:
         raise ValueError("every type and dimension needs a name")
     checks = tuple(entry.get("checks", ()))
     for check in checks:
         try:
             make_check(check["id"], check["kwargs"], "an instruction")
-        except CheckError as error:
+        except (CheckError, KeyError, TypeError) as error:
             raise ValueError(f"dimension {entry['name']!r}: {error}") from None
     return Dimension(entry["name"], type_name, str(entry.get("trace_label", "")), str(entry.get("description", "")),
                      tuple(entry.get("examples", ())), checks)

@@ -3,8 +3,11 @@
 The judge sees the instruction, its constraints as a numbered list and the response. It explains each
 constraint's evaluation, then answers in the format of TRACE's evaluation code, which this parser reads:
 
-    Fine Grained Score: [{"<constraint 1>": 10, "<constraint 2>": 0, ...}]
+    Fine Grained Score: [{"1": 10, "2": 0, ...}]
     Constraints Overall Score: [[5]]
+
+(TRACE's own prompt keys the scores by the constraints' text; numbers keep quotes in a constraint from
+breaking the JSON.)
 
 A constraint is met only with a score of 10, so a response follows its instruction only if every
 constraint scores 10 (the paper's accuracy). The overall score is kept beside it: TRACE's evaluation
@@ -15,9 +18,12 @@ The prompt (`TRACE_JUDGE_PROMPT`) is written for this project from the paper's d
 the evaluation code's answer format; `--judge-prompt FILE` replaces it (holding `{instruction}`,
 `{constraints}` and `{response}`), e.g. with the paper's own.
 
-An answer is untrusted: scores are read by position, and an answer whose fine-grained scores are not a
-JSON object (or a list holding one, or a list of numbers) with one score from 0 to 10 per constraint
-leaves every constraint of the response `unjudged`, with the reason and the answer kept.
+An answer is untrusted: scores are read by position, from the last "Fine Grained Score" whose value can be
+read: the first JSON object or list after it (an object, a list holding one or one per constraint, or a list
+of numbers), else, when that is not valid JSON (a quote inside a key, single quotes, a trailing comma), the
+numbers that follow its keys. A score is a number from 0 to 10, or a string such as "10" or "10/10". An
+answer without one score per constraint leaves every constraint of the response `unjudged`, with the
+reason and the answer kept.
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ then give that constraint a score from 0 to 10. Give 10 only when the constraint
 3. Be as strict as you can. A response that is irrelevant to the instruction, contains serious factual \
 errors or is harmful scores 0.
 4. Follow the format of the example exactly: your explanations, then "Fine Grained Score:" with a JSON list \
-holding one object that maps each constraint, in order, to its score, then "Constraints Overall Score: [[d]]".
+holding one object that maps each constraint's number, in order, to its score, then \
+"Constraints Overall Score: [[d]]".
 
 [Example]
 Instruction: Describe the Moon.
@@ -57,8 +64,7 @@ Explanation:
 1. A single sentence: the response is one sentence; met, 10.
 2. Its distance from Earth: it gives about 384,400 km; met, 10.
 3. Entirely in lowercase: "The", "Moon" and "Earth" are capitalised; not met, 0.
-Fine Grained Score: [{"Use a single sentence": 10, "Mention its distance from Earth": 10, \
-"Write entirely in lowercase": 0}]
+Fine Grained Score: [{"1": 10, "2": 10, "3": 0}]
 Constraints Overall Score: [[6]]
 
 [Instruction]
@@ -71,10 +77,12 @@ Constraints Overall Score: [[6]]
 {response}"""
 
 _FINE_GRAINED = re.compile(r"fine[\s_-]*grained[\s_-]*scores?[\s*:]*", re.IGNORECASE)  # "**Fine Grained Score:**"
-_OVERALL = re.compile(r"constraints\s+overall\s+score\W*\[\[\s*([0-9]+(?:\.[0-9]+)?)\s*\]\]", re.IGNORECASE)
+_OVERALL = re.compile(r"overall\s+score\W*([0-9]+(?:\.[0-9]+)?)", re.IGNORECASE)  # "Constraints Overall Score: [[5]]"
 _REASONING = re.compile(r"<think>.*?(</think>|$)", re.DOTALL)
-_FENCE = re.compile(r"[\s`]*(?:json\b)?[\s`]*", re.IGNORECASE)  # a code fence around the JSON
-_NUMBERED = re.compile(r"\s*\d+\s*[.)、]")  # a constraint that already carries its number, as TRACE's do
+_LOOSE_SCORE = re.compile(r"""["']?\s*:\s*["']?(\d+(?:\.\d+)?)(?:\s*/\s*10)?["']?\s*[,}]""")  # "key": 10, in broken JSON
+_OUT_OF_TEN = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:/\s*10)?\s*")
+# A constraint that already carries its number, as TRACE's do ("1. ...", "2、...", "3) ..."; not "1.5 lines").
+_NUMBERED = re.compile(r"\s*\d+\s*(?:[)、]|\.(?!\d))")
 
 
 class TraceJudge(Judge):
@@ -124,17 +132,33 @@ def read_scores(answer: str, count: int) -> JudgedResponse:
 
 
 def _fine_grained(text: str, count: int) -> tuple[list[float], str | None]:
-    """The scores after the last "Fine Grained Score", in order, or the reason they cannot be read."""
-    starts = list(_FINE_GRAINED.finditer(text))
-    if not starts:
+    """The scores after the last "Fine Grained Score" that has readable ones, in order, or why none can be read
+    (the reason for the last header tried)."""
+    headers = list(_FINE_GRAINED.finditer(text))
+    if not headers:
         return [], "no fine-grained scores"
-    rest = text[starts[-1].end():]
-    rest = rest[_FENCE.match(rest).end():]
+    problem = None
+    for header in reversed(headers):  # a judge that revises its scores, or mentions them after giving them
+        scores, problem = _scores_after(text[header.end():], count)
+        if problem is None:
+            return scores, None
+    return [], problem
+
+
+def _scores_after(rest: str, count: int) -> tuple[list[float], str | None]:
+    """The scores of the first JSON value after a header, read by position."""
+    start = min((index for index in (rest.find("["), rest.find("{")) if index != -1), default=-1)
+    end = _OVERALL.search(rest)
+    if start == -1 or (end is not None and end.start() < start):
+        return [], "the fine-grained scores are not JSON"
     try:
         # Objects as lists of pairs, not dicts: a judge that names two constraints alike still gives two scores.
-        value, _ = json.JSONDecoder(object_pairs_hook=lambda pairs: pairs).raw_decode(rest)
+        value, _ = json.JSONDecoder(object_pairs_hook=lambda pairs: pairs).raw_decode(rest, start)
     except json.JSONDecodeError:
-        return [], "the fine-grained scores are not JSON"
+        segment = rest[start:end.start() if end is not None else None]
+        value = _LOOSE_SCORE.findall(segment)
+        if not value:
+            return [], "the fine-grained scores are not JSON"
     if isinstance(value, list) and value and all(_is_object(element) for element in value):
         value = [pair for element in value for pair in element]  # [{...}] as in TRACE's format, or [{...}, {...}]
     raw = [score for _, score in value] if _is_object(value) else value
@@ -157,11 +181,8 @@ def _number(value) -> float | None:
         return None
     if isinstance(value, int | float):
         return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            return None
+    if isinstance(value, str) and (number := _OUT_OF_TEN.fullmatch(value)):  # "10", "10/10"
+        return float(number.group(1))
     return None
 
 

@@ -24,13 +24,14 @@ from pathlib import Path
 
 from ..endpoints.append_log import complete_lines
 from ..evaluation.taxonomy import Taxonomy, load_taxonomy
-from ..pairs.streaming import ModelSettings, Pipeline, run, summary
+from ..pairs.streaming import ModelSettings, Pipeline, digest, run, summary
 from ..utils import write_atomically
 from .builder import EVAL, STAGES, TRAIN, InstructionBuilder
 from .plan import Plan, load_plan
 from .prompts import PROMPTS
 
 OUTPUTS = {TRAIN: "instructions.jsonl", EVAL: "eval.jsonl"}
+LAST_STAGES = {TRAIN: STAGES[-1], EVAL: "quality"}  # the evaluation split stops after quality control
 CHECKED_EVAL = "eval-checks.jsonl"
 
 
@@ -51,8 +52,12 @@ def build_instructions(dataset: str, output: str | Path, generator: ModelSetting
                                   max_tries, max_constraints)
 
     output = Path(output)
-    report = run(Pipeline("instructions", STAGES, OUTPUTS, make_builder), dataset, output, generator, judge,
-                 limit, in_flight)
+    settings = {"seed": seed, "eval_fraction": eval_fraction, "max_tries": max_tries,
+                "max_constraints": max_constraints, "prompts": digest(prompts), "taxonomy": digest(taxonomy),
+                "plan": digest(plan)}
+    outputs = {kind: (name, LAST_STAGES[kind]) for kind, name in OUTPUTS.items()}
+    report = run(Pipeline("build-instructions", STAGES, outputs, settings, make_builder), dataset, output,
+                 generator, judge, limit, in_flight)
     write_checked_split(output / OUTPUTS[EVAL], output / CHECKED_EVAL)
     report["distribution"] = {split: distribution(output / name, taxonomy) for split, name in OUTPUTS.items()}
     write_atomically(output / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")

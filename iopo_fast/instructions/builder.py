@@ -12,8 +12,8 @@ Stages, in order (a record dropped at one reaches none after it):
    generator's review (redundant, incomplete, contradictory, unverifiable or unrelated constraints);
 5. `response`, `judging`: up to `max_tries` responses (the first to the instruction, each next one a
    revision told which constraints the last one missed; a response already tried ends the tries), each
-   judged on every constraint, by its program check, else by the judge with TRACE's protocol (one request
-   for all the constraints in words, met only at 10); the first that meets them all is kept.
+   judged by its constraints' program checks and, if it meets them all, by the judge with TRACE's protocol
+   (one request for all the constraints in words, met only at 10); the first that meets them all is kept.
 
 Instructions whose seed text falls in the evaluation split (a hash of the run's seed and the text, so the
 same instruction is always on the same side) stop after stage 4: they are the evaluation set, never
@@ -39,10 +39,15 @@ STAGES = ("read", "instruction", "expand", "structure", "quality", "response", "
 TRAIN, EVAL = "train", "eval"  # the outcomes: a record to train on, an instruction of the evaluation split
 TRACE_SYSTEM = "You are a helpful assistant."  # the system message of TRACE's evaluation records
 
-_LEADING_NUMBER = re.compile(r"^\s*\d+\s*[.)、]\s*")
-_WORDS_AT_LEAST = re.compile(r"\b(?:at least|no fewer than|a minimum of|more than)\s+(\d+)\s+words\b", re.IGNORECASE)
-_WORDS_AT_MOST = re.compile(r"\b(?:at most|no more than|up to|a maximum of|not exceed(?:ing)?|fewer than|less than)"
-                            r"\s+(\d+)\s+words\b", re.IGNORECASE)
+_LEADING_NUMBER = re.compile(r"^\s*\d+\s*(?:[)、]|\.(?!\d))\s*")  # "1. ", "2、", "3) "; not "1.5 lines"
+# Word-count bounds stated in words: (pattern, which bound, what to add to the number for an inclusive bound).
+_WORD_BOUNDS = (
+    (re.compile(r"\b(?:at least|no fewer than|a minimum of)\s+(\d+)\s+words\b", re.IGNORECASE), "low", 0),
+    (re.compile(r"\bmore than\s+(\d+)\s+words\b", re.IGNORECASE), "low", 1),
+    (re.compile(r"\b(?:at most|no more than|up to|a maximum of|not exceed(?:ing)?)\s+(\d+)\s+words\b",
+                re.IGNORECASE), "high", 0),
+    (re.compile(r"\b(?:fewer|less) than\s+(\d+)\s+words\b", re.IGNORECASE), "high", -1),
+)
 
 
 @dataclass(frozen=True)
@@ -236,18 +241,20 @@ def _check_by_program(constraints: tuple[Constraint, ...]) -> None:
         if key in seen:
             raise Dropped("quality", "duplicated constraints", constraint.text)
         seen.add(key)
-    lows, highs = [], []
+    bounds = {"low": [], "high": []}
     for constraint in constraints:
-        lows += [int(number) for number in _WORDS_AT_LEAST.findall(constraint.text)]
-        highs += [int(number) for number in _WORDS_AT_MOST.findall(constraint.text)]
+        for pattern, bound, shift in _WORD_BOUNDS:
+            bounds[bound] += [int(number) + shift for number in pattern.findall(constraint.text)]
         check = constraint.check
-        if check is not None and check.id == "length_constraints:number_words":
-            (lows if check.kwargs["relation"] == "at least" else highs).append(int(check.kwargs["num_words"]))
+        if check is not None and check.id == "length_constraints:number_words":  # IFEval: "at least" or "less than"
+            at_least = check.kwargs["relation"] == "at least"
+            bounds["low" if at_least else "high"].append(int(check.kwargs["num_words"]) - (not at_least))
         if check is not None and check.id == "count:word_count_range":
-            lows.append(int(check.kwargs["min_words"]))
-            highs.append(int(check.kwargs["max_words"]))
-    if lows and highs and max(lows) > min(highs):
-        raise Dropped("quality", "contradictory length bounds", f"at least {max(lows)} and at most {min(highs)} words")
+            bounds["low"].append(int(check.kwargs["min_words"]))
+            bounds["high"].append(int(check.kwargs["max_words"]))
+    if bounds["low"] and bounds["high"] and max(bounds["low"]) > min(bounds["high"]):
+        raise Dropped("quality", "contradictory length bounds",
+                      f"at least {max(bounds['low'])} and at most {min(bounds['high'])} words")
 
 
 def _trace_record(where: str, structured: Structured, system: str | None) -> dict:

@@ -31,7 +31,7 @@ from ..evaluation.judge import fill, parse_verdict
 from .changes import Change, rule_changes, rule_response
 from .prompts import PROMPTS
 from .records import RecordError, Requirement, Task, read_task
-from .streaming import Dropped, ModelRoles, ModelSettings, Pipeline, json_object, run, summary
+from .streaming import Dropped, ModelRoles, ModelSettings, Pipeline, digest, json_object, run, summary
 
 STAGES = ("read", "constraints", "y1", "y1 meets x1", "x2", "y2", "y2 meets x2", "y2 fails x1")
 
@@ -182,7 +182,8 @@ def build_pairs(dataset: str, output: str | Path, generator: ModelSettings | Non
     `output`; resumes a run that stopped. The generator and the judge are endpoints or local models; the
     judge defaults to the generator. Returns the report."""
     prompts = prompts or dict(PROMPTS)
-    pipeline = Pipeline("pairs", STAGES, {"pairs": "pairs.jsonl"},
+    settings = {"seed": seed, "prompts": digest(prompts)}
+    pipeline = Pipeline("build-pairs", STAGES, {"pairs": ("pairs.jsonl", STAGES[-1])}, settings,
                         lambda generator_chat, judge_chat: PairBuilder(prompts, generator_chat, judge_chat, seed))
     report = run(pipeline, dataset, output, generator, judge, limit, in_flight)
     log(summary("build-pairs", report))

@@ -8,7 +8,8 @@ already in any of them, and the cache of every request (`cache.jsonl`) makes the
 kill cheap to redo (only the requests in flight are asked again). A record stopped by a request that
 failed (after the client's retries) or by a fault of this program is not written: the report counts it
 under `to_retry`, with an example of the error, and a rerun builds it again. `input.json` names the input
-the folder was built from: another input, or an edited one, is refused rather than mixed in.
+the folder was built from, the command and the settings that decide which records it keeps: another input,
+an edited one, another command or other settings are refused rather than mixed in.
 `report.json` counts the records that reached each stage and those dropped for each reason.
 
 Memory does not grow with the records' text: records are read one by one (JSON Lines; a JSON array or
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import time
 from collections import Counter
@@ -95,12 +97,15 @@ class ModelRoles:
 
 @dataclass(frozen=True)
 class Pipeline:
-    """What `run` needs of a command: its name (for messages), its stages in order, its output files by the
-    kind of outcome, and how to make its builder from the generator's and the judge's requests."""
+    """What `run` needs of a command: its name, its stages in order, its output files by the kind of outcome
+    (and the last stage a record of that kind goes through), the settings that decide which records it keeps
+    (a folder is resumed only with the same), and how to make its builder from the generator's and the
+    judge's requests."""
 
     name: str
     stages: Sequence[str]
-    outputs: dict[str, str]  # outcome kind -> file name in the output folder
+    outputs: dict[str, tuple[str, str]]  # outcome kind -> (file name in the output folder, its last stage)
+    settings: dict
     make_builder: Callable[[CachedRequests | None, CachedRequests | None], RecordBuilder]
 
 
@@ -114,10 +119,10 @@ def run(pipeline: Pipeline, dataset: str, output: str | Path, generator: ModelSe
     check_source(source)
     if source.is_local:  # the records' `source` names, which a resume skips, do not depend on how it is spelled
         source = replace(source, location=str(source.path.resolve()))
-    _claim(output, source, pipeline.name)
+    _claim(output, source, pipeline)
     judge = judge or generator
     done, counts, kept = set(), Counter(), Counter(dict.fromkeys(pipeline.outputs, 0))
-    for kind, name in pipeline.outputs.items():
+    for kind, (name, _) in pipeline.outputs.items():
         for _, _, entry in complete_lines(output / name, _has_source):
             done.add(entry["source"])
             kept[kind] += 1
@@ -131,21 +136,31 @@ def run(pipeline: Pipeline, dataset: str, output: str | Path, generator: ModelSe
     start = time.perf_counter()
     this_run = asyncio.run(_run_all(pipeline, source, output, generator, judge, limit, in_flight, done, counts))
     kept.update(this_run.pop("kept"))
-    report = _report(pipeline.stages, str(source), kept, counts, this_run, time.perf_counter() - start)
+    report = _report(pipeline, str(source), kept, counts, this_run, time.perf_counter() - start)
     write_atomically(output / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return report
 
 
-def _claim(output: Path, source, name: str) -> None:
-    """`output` made the folder of records built from `source`: a new folder, or one built from the same
-    records. Another input, or an edited one, would mix records or skip the wrong ones: a `DataError`."""
-    identity = {"input": source.location, "fingerprint": source.fingerprint().hex()}
+def _claim(output: Path, source, pipeline: Pipeline) -> None:
+    """`output` made the folder of records built from `source` by `pipeline`: a new folder, or one built from
+    the same records by the same command with the same settings. Anything else would mix records or skip the
+    wrong ones: a `DataError`."""
+    identity = {"input": source.location, "fingerprint": source.fingerprint().hex(), "command": pipeline.name,
+                "settings": pipeline.settings}
     record = output / "input.json"
     if record.is_file():
         claimed = json.loads(record.read_text())
         if claimed != identity:
-            why = "another input" if claimed.get("input") != identity["input"] else "the input has changed since"
-            raise DataError(f"{output}: holds {name} built from {claimed.get('input')} ({why}); choose another "
+            if claimed.get("input") != identity["input"]:
+                why = "another input"
+            elif claimed.get("fingerprint") != identity["fingerprint"]:
+                why = "the input has changed since"
+            else:
+                settings = claimed.get("settings") or {}
+                changed = ["command"] * (claimed.get("command") != pipeline.name) + sorted(
+                    key for key in {*settings, *pipeline.settings} if settings.get(key) != pipeline.settings.get(key))
+                why = f"other settings: {', '.join(changed)}"
+            raise DataError(f"{output}: holds records built from {claimed.get('input')} ({why}); choose another "
                             f"output folder, or delete this one")
         return
     output.mkdir(parents=True, exist_ok=True)
@@ -156,7 +171,7 @@ async def _run_all(pipeline: Pipeline, source, output: Path, generator: ModelSet
                    judge: ModelSettings | None, limit: int | None, in_flight: int, done: set[str],
                    counts: Counter) -> dict:
     cache = AnswerCache(output / "cache.jsonl")
-    outputs = {kind: AppendLog(output / name) for kind, name in pipeline.outputs.items()}
+    outputs = {kind: AppendLog(output / name) for kind, (name, _) in pipeline.outputs.items()}
     drops = AppendLog(output / "dropped.jsonl")
     kept, started = Counter(), 0
     to_retry, retry_example = Counter(), {}
@@ -235,8 +250,8 @@ async def _outcome(builder: RecordBuilder, where: str, raw: object, problem: str
                        "detail": str(error)}
 
 
-def _report(stages: Sequence[str], dataset: str, kept: Counter, counts: Counter, this_run: dict,
-            seconds: float) -> dict:
+def _report(pipeline: Pipeline, dataset: str, kept: Counter, counts: Counter, this_run: dict, seconds: float) -> dict:
+    stages = pipeline.stages
     to_retry = this_run.pop("to_retry")
     stopped = counts + to_retry
     records = sum(kept.values()) + sum(stopped.values())
@@ -244,6 +259,7 @@ def _report(stages: Sequence[str], dataset: str, kept: Counter, counts: Counter,
     for stage in stages:
         reached[stage] = remaining
         remaining -= sum(count for (at, _), count in stopped.items() if at == stage)
+        remaining -= sum(kept[kind] for kind, (_, last) in pipeline.outputs.items() if last == stage)
     return {"input": dataset, "records": records, "kept": dict(kept), "reached": reached,
             "dropped": _by_stage(stages, counts), "to_retry": _by_stage(stages, to_retry),
             "this_run": {"seconds": round(seconds, 3), "records_per_second": round(this_run["records"] / seconds, 3),
@@ -267,6 +283,11 @@ def summary(name: str, report: dict) -> str:
         lines += [f"  not built, a rerun retries them: {count} at {stage} ({reason}; for example: "
                   f"{report['this_run']['retry_examples'][reason]})" for reason, count in reasons.items()]
     return "\n".join(lines)
+
+
+def digest(value: object) -> str:
+    """A short digest of a setting (prompts, a plan, a taxonomy), by its repr, for `Pipeline.settings`."""
+    return hashlib.sha256(repr(value).encode()).hexdigest()[:16]
 
 
 def json_object(answer: str) -> dict:

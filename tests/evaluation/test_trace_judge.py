@@ -41,12 +41,20 @@ PAPER_FORMAT = 'Explanation: ...\nFine Grained Score: [{"Keep it calm": 10, "Men
     ('Fine Grained Score: [{"a": 3, "b": 3}]\nOn reflection:\nFine Grained Score: [{"a": 10, "b": 10}]', [10, 10],
      None, None),
     ('<think>Fine Grained Score: [10, 10]</think>\nFine Grained Score: [0, 10]', [0, 10], None, None),
+    ('Fine Grained Score: [{"Use the word "eco"": 10, "b": 0}]', [10, 0], None, None),  # a quote inside a key
+    ("Fine Grained Score: [{'a': 10, 'b': 3,}]\nConstraints Overall Score: [[6]]", [10, 3], 6, None),
+    ('Fine Grained Score:\nHere are the scores:\n```json\n{"1": 10, "2": "10/10"}\n```', [10, 10], None, None),
+    ('Fine Grained Score (JSON): [10, 0]\nNote: the fine grained scores above are strict.', [10, 0], None, None),
+    ('{"fine_grained_scores": {"1": 0, "2": 10}, "overall": 5}', [0, 10], None, None),
+    ('Fine Grained Score: [9, 10]\nOverall score: 9/10', [9, 10], 9, None),
     ('Fine Grained Score: [{"a": 10}]\nConstraints Overall Score: [[10]]', None, 10, "1 fine-grained scores for 2"),
     ("Fine Grained Score: [10, 10, 10]", None, None, "3 fine-grained scores for 2"),
     ('Fine Grained Score: [{"a": 11, "b": 10}]', None, None, "not a number from 0 to 10"),
     ('Fine Grained Score: [{"a": "ten", "b": 10}]', None, None, "not a number from 0 to 10"),
+    ('Fine Grained Score: [{"a": "11/10", "b": 10}]', None, None, "not a number from 0 to 10"),
     ('Fine Grained Score: [true, 10]', None, None, "not a number from 0 to 10"),
     ("Fine Grained Score: a: 10, b: 0", None, None, "not JSON"),
+    ("Fine Grained Score: none given.\nConstraints Overall Score: [[2]] [10, 10]", None, 2, "not JSON"),
     ("Constraints Overall Score: [[3]]", None, 3, "no fine-grained scores"),
     ("Constraints Overall Score: [[12]]", None, None, "no fine-grained scores"),
     ("", None, None, "no fine-grained scores"),
@@ -63,8 +71,8 @@ def test_scores_are_read_by_position_and_anything_else_leaves_the_response_unjud
 
 def test_constraints_are_numbered_once():
     assert numbered((JudgedConstraint("1. Keep it calm;"), JudgedConstraint("2、提及海浪；"))) == "1. Keep it calm;\n2、提及海浪；"
-    assert numbered((JudgedConstraint("Keep it calm"), JudgedConstraint("Mention waves"))) == \
-        "1. Keep it calm\n2. Mention waves"
+    assert numbered((JudgedConstraint("Keep it calm"), JudgedConstraint("1.5 line spacing"))) == \
+        "1. Keep it calm\n2. 1.5 line spacing"
 
 
 RECORDS = [
@@ -212,6 +220,8 @@ def test_the_taxonomy_has_the_papers_types_and_every_dimension_of_traces_file():
     (lambda data: data["types"][0]["dimensions"][0].update(trace_label="排除约束"), "belongs to two dimensions"),
     (lambda data: data["types"][0].pop("dimensions"), "missing 'dimensions'"),
     (lambda data: data["types"][0]["dimensions"][0].update(name=""), "every type and dimension needs a name"),
+    (lambda data: data["types"][0]["dimensions"].append("Theme"), "a dimension is an object, got 'Theme'"),
+    (lambda data: data["types"][0]["dimensions"][1]["checks"][0].update(kwargs=None), "keywords:forbidden_words"),
 ])
 def test_a_taxonomy_file_that_cannot_be_used_is_one_error_naming_it(tmp_path, change, reason):
     data = json.loads(DEFAULT_TAXONOMY.read_text(encoding="utf-8"))

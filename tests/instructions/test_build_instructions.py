@@ -19,10 +19,14 @@ from iopo_fast.evaluation.benchmarks import load_benchmark
 from iopo_fast.evaluation.taxonomy import load_taxonomy
 from iopo_fast.generation.local_chat import LocalModel
 from iopo_fast.instructions.build import build_instructions
-from iopo_fast.instructions.builder import InstructionBuilder
+from iopo_fast.evaluation.checks import make_check
+from iopo_fast.instructions.builder import Constraint, InstructionBuilder, _check_by_program
 from iopo_fast.instructions.plan import PlanError, load_plan
 from iopo_fast.instructions.prompts import PROMPTS
+from iopo_fast.data.sources import DataError
+from iopo_fast.pairs.pipeline import build_pairs
 from iopo_fast.pairs.records import read_task
+from iopo_fast.pairs.streaming import Dropped
 
 ENDPOINT = EndpointSettings("http://generator.test/v1", "generator", concurrency=4)
 TAXONOMY = load_taxonomy()
@@ -113,8 +117,8 @@ def build(folder: Path, monkeypatch, **settings) -> tuple[dict, list[str]]:
     source = folder / "seeds.jsonl"
     if not source.exists():
         write_lines(source, SEEDS)
-    report = build_instructions(str(source), folder / "out", ENDPOINT, seed=SEED, eval_fraction=0.25, log=quiet,
-                                **settings)
+    report = build_instructions(str(source), folder / "out", ENDPOINT, log=quiet,
+                                **{"seed": SEED, "eval_fraction": 0.25, **settings})
     return report, sent
 
 
@@ -133,6 +137,8 @@ def test_every_stage_keeps_or_drops_with_its_reason(tmp_path, monkeypatch):
         expected.setdefault(stage, {})[reason] = 1
     expected |= {"read": {"invalid JSON": 1}, "instruction": {"not a usable instruction": 1}}
     assert report["dropped"] == expected and report["to_retry"] == {}
+    # The evaluation split stops after quality control: only the training split's records reach the responses.
+    assert report["reached"]["response"] == report["kept"]["train"] + 2  # and STUBBORN and BADJUDGE
 
     dropped = read_lines(tmp_path / "out" / "dropped.jsonl")
     assert next(drop for drop in dropped if drop["reason"] == "the judge's answer cannot be read")["detail"] == \
@@ -204,6 +210,34 @@ def test_a_killed_run_resumes_without_asking_again(tmp_path, monkeypatch):
     assert not any("Describe item 3." in message for message in sent)
 
 
+@pytest.mark.parametrize("texts, checks, contradictory", [
+    (("Write at least 100 words.", "Write less than 100 words."), (), True),  # "less than" is strict
+    (("Use more than 100 words.", "Use fewer than 101 words."), (), True),
+    (("Use at least 100 words.", "Use at most 100 words."), (), False),
+    (("Write at least 100 words.",), ({"num_words": 100, "relation": "less than"},), True),
+    (("Write at least 99 words.",), ({"num_words": 100, "relation": "less than"},), False),
+])
+def test_word_count_bounds_that_no_response_meets_fail_quality_control(texts, checks, contradictory):
+    numerical = TAXONOMY.classify("Numerical")
+    constraints = [Constraint(text, numerical) for text in texts] + [
+        Constraint("Mind the length.", numerical, make_check("length_constraints:number_words", kwargs, "p"))
+        for kwargs in checks]
+    if contradictory:
+        with pytest.raises(Dropped, match="contradictory length bounds"):
+            _check_by_program(tuple(constraints))
+    else:
+        _check_by_program(tuple(constraints))
+
+
+def test_a_folder_is_resumed_only_with_the_settings_it_was_built_with(tmp_path, monkeypatch):
+    build(tmp_path, monkeypatch, limit=3)
+    for settings, changed in (({"eval_fraction": 0.5}, "eval_fraction"), ({"max_tries": 1}, "max_tries")):
+        with pytest.raises(DataError, match=rf"\(other settings: {changed}\); choose another output folder"):
+            build(tmp_path, monkeypatch, **settings)
+    with pytest.raises(DataError, match=r"\(other settings: command, eval_fraction, max_constraints, max_tries, plan, "):
+        build_pairs(str(tmp_path / "seeds.jsonl"), tmp_path / "out", log=quiet)
+
+
 def test_a_dead_endpoint_and_bad_settings_are_one_line_errors(tmp_path, capsys):
     source = write_lines(tmp_path / "seeds.jsonl", SEEDS[:2])
     plan = tmp_path / "plan.json"
@@ -239,7 +273,7 @@ def test_a_plan_file_is_validated_and_drawn_from_the_same_way_every_time(tmp_pat
     with pytest.raises(PlanError, match="-1 is not a positive weight"):
         load_plan(path, TAXONOMY)
     default = [len(PLAN.draw(f"0:{number}")) for number in range(2000)]
-    assert 4.4 < sum(default) / len(default) < 5.4  # TRACE's evaluation set: 4.89 constraints per instruction
+    assert 4.4 < sum(default) / len(default) < 5.4  # TRACE's evaluation set: 4.88 constraints per instruction
 
 
 def test_with_a_local_model_the_mechanics_run_and_every_drop_is_counted(tmp_path, tiny_model_dir):

@@ -133,7 +133,9 @@ def test_a_folder_is_resumed_only_from_the_input_it_was_built_from(tmp_path, mon
     again = build_pairs("sft.jsonl", tmp_path / "out", log=quiet)  # spelled another way: the same input
     assert again["this_run"]["records"] == 0 and again["kept"] == first["kept"]
     other = write_lines(tmp_path / "other.jsonl", demo_sft_records(3))
-    with pytest.raises(DataError, match=f"^{tmp_path / 'out'}: holds pairs built from {source} \\(another input\\)"):
+    with pytest.raises(DataError, match="other settings: seed"):
+        build_pairs(str(source), tmp_path / "out", seed=1, log=quiet)
+    with pytest.raises(DataError, match=f"^{tmp_path / 'out'}: holds records built from {source} \\(another input\\)"):
         build_pairs(str(other), tmp_path / "out", log=quiet)
     write_lines(source, demo_sft_records(11))
     with pytest.raises(DataError, match="the input has changed since"):
