@@ -19,7 +19,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["iopo_fast", "iopo_fast.*"]),
     # The default eval set of the `demo` benchmark, read wherever `iopo-fast eval` runs.
-    package_data={"iopo_fast.evaluation": ["demo_data/*.jsonl", "taxonomy.json"],
+    package_data={"iopo_fast.evaluation": ["demo_data/*.jsonl", "taxonomy.json", "trace_judge_prompt.txt"],
                   "iopo_fast.instructions": ["prompts/*.txt", "plan.json"]},
     install_requires=[
         "torch>=2.5",

@@ -14,8 +14,8 @@ constraint scores 10 (the paper's accuracy). The overall score is kept beside it
 code counts a response by it (`overall_score_rule`), and the two rules disagree when a judge gives 10
 overall to a response it scored below 10 somewhere, or the reverse; how often is reported.
 
-The prompt (`TRACE_JUDGE_PROMPT`) is written for this project from the paper's description and keeps
-the evaluation code's answer format; `--judge-prompt FILE` replaces it (holding `{instruction}`,
+The prompt (`trace_judge_prompt.txt` beside this module) is written for this project from the paper's
+description and keeps the evaluation code's answer format; `--judge-prompt FILE` replaces it (holding `{instruction}`,
 `{constraints}` and `{response}`), e.g. with the paper's own.
 
 An answer is untrusted: scores are read by position, from the last "Fine Grained Score" whose value can be
@@ -39,42 +39,8 @@ from .report import accuracy
 
 FULL_SCORE = 10.0
 
-TRACE_JUDGE_PROMPT = """You are a strict and fair judge of whether an AI assistant's response follows the \
-constraints of a user's instruction. You are given the instruction, its constraints as a numbered list, and \
-the response.
-
-1. Evaluate the response against each constraint in turn: explain in one or two sentences whether it is met, \
-then give that constraint a score from 0 to 10. Give 10 only when the constraint is fully met.
-2. Then give the response an overall score from 0 to 10 that sums up the constraints.
-3. Be as strict as you can. A response that is irrelevant to the instruction, contains serious factual \
-errors or is harmful scores 0.
-4. Follow the format of the example exactly: your explanations, then "Fine Grained Score:" with a JSON list \
-holding one object that maps each constraint's number, in order, to its score, then \
-"Constraints Overall Score: [[d]]".
-
-[Example]
-Instruction: Describe the Moon.
-Constraints:
-1. Use a single sentence;
-2. Mention its distance from Earth;
-3. Write entirely in lowercase;
-Response: The Moon orbits about 384,400 km from Earth.
-
-Explanation:
-1. A single sentence: the response is one sentence; met, 10.
-2. Its distance from Earth: it gives about 384,400 km; met, 10.
-3. Entirely in lowercase: "The", "Moon" and "Earth" are capitalised; not met, 0.
-Fine Grained Score: [{"1": 10, "2": 10, "3": 0}]
-Constraints Overall Score: [[6]]
-
-[Instruction]
-{instruction}
-
-[Constraints]
-{constraints}
-
-[Response]
-{response}"""
+# The default prompt, a file a user can copy and edit (`--judge-prompt`).
+TRACE_JUDGE_PROMPT = (Path(__file__).resolve().parent / "trace_judge_prompt.txt").read_text(encoding="utf-8").strip()
 
 _FINE_GRAINED = re.compile(r"fine[\s_-]*grained[\s_-]*scores?[\s*:]*", re.IGNORECASE)  # "**Fine Grained Score:**"
 _OVERALL = re.compile(r"overall\s+score\W*([0-9]+(?:\.[0-9]+)?)", re.IGNORECASE)  # "Constraints Overall Score: [[5]]"
