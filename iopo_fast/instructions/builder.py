@@ -23,6 +23,7 @@ trained on, written in TRACE's released format.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 
@@ -134,8 +135,8 @@ class InstructionBuilder(ModelRoles):
 
     async def _structure(self, expanded: str) -> Structured:
         dimensions = "\n".join(f"- {dimension.name} ({dimension.type})" for dimension in self.taxonomy.dimensions)
-        checks = "\n".join(f"- {check['id']}, for example {check['kwargs']}" for dimension in self.taxonomy.dimensions
-                           for check in dimension.checks)
+        checks = "\n".join(f"- {check['id']} ({dimension.name}), for example {json.dumps(check['kwargs'])}"
+                           for dimension in self.taxonomy.dimensions for check in dimension.checks)
         content = fill(self.prompts["structure"], instruction=expanded, dimensions=dimensions, checks=checks)
         answer = await self.ask("generator", [{"role": "user", "content": content}], "structure")
         return self._read_structure(answer)
