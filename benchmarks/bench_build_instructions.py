@@ -82,10 +82,11 @@ def summarized(result: dict, bound: float) -> dict:
     for name, run in result["runs"].items():
         report = run["report"]
         rate = result["records"] / run["seconds"]
-        runs[name] = {"seconds": run["seconds"], "records_per_second": rate, "share_of_bound": rate / bound,
+        requests = sum(count for kind, count in report["this_run"]["requests"].items() if kind.endswith("(asked)"))
+        runs[name] = {"seconds": run["seconds"], "records_per_second": rate,
+                      "share_of_bound": rate / bound if requests else None,  # the bound is the endpoint's
                       "kept": report["kept"], "dropped": sum(sum(r.values()) for r in report["dropped"].values()),
-                      "requests": sum(count for kind, count in report["this_run"]["requests"].items()
-                                      if kind.endswith("(asked)"))}
+                      "requests": requests}
     return {"records": result["records"], "peak_rss_mib": result["peak_rss_mib"], "cache_mib": result["cache_mib"],
             "runs": runs}
 
@@ -96,8 +97,9 @@ def table(results: list[dict]) -> list[str]:
     for result in results:
         for name, run in result["runs"].items():
             kept = f"{run['kept'].get('train', 0)}, {run['kept'].get('eval', 0)}"
+            share = "-" if run["share_of_bound"] is None else f"{run['share_of_bound']:.2f}"
             lines.append(f"| {result['records']} | {name} | {run['seconds']:.1f} | {run['records_per_second']:.0f} | "
-                         f"{run['share_of_bound']:.2f} | {kept} | {run['dropped']} | {run['requests']} |")
+                         f"{share} | {kept} | {run['dropped']} | {run['requests']} |")
     return lines + memory_table(results)
 
 

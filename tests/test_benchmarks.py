@@ -234,6 +234,7 @@ def test_build_instructions_benchmark_smoke_takes_every_record_through_every_sta
     assert first["dropped"] == 0 and sum(first["kept"].values()) == 40 and first["kept"] == cached["kept"]
     assert 4 * 40 < first["requests"] <= 5 * 40 and rerun["requests"] == cached["requests"] == 0
     assert report["bound_records_per_second"] == 8 / (0.01 * 5) and 0 < first["share_of_bound"] <= 1
+    assert rerun["share_of_bound"] is cached["share_of_bound"] is None  # they ask the endpoint nothing
 
 
 def test_generation_benchmark_times_both_ways_on_the_same_prompts(tmp_path):
