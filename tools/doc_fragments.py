@@ -392,7 +392,7 @@ def kernels_table() -> str:
 
 SHAPE_NAMES = {"llama-3.1-8b": "Llama-3.1-8B", "qwen2-7b": "Qwen2-7B", "smollm2-135m": "SmolLM2-135M",
                "llama-3.2-1b": "Llama-3.2-1B's shape", "qwen2-0.5b": "Qwen2-0.5B"}
-TRACE_SYSTEMS = {1: "TRL defaults", 2: "TRL, precomputed reference", 3: "original IOPO", 4: "iopo-fast IOPO"}
+TRACE_SYSTEMS = {1: "TRL defaults, bf16", 2: "TRL, precomputed reference", 3: "original IOPO", 4: "iopo-fast IOPO"}
 
 
 def traced(shape: str, finetuning: str, tokens: int) -> dict[int, dict]:
