@@ -8,7 +8,8 @@ can verify a constraint of it; a dimension with none is left to an LLM judge.
 
 A user's own file in the same format replaces it. It is validated when read: a type or dimension
 without a name, a name or label used twice, a checker id listed under two dimensions, or a checker
-that does not take its example arguments is a one-line error naming the file.
+that does not take its example arguments is a one-line error naming the file. A checker whose benchmark's
+package is not installed is not validated: reading the taxonomy, which every evaluation does, needs no package.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .checks import CheckError, make_check
+from .offline_resources import MissingEvaluationPackage
 
 DEFAULT_TAXONOMY = Path(__file__).resolve().parent / "taxonomy.json"
 
@@ -88,6 +90,8 @@ def _dimension(entry: dict, type_name: str) -> Dimension:
     for check in checks:
         try:
             make_check(check["id"], check["kwargs"], "an instruction")
+        except MissingEvaluationPackage:
+            pass  # its package is not installed: no constraint of it can be checked here either
         except (CheckError, KeyError, TypeError) as error:
             raise ValueError(f"dimension {entry['name']!r}: {error}") from None
     return Dimension(entry["name"], type_name, str(entry.get("trace_label", "")), str(entry.get("description", "")),

@@ -202,6 +202,16 @@ def test_the_protocol_against_the_embedded_model_keeps_what_it_cannot_read(tmp_p
     assert len(judged_checks(tmp_path / "out" / "trace")) == 5
 
 
+def test_the_taxonomy_is_read_without_the_benchmarks_packages(monkeypatch):
+    from iopo_fast.evaluation import offline_resources
+
+    def missing(instruction_id):
+        raise offline_resources.MissingEvaluationPackage("IFBench's checkers need ifbench")
+
+    monkeypatch.setattr(offline_resources, "checker_class", missing)  # a demo-only install
+    assert len(load_taxonomy().dimensions) == 26
+
+
 def test_the_taxonomy_has_the_papers_types_and_every_dimension_of_traces_file():
     taxonomy = load_taxonomy()
     assert taxonomy.types == ("Content", "Situation", "Style", "Format", "Example")
