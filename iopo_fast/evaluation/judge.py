@@ -42,7 +42,7 @@ or "Verdict: NO" if it does not."""
 
 _VERDICT = re.compile(r"verdict\W{0,4}(yes|no)\b", re.IGNORECASE)
 _MARKUP = re.compile(r"[*_`#]")  # markdown around a verdict: "**Verdict:** **YES**"
-_REASONING = re.compile(r"<think>.*?(</think>|$)", re.DOTALL)  # a reasoning model's thoughts, even cut off
+REASONING = re.compile(r"<think>.*?(</think>|$)", re.DOTALL)  # a reasoning model's thoughts, even cut off
 _LEADING_ANSWER = re.compile(r"\W*(yes|no)(?:[.,;:!]|\s*$)", re.IGNORECASE)  # "Yes." or "No, the text ..."
 
 
@@ -85,7 +85,7 @@ def parse_verdict(answer: str) -> str:
     """MET or FAILED from the judge's last `Verdict: YES/NO`, else from an answer that opens with a yes or no
     and a punctuation mark ("No, the response ..."; not "No doubt ..."); else UNJUDGED. Markdown emphasis
     and a `<think>` block are ignored."""
-    answer = _MARKUP.sub("", _REASONING.sub("", answer)).strip()
+    answer = _MARKUP.sub("", REASONING.sub("", answer)).strip()
     verdicts = _VERDICT.findall(answer)
     if not verdicts:
         leading = _LEADING_ANSWER.match(answer)

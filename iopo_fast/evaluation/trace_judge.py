@@ -34,7 +34,7 @@ from pathlib import Path
 
 from ..endpoints.client import CachedChat
 from .checks import FAILED, MET
-from .judge import UNJUDGED, Judge, JudgedConstraint, JudgedResponse, Judgment, fill
+from .judge import REASONING, UNJUDGED, Judge, JudgedConstraint, JudgedResponse, Judgment, fill
 from .report import accuracy
 
 FULL_SCORE = 10.0
@@ -44,7 +44,6 @@ TRACE_JUDGE_PROMPT = (Path(__file__).resolve().parent / "trace_judge_prompt.txt"
 
 _FINE_GRAINED = re.compile(r"fine[\s_-]*grained[\s_-]*scores?[\s*:]*", re.IGNORECASE)  # "**Fine Grained Score:**"
 _OVERALL = re.compile(r"overall\s+score\W*([0-9]+(?:\.[0-9]+)?)", re.IGNORECASE)  # "Constraints Overall Score: [[5]]"
-_REASONING = re.compile(r"<think>.*?(</think>|$)", re.DOTALL)
 _LOOSE_SCORE = re.compile(r"""["']?\s*:\s*["']?(\d+(?:\.\d+)?)(?:\s*/\s*10)?["']?\s*[,}]""")  # "key": 10, in broken JSON
 _OUT_OF_TEN = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:/\s*10)?\s*")
 # A constraint that already carries its number, as TRACE's do ("1. ...", "2、...", "3) ..."; not "1.5 lines").
@@ -87,7 +86,7 @@ def numbered(constraints: tuple[JudgedConstraint, ...]) -> str:
 def read_scores(answer: str, count: int) -> JudgedResponse:
     """The verdicts in a judge's answer about `count` constraints: each met only with a score of 10; all
     `unjudged`, with the reason, if the fine-grained scores cannot be read. The overall score is read apart."""
-    text = _REASONING.sub("", answer)
+    text = REASONING.sub("", answer)
     overall = [float(value) for value in _OVERALL.findall(text)]
     overall_score = overall[-1] if overall and overall[-1] <= FULL_SCORE else None
     scores, problem = _fine_grained(text, count)
