@@ -4,7 +4,7 @@ The endpoint is an oracle in its own process (`_oracle_server`) that answers eve
 construction the way a good generator and judge would: it adds three constraints to each simple
 instruction (a keyword, which a program checks; a friendly tone, which the judge scores; a word limit,
 checked by program), structures them as JSON, accepts them in review, writes a response that meets them
-and scores the tone 10. So every record goes through every stage, five requests each (four for the 1% set
+and scores the tone 10. So every record goes through every stage, five requests each (three for the 1% set
 apart for evaluation), and the figures measure the pipeline: the client, the cache, the checks, the writes.
 
 The bound: with `c` requests in flight and `l` seconds per answer, no pipeline passes `c / l` requests per

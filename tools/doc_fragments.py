@@ -533,6 +533,34 @@ def data_summary() -> str:
             f"{rows['backend']['seconds']:.0f} s on both cores for the same texts ({run['device']})")
 
 
+@fragment("build-instructions.summary")
+def build_instructions_summary() -> str:
+    run = results("build-instructions-cpu")
+    largest = max(run["results"], key=lambda result: result["records"])
+    smallest = min(run["results"], key=lambda result: result["records"])
+    first, rerun, cached = (largest["runs"][name] for name in ("first run", "rerun of the finished folder",
+                                                               "outputs deleted, cache kept"))
+    return "\n".join([
+        f"The oracle waits {run['latency_seconds'] * 1000:.0f} ms per answer. The input is {largest['records']:,} "
+        f"plain prompts at concurrency {run['concurrency']}; each record asks five requests (expand, structure, "
+        f"review, answer, judge), so no pipeline passes {run['bound_records_per_second']:.0f} records/s:",
+        "",
+        f"- {first['records_per_second']:.0f} records/s, {first['share_of_bound']:.2f} of the bound: "
+        f"{first['kept']['train']:,} training and {first['kept']['eval']:,} evaluation records in "
+        f"{duration(first['seconds'])}, {first['requests']:,} requests. Without requests (the cache run below) a "
+        f"record takes {1000 / cached['records_per_second']:.1f} ms; the other "
+        f"{1000 / first['records_per_second'] - 1000 / cached['records_per_second']:.0f} ms per record go to "
+        f"sending requests and reading answers, the client and the oracle sharing the two cores. A real "
+        f"generator answers in seconds, not 50 ms: at 2 s per answer the bound would be "
+        f"{run['concurrency'] / (2 * 5):.1f} records/s, far below this.",
+        f"- Peak resident memory {largest['peak_rss_mib']:.0f} MiB, against {smallest['peak_rss_mib']:.0f} MiB for "
+        f"{smallest['records']:,} records.",
+        f"- A rerun of the finished folder takes {duration(rerun['seconds'])}. A run whose outputs were deleted but "
+        f"whose cache was kept rebuilds all {largest['records']:,} records in {duration(cached['seconds'])} "
+        f"({cached['records_per_second']:,.0f} records/s), without a request.",
+    ])
+
+
 @fragment("build-pairs.summary")
 def build_pairs_summary() -> str:
     run = results("build-pairs-cpu")
