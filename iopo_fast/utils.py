@@ -1,4 +1,5 @@
-"""Small helpers every layer uses: one-line errors, the cache folder, and files and folders written whole.
+"""Small helpers every layer uses: one-line errors, JSON files read with them, the cache folder, and files
+and folders written whole.
 
 A write that a kill must never leave half done goes through `replaced_atomically` (one file) or
 `staged_folder` and `publish` (a folder): what readers see is the old content or the new, never a mix.
@@ -7,6 +8,7 @@ A write that a kill must never leave half done goes through `replaced_atomically
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -17,6 +19,19 @@ from pathlib import Path
 def first_line(error: BaseException) -> str:
     """The first line of an error's message (its type's name if it has none): one-line errors."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def read_json(path: str | Path, error: Callable[[str], Exception]):
+    """The JSON value in the file `path`. A file that cannot be read, or is not JSON, raises `error` with a
+    one-line message naming the file (and the line)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as failure:
+        raise error(f"{path}: {failure.strerror or failure}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as failure:
+        line = f":{failure.lineno}" if isinstance(failure, json.JSONDecodeError) else ""
+        reason = failure.msg if isinstance(failure, json.JSONDecodeError) else "not UTF-8 text"
+        raise error(f"{path}{line}: invalid JSON: {reason}") from None
 
 
 def cache_dir() -> Path:

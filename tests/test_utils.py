@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from iopo_fast.utils import first_line, publish, replaced_atomically, staged_folder, write_atomically
+from iopo_fast.utils import first_line, publish, read_json, replaced_atomically, staged_folder, write_atomically
 
 
 @pytest.fixture
@@ -68,3 +68,24 @@ def test_an_incomplete_folder_is_replaced_and_a_failed_one_leaves_nothing(tmp_pa
 
 def test_first_line():
     assert first_line(ValueError("one\ntwo")) == "one" and first_line(KeyError()) == "KeyError"
+
+
+class _FileError(Exception):
+    pass
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, ": No such file or directory"),
+    ('{"a": 1,\n "b": }', ":2: invalid JSON: Expecting value"),
+    (b"\xff\xfe{}", ": invalid JSON: not UTF-8 text"),
+])
+def test_read_json_raises_one_line_naming_the_file(tmp_path, content, message):
+    path = tmp_path / "settings.json"
+    if content is not None:
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(_FileError) as raised:
+        read_json(path, _FileError)
+    assert str(raised.value) == f"{path}{message}"
+    path.write_text('{"a": [1, 2]}')
+    assert read_json(path, _FileError) == {"a": [1, 2]}
+

@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..utils import first_line
+from ..utils import first_line, read_json
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
 # LLaMA-Factory's `columns` names (sharegpt ranking format) -> the record keys `records.py` reads.
@@ -85,10 +85,7 @@ def resolve_source(dataset: str | Path | DataSource, dataset_dir: str | Path | N
         registry = Path(dataset_dir) / "dataset_info.json"
         if not registry.is_file():
             raise DataError(f"{registry}: no such file (dataset_dir: {dataset_dir})")
-        try:
-            entries = json.loads(registry.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise DataError(f"{registry}:{error.lineno}: invalid JSON: {error.msg}") from None
+        entries = read_json(registry, DataError)
         if dataset in entries:
             return _registered(entries[dataset], dataset, registry)
     if Path(dataset).exists():

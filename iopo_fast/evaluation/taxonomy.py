@@ -14,12 +14,12 @@ package is not installed is not validated: reading the taxonomy, which every eva
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from .checks import CheckError, make_check
+from ..utils import read_json
 from .offline_resources import MissingEvaluationPackage
 
 DEFAULT_TAXONOMY = Path(__file__).resolve().parent / "taxonomy.json"
@@ -65,15 +65,11 @@ class Taxonomy:
 def load_taxonomy(path: str | Path | None = None) -> Taxonomy:
     """The taxonomy in `path` (default: TRACE's, `DEFAULT_TAXONOMY`), validated."""
     path = Path(path or DEFAULT_TAXONOMY)
+    data = read_json(path, TaxonomyError)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
         types = data["types"]
         dimensions = tuple(_dimension(entry, kind["name"]) for kind in types for entry in kind["dimensions"])
         taxonomy = Taxonomy(str(data.get("name", path.stem)), dimensions)
-    except OSError as error:
-        raise TaxonomyError(f"{path}: {error.strerror or error}") from None
-    except json.JSONDecodeError as error:
-        raise TaxonomyError(f"{path}: invalid JSON at line {error.lineno}: {error.msg}") from None
     except (AttributeError, KeyError, TypeError, ValueError) as error:
         raise TaxonomyError(f"{path}: not a taxonomy ({{'types': [{{'name', 'dimensions': [...]}}]}}): "
                             f"{_reason(error)}") from None

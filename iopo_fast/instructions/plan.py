@@ -12,12 +12,12 @@ the same constraints for it: its requests, cached, are not asked again.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..evaluation.taxonomy import Dimension, Taxonomy
+from ..utils import read_json
 
 DEFAULT_PLAN = Path(__file__).resolve().parent / "plan.json"
 
@@ -43,14 +43,10 @@ class Plan:
 def load_plan(path: str | Path | None, taxonomy: Taxonomy) -> Plan:
     """The plan in `path` (default: TRACE's), its dimensions found in `taxonomy`."""
     path = Path(path or DEFAULT_PLAN)
+    data = read_json(path, PlanError)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
         counts = {int(count): _weight(weight) for count, weight in data["constraints_per_instruction"].items()}
         weights = {name: _weight(weight) for name, weight in data["dimensions"].items()}
-    except OSError as error:
-        raise PlanError(f"{path}: {error.strerror or error}") from None
-    except json.JSONDecodeError as error:
-        raise PlanError(f"{path}: invalid JSON at line {error.lineno}: {error.msg}") from None
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise PlanError(f"{path}: expected {{'constraints_per_instruction': {{count: weight}}, 'dimensions': "
                         f"{{name: weight}}}} with positive counts and weights ({error})") from None

@@ -9,8 +9,6 @@ The loop owns gradient accumulation (micro-batches hold a variable number of exa
 from __future__ import annotations
 
 import contextlib
-import json
-from pathlib import Path
 
 import deepspeed
 import torch
@@ -18,15 +16,13 @@ from transformers import get_scheduler
 
 from ..compat import optimizer_checks_gradients, zero3_full_state_dict
 from ..config import ConfigError, TrainConfig
+from ..utils import read_json
 
 
 def deepspeed_config(config: TrainConfig, world_size: int) -> dict:
     """The DeepSpeed config: the user's JSON with its "auto" values filled, or one built from `config`."""
     if config.deepspeed:
-        try:
-            ds_config = json.loads(Path(config.deepspeed).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{config.deepspeed}: invalid JSON: {error}") from None
+        ds_config = read_json(config.deepspeed, ConfigError)
     else:
         zero = {"stage": config.zero_stage}
         if config.offload_optimizer:

@@ -241,5 +241,5 @@ def test_a_taxonomy_file_that_cannot_be_used_is_one_error_naming_it(tmp_path, ch
     with pytest.raises(TaxonomyError, match=f"^{re.escape(str(path))}: .*{re.escape(reason)}"):
         load_taxonomy(path)
     path.write_text("{", encoding="utf-8")
-    with pytest.raises(TaxonomyError, match="invalid JSON at line 1"):
+    with pytest.raises(TaxonomyError, match=f"^{re.escape(str(path))}:1: invalid JSON"):
         load_taxonomy(path)
