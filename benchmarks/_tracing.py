@@ -14,9 +14,10 @@ Two GPU paths cannot run on fake tensors, and stand in by what they allocate, re
   formula: 4 Dh per (query, key) pair the causal mask keeps, per head, forward, and 2.5 times that
   backward (flash-attention's five products against two).
 - `triton_kernels_replayed`: iopo-fast's fused log-prob kernels. Their Python wrapper runs as it is,
-  allocating what it allocates on a GPU (the log-probs, the per-split log-sum-exp, the fp32 dh and dW
-  accumulators); only the three kernel launches are replaced, each by its FLOP count (DESIGN.md, "The
-  fused log-prob kernel": 2 T D V forward, 2 T D V more per gradient backward, plus the recompute).
+  allocating what it allocates on a GPU (the log-probs, the per-split log-sum-exp, a chunk of the logits'
+  gradient, the fp32 dh and the weight gradient) and running the weight gradient's products; only the
+  four kernel launches are replaced, each by its FLOP count (DESIGN.md, "The fused log-prob kernel":
+  2 T D V forward, 2 T D V for the backward's recompute and 2 T D V for dh).
 
 Everything else is the code that runs on a GPU: Hugging Face's model classes, PEFT, iopo-fast's packing,
 preference model and loss, TRL's fused LM head. Where it differs on a CPU device: the padded batches'
@@ -259,9 +260,14 @@ def _logp_flops(hidden, *args, **kwargs) -> float:
     return 2 * hidden.shape[0] * hidden.shape[1]
 
 
-def _backward_flops(hidden, weight, *args, COMPUTE_DH: bool, COMPUTE_DW: bool, **kwargs) -> float:
-    # The logits tile is recomputed, then multiplied by W for dh and by h for dW.
-    return 2 * hidden.shape[0] * hidden.shape[1] * weight.shape[0] * (1 + COMPUTE_DH + COMPUTE_DW)
+def _logits_gradient_flops(hidden, weight, targets, lse, grad_logp, grad_logits, T, V, D, v_start, num_cols, *args,
+                           **kwargs) -> float:
+    # The chunk's logits are recomputed (dW = dz^T h is a torch.mm, which the FLOP counter counts).
+    return 2 * T * D * num_cols
+
+
+def _hidden_gradient_flops(grad_logits, weight, grad_hidden, T, D, v_start, num_cols, *args, **kwargs) -> float:
+    return 2 * T * D * num_cols
 
 
 @contextlib.contextmanager
@@ -272,7 +278,8 @@ def triton_kernels_replayed(flops: FormulaFlops):
     with mock.patch.object(module, "resolve_impl", lambda hidden, impl="auto": "triton"), \
             mock.patch.object(module, "_lse_forward_kernel", _KernelLaunch(flops, _lse_forward_flops)), \
             mock.patch.object(module, "_logp_kernel", _KernelLaunch(flops, _logp_flops)), \
-            mock.patch.object(module, "_backward_kernel", _KernelLaunch(flops, _backward_flops)):
+            mock.patch.object(module, "_logits_gradient_chunk_kernel", _KernelLaunch(flops, _logits_gradient_flops)), \
+            mock.patch.object(module, "_add_hidden_gradient_kernel", _KernelLaunch(flops, _hidden_gradient_flops)):
         yield
 
 

@@ -240,21 +240,20 @@ def _dot_lowering(ttgir: str) -> dict[str, int]:
 
 
 def arithmetic_intensity(launch: Launch) -> float | None:
-    """FLOPs per byte that one program moves between its SM and memory (loads, and fp32 atomic adds), for
+    """FLOPs per byte that one program moves between its SM and memory (the loads of its operands), for
     its tiles and the full hidden size: the intensity the tiles can give from L2 or HBM, before any reuse
     in L2. None for kernels without a matrix product (memory-bound by design)."""
     a = launch.arguments
-    if launch.kernel not in ("_lse_forward_kernel", "_backward_kernel"):
+    if launch.kernel in ("_lse_forward_kernel", "_logits_gradient_chunk_kernel"):
+        # Per step of BLOCK_D along D, the logits tile [rows, cols] reads h [rows, BLOCK_D] and W [cols, BLOCK_D].
+        rows, cols, operand = a["BLOCK_T"], a["BLOCK_V"], a["h_ptr"]
+    elif launch.kernel == "_add_hidden_gradient_kernel":
+        # Per step of BLOCK_K along the chunk, the dh tile [rows, cols] reads dz [rows, BLOCK_K], W [BLOCK_K, cols].
+        rows, cols, operand = a["BLOCK_T"], a["BLOCK_D"], a["dz_ptr"]
+    else:
         return None
-    rows, cols, element = a["BLOCK_T"], a["BLOCK_V"], 2 if a["h_ptr"] in ("bf16", "fp16") else 4
-    # Per step of BLOCK_D along D: the logits tile reads h [rows, BLOCK_D] and W [cols, BLOCK_D].
-    flops, bytes_moved = 2 * rows * cols, (rows + cols) * element
-    if launch.kernel == "_backward_kernel":
-        if a["COMPUTE_DH"]:  # dh += dz W: reads W again, adds fp32 dh
-            flops, bytes_moved = flops + 2 * rows * cols, bytes_moved + cols * element + rows * 4
-        if a["COMPUTE_DW"]:  # dW += dz^T h: reads h again, adds fp32 dW
-            flops, bytes_moved = flops + 2 * rows * cols, bytes_moved + rows * element + cols * 4
-    return flops / bytes_moved
+    element = 2 if operand in ("bf16", "fp16") else 4
+    return 2 * rows * cols / ((rows + cols) * element)
 
 
 def compile_launch(launch: Launch, capability: int) -> Resources:
@@ -345,8 +344,8 @@ def markdown(results: list[Resources], command: str) -> str:
         "block (limit: 163 KiB = 166912 B opt-in on sm_80, 227 KiB = 232448 B on sm_90); tensor cores = the "
         "tl.dot of the kernel, what they were lowered to in TTGIR (Triton splits a dot along K into several for "
         "mma.sync) and the tensor-core instructions in the PTX (wgmma on sm_90, mma.sync on sm_80); "
-        "FLOP/B = FLOPs per byte a program moves for its tiles (loads of h and W, fp32 atomic adds of dh and "
-        "dW), before any L2 reuse. The ridge points from HBM are about 295 FLOP/B (H100 SXM, bf16 dense), 206 "
+        "FLOP/B = FLOPs per byte a program moves for its tiles' operands (h and W; dz and W), before any L2 "
+        "reuse. The ridge points from HBM are about 295 FLOP/B (H100 SXM, bf16 dense), 206 "
         "(H200) and 153 (A100 80 GB), and without tensor cores (fp32) about 20, 14 and 10: the bf16 tiles reach "
         "the tensor cores' rate only through L2 reuse of h and W (the forward's vocabulary splits, the "
         "backward's row groups), which only a GPU measurement can show.",
@@ -371,8 +370,9 @@ def markdown(results: list[Resources], command: str) -> str:
 def _config_text(dtype: torch.dtype) -> str:
     c = fused.cuda_launch_config(dtype)
     return (f"{c.block_t}x{c.block_v} tiles, BLOCK_D {c.block_d} forward / {c.backward_block_d} backward, split "
-            f"{c.split_blocks} blocks, group {c.group_t}, {c.num_warps} warps, {c.forward_stages}/{c.backward_stages} "
-            f"stages, {c.dot_precision}")
+            f"{c.split_blocks} blocks, group {c.group_t}, dh tiles {c.block_t}x{c.hidden_block_d} by "
+            f"{c.hidden_block_k}, {c.num_warps} warps, {c.forward_stages}/{c.backward_stages}/{c.hidden_stages} "
+            f"stages, {c.dot_precision}; dz chunks of at most {fused.DEFAULT_GRADIENT_CHUNK} entries")
 
 
 _T_SPECIALIZATION = re.compile(r"T(=1|%16=0|%16!=0)(, )?")

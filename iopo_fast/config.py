@@ -77,7 +77,7 @@ class TrainConfig:
     liger_kernels: bool = _option(True, "On GPU, Liger-Kernel's RMSNorm, RoPE and SwiGLU kernels in the model's layers.")
     logprob_impl: str = _option("auto", "LM-head log-prob kernel; auto: triton on CUDA, else chunked PyTorch; full_logits: the naive full-logits computation (a baseline, recompute only).", ("auto", "triton", "chunked", "full_logits"))
     logprob_algorithm: str = _option("recompute", "How the loss meets the LM head. recompute: log-probs with O(tokens) memory, the backward recomputes the logits (8 T D V FLOPs); example_chunks: the loss and its gradient formed in one pass, chunk by chunk of whole examples (6 T D V FLOPs, O(chunk x vocabulary) transient memory).", ("recompute", "example_chunks"))
-    max_chunk_logits: int = _option(0, "Bound on the logits one chunk of the LM-head kernels holds (tokens x vocabulary); 0: by device (2^28 on CUDA, 2^22 on CPU).")
+    max_chunk_logits: int = _option(0, "Bound on the logits one chunk of the LM-head kernels holds (tokens x vocabulary); 0: 2^25 for the Triton backward's logits gradient, and for the fp32 logits of the PyTorch twin and of example_chunks 2^28 on CUDA, 2^22 on CPU.")
     bf16: bool = _option(False, "Train in bfloat16 (the log-prob kernel accumulates in fp32).")
     gradient_checkpointing: bool = _option(False, "Recompute each decoder layer in the backward to save activation memory.")
     # DeepSpeed

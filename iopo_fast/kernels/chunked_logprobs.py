@@ -56,8 +56,8 @@ class ChunkedLogProbsFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logp: torch.Tensor):
         hidden, weight, safe_targets, valid, lse = ctx.saved_tensors
-        # A frozen LM head (LoRA) gets neither the fp32 [V, D] dW buffer nor its products, as in the Triton
-        # backward (DESIGN.md, "The fused log-prob kernel"); likewise dh for hidden rows that need none.
+        # A frozen LM head (LoRA) gets neither a dW buffer nor its products, as in the Triton backward
+        # (DESIGN.md, "The fused log-prob kernel"); likewise dh for hidden rows that need none.
         compute_dh, compute_dw = ctx.needs_input_grad[:2]
         grad_logp = torch.where(valid, grad_logp, 0.0)
         weight32 = weight.float()

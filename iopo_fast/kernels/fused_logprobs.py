@@ -11,11 +11,15 @@ Forward: `_lse_forward_kernel` tiles (rows x vocab), computes each logits tile b
 of the vocabulary (a split), and the few per-split partial lse are combined afterwards.
 `_logp_kernel` takes the target logit as an indexed dot product h_t . W[y_t]. Only lse [T] (fp32) is kept
 for the backward.
-Backward: `_backward_kernel` recomputes each logits tile, forms g * (onehot(y) - softmax(z)) in registers
-and adds its products with W and h into fp32 dh [T, D] and dW [V, D] with atomic adds.
+Backward, one vocabulary chunk [v0, v1) at a time (at most `max_chunk_logits` entries of dz):
+`_logits_gradient_chunk_kernel` recomputes the chunk's logits tiles and writes
+dz = g * (onehot(y) - softmax(z)) [T, v1 - v0] in the input dtype; then dW[v0:v1] = dz^T h is one matrix
+product written straight into the weight's gradient, in its dtype (fp32 accumulation inside the product,
+so no fp32 [V, D] buffer), and `_add_hidden_gradient_kernel` adds dz W[v0:v1] into the fp32 dh [T, D].
+Every element is written by one program: no atomics, and the same inputs give the same bits.
 
 Cost: 2 T D V FLOPs forward + 6 T D V backward = 8 T D V (plus O(T D) for the target logits).
-Memory: O(T) in the forward; the backward adds the fp32 accumulators dh [T, D] and dW [V, D].
+Memory: O(T) in the forward; the backward adds dz for one chunk and the fp32 dh [T, D].
 """
 
 from __future__ import annotations
@@ -106,65 +110,77 @@ def _logp_kernel(h_ptr, w_ptr, y_ptr, lse_ptr, logp_ptr, T, D, ignore_index, BLO
 
 
 @triton.jit
-def _backward_kernel(h_ptr, w_ptr, y_ptr, lse_ptr, g_ptr, dh_ptr, dw_ptr, T, V, D, BLOCK_T: tl.constexpr,
-                     BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, GROUP_T: tl.constexpr,
-                     COMPUTE_DH: tl.constexpr, COMPUTE_DW: tl.constexpr, INTERPRETED: tl.constexpr,
-                     DOT_PRECISION: tl.constexpr):
-    """One (row block, vocab block) tile: dz = g * (onehot(y) - softmax(z)), then dh += dz W and
-    dW += dz^T h with fp32 atomic adds (relaxed: nothing reads the sums before the kernel ends).
-    g is 0 on ignored rows."""
-    # Consecutive programs sweep the vocabulary for GROUP_T row blocks, so the h rows of a group and
-    # the W rows of a vocab block are reused from L2.
+def _logits_gradient_chunk_kernel(h_ptr, w_ptr, y_ptr, lse_ptr, g_ptr, dz_ptr, T, V, D, v_start, num_cols, CHUNK,
+                                  BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+                                  GROUP_T: tl.constexpr, INTERPRETED: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """One (row block, vocab block) tile of the chunk of `num_cols` columns from v_start:
+    dz[t, c] = g_t * (onehot(y_t) - softmax(z_t))[v_start + c], written in dz's dtype (dz is [T, CHUNK],
+    CHUNK >= num_cols rounded up to BLOCK_V); columns past V get 0. g is 0 on ignored rows."""
+    # Consecutive programs sweep the chunk for GROUP_T row blocks, so the h rows of a group and the W rows
+    # of a vocab block are reused from L2.
     pid = tl.program_id(0)
-    num_v_blocks = tl.cdiv(V, BLOCK_V)
+    num_v_blocks = tl.cdiv(num_cols, BLOCK_V)
     first_t = (pid // (GROUP_T * num_v_blocks)) * GROUP_T
     group_size = tl.minimum(tl.cdiv(T, BLOCK_T) - first_t, GROUP_T)
     pid_t = first_t + (pid % (GROUP_T * num_v_blocks)) % group_size
     pid_v = (pid % (GROUP_T * num_v_blocks)) // group_size
     rows = (pid_t * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
-    cols = (pid_v * BLOCK_V + tl.arange(0, BLOCK_V)).to(tl.int64)
+    chunk_cols = (pid_v * BLOCK_V + tl.arange(0, BLOCK_V)).to(tl.int64)
+    cols = v_start + chunk_cols
     row_mask = rows < T
-    col_mask = cols < V
 
     z = _logits_tile(h_ptr, w_ptr, rows, cols, T, V, D, BLOCK_T, BLOCK_V, BLOCK_D, INTERPRETED, DOT_PRECISION)
     lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
     g = tl.load(g_ptr + rows, mask=row_mask, other=0.0)
     targets = tl.load(y_ptr + rows, mask=row_mask, other=-1)
-    softmax = tl.where(col_mask[None, :], tl.exp(z - lse[:, None]), 0.0)
+    softmax = tl.where(cols[None, :] < V, tl.exp(z - lse[:, None]), 0.0)
     onehot = tl.where(cols[None, :] == targets[:, None], 1.0, 0.0)
-    # The gradient products run on the tensor cores in the input dtype, accumulating in fp32.
-    dz = (g[:, None] * (onehot - softmax)).to(h_ptr.dtype.element_ty)
+    dz = g[:, None] * (onehot - softmax)
+    tl.store(dz_ptr + rows[:, None] * CHUNK + chunk_cols[None, :], dz.to(dz_ptr.dtype.element_ty),
+             mask=row_mask[:, None])
 
-    offs_d = tl.arange(0, BLOCK_D)
-    for d in range(0, D, BLOCK_D):
-        d_mask = offs_d < D - d
-        if COMPUTE_DH:
-            w = tl.load(w_ptr + cols[:, None] * D + d + offs_d[None, :], mask=col_mask[:, None] & d_mask[None, :],
-                        other=0.0)
-            dh = _dot(dz, w, tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32), INTERPRETED, DOT_PRECISION)
-            tl.atomic_add(dh_ptr + rows[:, None] * D + d + offs_d[None, :], dh, sem="relaxed",
-                          mask=row_mask[:, None] & d_mask[None, :])
-        if COMPUTE_DW:
-            h = tl.load(h_ptr + rows[:, None] * D + d + offs_d[None, :], mask=row_mask[:, None] & d_mask[None, :],
-                        other=0.0)
-            dw = _dot(tl.trans(dz), h, tl.zeros((BLOCK_V, BLOCK_D), dtype=tl.float32), INTERPRETED, DOT_PRECISION)
-            tl.atomic_add(dw_ptr + cols[:, None] * D + d + offs_d[None, :], dw, sem="relaxed",
-                          mask=col_mask[:, None] & d_mask[None, :])
+
+@triton.jit
+def _add_hidden_gradient_kernel(dz_ptr, w_ptr, dh_ptr, T, D, v_start, num_cols, CHUNK, BLOCK_T: tl.constexpr,
+                                BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRETED: tl.constexpr,
+                                DOT_PRECISION: tl.constexpr):
+    """dh[rows, ds] += dz[rows, :num_cols] W[v_start : v_start + num_cols, ds] for one (row block, D block)
+    tile, accumulated in fp32 in registers and added to the fp32 dh once: the tile is this program's alone."""
+    rows = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+    ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_k = tl.arange(0, BLOCK_K)
+    row_mask, d_mask = rows < T, ds < D
+    dz_ptrs = dz_ptr + rows[:, None] * CHUNK + offs_k[None, :]
+    w_ptrs = w_ptr + (v_start + offs_k[:, None]).to(tl.int64) * D + ds[None, :]
+    acc = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
+    for k in range(0, num_cols, BLOCK_K):
+        k_mask = offs_k < num_cols - k
+        dz = tl.load(dz_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+        w = tl.load(w_ptrs, mask=k_mask[:, None] & d_mask[None, :], other=0.0)
+        acc = _dot(dz, w, acc, INTERPRETED, DOT_PRECISION)
+        dz_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K * D
+    dh_ptrs = dh_ptr + rows[:, None] * D + ds[None, :]
+    mask = row_mask[:, None] & d_mask[None, :]
+    tl.store(dh_ptrs, tl.load(dh_ptrs, mask=mask, other=0.0) + acc, mask=mask)
 
 
 @dataclass(frozen=True)
 class _LaunchConfig:
-    """Tile sizes, launch options and grids of the three kernels, for one dtype."""
+    """Tile sizes, launch options and grids of the four kernels, for one dtype."""
 
     block_t: int
     block_v: int
     block_d: int  # step along D of the forward kernels
-    backward_block_d: int  # step along D of the backward kernel (its logits recompute and both products)
+    backward_block_d: int  # step along D of the backward's logits recompute
     split_blocks: int  # vocab blocks per forward program
     group_t: int  # row blocks per backward group
+    hidden_block_d: int  # columns of dh per program of `_add_hidden_gradient_kernel`
+    hidden_block_k: int  # its step along the chunk's vocabulary
     num_warps: int
     forward_stages: int
     backward_stages: int
+    hidden_stages: int
     dot_precision: str
 
     def forward_grid(self, num_rows: int, vocab_size: int) -> tuple[int, int]:
@@ -173,8 +189,17 @@ class _LaunchConfig:
     def row_grid(self, num_rows: int) -> tuple[int]:
         return (triton.cdiv(num_rows, self.block_t),)
 
-    def backward_grid(self, num_rows: int, vocab_size: int) -> tuple[int]:
-        return (triton.cdiv(num_rows, self.block_t) * triton.cdiv(vocab_size, self.block_v),)
+    def vocab_chunk(self, num_rows: int, vocab_size: int, max_chunk_entries: int) -> int:
+        """Columns of dz per backward chunk: whole vocab blocks, at most `max_chunk_entries` / `num_rows`
+        (one block at least), and no more blocks than the vocabulary has."""
+        blocks = max(1, max_chunk_entries // (max(num_rows, 1) * self.block_v))
+        return min(blocks, triton.cdiv(vocab_size, self.block_v)) * self.block_v
+
+    def backward_grid(self, num_rows: int, num_cols: int) -> tuple[int]:
+        return (triton.cdiv(num_rows, self.block_t) * triton.cdiv(num_cols, self.block_v),)
+
+    def hidden_grid(self, num_rows: int, hidden_size: int) -> tuple[int, int]:
+        return triton.cdiv(num_rows, self.block_t), triton.cdiv(hidden_size, self.hidden_block_d)
 
 
 def cuda_launch_config(dtype: torch.dtype) -> _LaunchConfig:
@@ -186,24 +211,27 @@ def cuda_launch_config(dtype: torch.dtype) -> _LaunchConfig:
         # fp32 products must not round to tf32, or the fp32 tolerance (DESIGN.md, "Tolerances") is lost:
         # the exact path, not the fast one (no tensor cores). 8 warps keep its 64 x 64 tiles in registers.
         return _LaunchConfig(block_t=64, block_v=64, block_d=32, backward_block_d=32, split_blocks=128, group_t=8,
-                             num_warps=8, forward_stages=2, backward_stages=2, dot_precision="ieee")
+                             hidden_block_d=64, hidden_block_k=32, num_warps=8, forward_stages=2,
+                             backward_stages=2, hidden_stages=2, dot_precision="ieee")
     # H100, bf16: 128 x 128 logits tiles. A split of 64 vocab blocks gives 16-19 splits at V = 128k-152k,
-    # so concurrent forward programs share few row blocks and their W tiles stay in L2. The backward
-    # holds two pipelined loops and the dz tile, hence fewer stages, and a step of 32 along D: at 64 its
-    # z, dz, dh and dW tiles need 254 registers and spill 336 bytes on sm_80 (ptxas); at 32, 213 registers
-    # on sm_80 and 168 on sm_90, no spill (benchmarks/results/kernels-static.md), for the same FLOPs per
-    # byte, which BLOCK_T x BLOCK_V sets. (input_precision only applies to fp32 operands: "tf32" is
-    # Triton's default.)
-    return _LaunchConfig(block_t=128, block_v=128, block_d=64, backward_block_d=32, split_blocks=64, group_t=8,
-                         num_warps=8, forward_stages=3, backward_stages=2, dot_precision="tf32")
+    # so concurrent forward programs share few row blocks and their W tiles stay in L2. The backward's
+    # recompute is the forward's tile loop with the dz epilogue, at the forward's step along D; the dh
+    # product is a plain 128 x 128 x 64 matrix-product tiling. (input_precision only applies to fp32
+    # operands: "tf32" is Triton's default.)
+    return _LaunchConfig(block_t=128, block_v=128, block_d=64, backward_block_d=64, split_blocks=64, group_t=8,
+                         hidden_block_d=128, hidden_block_k=64, num_warps=8, forward_stages=3, backward_stages=3,
+                         hidden_stages=3, dot_precision="tf32")
 
 
 # Small tiles keep the interpreter fast; at test sizes they give ragged edges in every dimension, several
 # vocab blocks per split and several splits. tests/kernels/test_kernels_static.py runs the interpreter at
 # `cuda_launch_config` too, by handing it to `FusedLogProbsFunction`.
 INTERPRETER_LAUNCH_CONFIG = _LaunchConfig(block_t=32, block_v=64, block_d=32, backward_block_d=32, split_blocks=4,
-                                          group_t=2, num_warps=1, forward_stages=1, backward_stages=1,
-                                          dot_precision="ieee")
+                                          group_t=2, hidden_block_d=32, hidden_block_k=32, num_warps=1,
+                                          forward_stages=1, backward_stages=1, hidden_stages=1, dot_precision="ieee")
+
+# Entries of dz per backward chunk when the caller gives no bound: 64 MiB in bf16, 8192 columns at 4096 rows.
+DEFAULT_GRADIENT_CHUNK = 2**25
 
 
 def _launch_config(dtype: torch.dtype) -> _LaunchConfig:
@@ -232,33 +260,45 @@ def _forward(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, 
 
 
 def _backward(hidden, weight, targets, lse, grad_logp, ignore_index, config: _LaunchConfig, compute_dh: bool,
-              compute_dw: bool):
+              compute_dw: bool, max_chunk_entries: int = DEFAULT_GRADIENT_CHUNK):
     (T, D), V = hidden.shape, weight.shape[0]
+    if T == 0:
+        return torch.zeros_like(hidden) if compute_dh else None, torch.zeros_like(weight) if compute_dw else None
     grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if compute_dh else None
-    grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if compute_dw else None
-    if T > 0 and (compute_dh or compute_dw):
-        grad_logp = torch.where(targets == ignore_index, 0.0, grad_logp).contiguous()
-        _backward_kernel[config.backward_grid(T, V)](
-            hidden, weight, targets, lse, grad_logp, grad_hidden, grad_weight, T, V, D, BLOCK_T=config.block_t,
-            BLOCK_V=config.block_v, BLOCK_D=config.backward_block_d, GROUP_T=config.group_t, COMPUTE_DH=compute_dh,
-            COMPUTE_DW=compute_dw, INTERPRETED=INTERPRETED, DOT_PRECISION=config.dot_precision,
-            num_warps=config.num_warps, num_stages=config.backward_stages,
+    # Every row of dW is written once, by its chunk's product: no fp32 [V, D] accumulator.
+    grad_weight = torch.empty_like(weight) if compute_dw else None
+    grad_logp = torch.where(targets == ignore_index, 0.0, grad_logp).contiguous()
+    chunk = config.vocab_chunk(T, V, max_chunk_entries)
+    grad_logits = hidden.new_empty(T, chunk)
+    for v_start in range(0, V, chunk):
+        num_cols = min(chunk, V - v_start)
+        _logits_gradient_chunk_kernel[config.backward_grid(T, num_cols)](
+            hidden, weight, targets, lse, grad_logp, grad_logits, T, V, D, v_start, num_cols, chunk,
+            BLOCK_T=config.block_t,
+            BLOCK_V=config.block_v, BLOCK_D=config.backward_block_d, GROUP_T=config.group_t, INTERPRETED=INTERPRETED,
+            DOT_PRECISION=config.dot_precision, num_warps=config.num_warps, num_stages=config.backward_stages,
         )
-    return (
-        grad_hidden.to(hidden.dtype) if compute_dh else None,
-        grad_weight.to(weight.dtype) if compute_dw else None,
-    )
+        if compute_dw:
+            torch.mm(grad_logits[:, :num_cols].T, hidden, out=grad_weight[v_start:v_start + num_cols])
+        if compute_dh:
+            _add_hidden_gradient_kernel[config.hidden_grid(T, D)](
+                grad_logits, weight, grad_hidden, T, D, v_start, num_cols, chunk, BLOCK_T=config.block_t,
+                BLOCK_D=config.hidden_block_d, BLOCK_K=config.hidden_block_k, INTERPRETED=INTERPRETED,
+                DOT_PRECISION=config.dot_precision, num_warps=config.num_warps, num_stages=config.hidden_stages,
+            )
+    return grad_hidden.to(hidden.dtype) if compute_dh else None, grad_weight
 
 
 class FusedLogProbsFunction(torch.autograd.Function):
-    """The Triton kernels at launch configuration `config` (see `_launch_config`) for forward and backward."""
+    """The Triton kernels at launch configuration `config` (see `_launch_config`) for forward and backward,
+    the backward's dz chunks holding at most `max_chunk_entries` entries."""
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int,
-                config: _LaunchConfig):
+                config: _LaunchConfig, max_chunk_entries: int):
         logp, lse = _forward(hidden, weight, targets, ignore_index, config)
         ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.ignore_index, ctx.config = ignore_index, config
+        ctx.ignore_index, ctx.config, ctx.max_chunk_entries = ignore_index, config, max_chunk_entries
         return logp
 
     @staticmethod
@@ -266,8 +306,8 @@ class FusedLogProbsFunction(torch.autograd.Function):
         hidden, weight, targets, lse = ctx.saved_tensors
         compute_dh, compute_dw = ctx.needs_input_grad[:2]
         grad_hidden, grad_weight = _backward(hidden, weight, targets, lse, grad_logp, ctx.ignore_index, ctx.config,
-                                             compute_dh, compute_dw)
-        return grad_hidden, grad_weight, None, None, None
+                                             compute_dh, compute_dw, ctx.max_chunk_entries)
+        return grad_hidden, grad_weight, None, None, None, None
 
 
 def resolve_impl(hidden: torch.Tensor, impl: str = "auto") -> str:
@@ -302,12 +342,13 @@ def fused_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
 
     hidden [T, D] and weight [V, D] share a dtype (bf16 or fp32); targets [T] int64. Differentiable in
     hidden and weight (fp32 accumulation, gradients in the input dtype). `impl` picks the Triton kernels
-    or their chunked PyTorch twin (see `resolve_impl`), whose chunks hold at most `max_chunk_logits`
-    logits (default: `default_chunk_logits`).
+    or their chunked PyTorch twin (see `resolve_impl`). `max_chunk_logits` bounds the logits of one chunk:
+    the Triton backward's dz (default: `DEFAULT_GRADIENT_CHUNK`), the twin's fp32 logits (default:
+    `default_chunk_logits`).
     """
     check_inputs(hidden, weight, targets)
     if resolve_impl(hidden, impl) == "triton":
         return FusedLogProbsFunction.apply(hidden.contiguous(), weight.contiguous(), targets.contiguous(), ignore_index,
-                                           _launch_config(hidden.dtype))
+                                           _launch_config(hidden.dtype), max_chunk_logits or DEFAULT_GRADIENT_CHUNK)
     return ChunkedLogProbsFunction.apply(hidden.contiguous(), weight.contiguous(), targets.contiguous(), ignore_index,
                                          max_chunk_logits or default_chunk_logits(hidden.device))

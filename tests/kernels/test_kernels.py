@@ -108,16 +108,23 @@ def float64_leaves(*tensors):
     return [tensor.detach().double().requires_grad_() for tensor in tensors]
 
 
+# Chunk bounds: the default (one chunk at test sizes) and one of 64 logits per row, which gives the Triton
+# backward one interpreter vocab block per chunk (the last one ragged) and the twin a few rows per chunk.
+CHUNKS = [pytest.param(None, id="one-chunk"), pytest.param(64, id="chunks")]
+
+
+@pytest.mark.parametrize("chunk_logits_per_row", CHUNKS)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("impl", IMPLS)
-def test_matches_float64_reference(impl, dtype, shape, generator):
+def test_matches_float64_reference(impl, dtype, shape, chunk_logits_per_row, generator):
     hidden, weight, targets = random_inputs(shape, dtype, generator)
     upstream = torch.randn(shape[0], generator=generator).to(DEVICE)
     segment_ids = torch.randint(0, 4, (shape[0],), generator=generator).sort().values.to(DEVICE)
     weight_before = weight.detach().clone()
 
-    logp = fused_logprobs(hidden, weight, targets, impl=impl)
+    max_chunk_logits = chunk_logits_per_row and chunk_logits_per_row * shape[0]
+    logp = fused_logprobs(hidden, weight, targets, impl=impl, max_chunk_logits=max_chunk_logits)
     assert logp.dtype == torch.float32 and logp.shape == targets.shape
     grads = torch.autograd.grad((logp * upstream).sum(), (hidden, weight))
 
@@ -129,17 +136,22 @@ def test_matches_float64_reference(impl, dtype, shape, generator):
 
 
 class FreshTensors(TorchDispatchMode):
-    """Records the shape of every tensor that an op returns in new memory (a return its schema does not alias)."""
+    """Records the shape and dtype of every tensor that an op returns in new memory (a return its schema does
+    not alias), as it is returned: the Triton interpreter resizes empty tensors onto its arguments' storage."""
 
     def __init__(self):
         super().__init__()
-        self.shapes = []
+        self.allocations: list[tuple[tuple[int, ...], torch.dtype]] = []
+
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        return [shape for shape, _ in self.allocations]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for ret, value in zip(func._schema.returns, out if isinstance(out, tuple) else (out,)):
             if ret.alias_info is None and isinstance(value, torch.Tensor):
-                self.shapes.append(tuple(value.shape))
+                self.allocations.append((tuple(value.shape), value.dtype))
         return out
 
 
@@ -166,6 +178,25 @@ def test_frozen_input_gets_no_gradient(impl, frozen, generator):
     (expected_grad,) = torch.autograd.grad((expected * upstream).sum(), leaves64[trained])
     assert_matches_reference(torch.float32, logp, expected, torch.zeros_like(targets), [grads[trained]],
                              [expected_grad])
+
+
+@triton_only
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_triton_backward_memory(dtype, generator):
+    """The Triton backward allocates the two gradients in their own dtypes, the fp32 dh [T, D] and one dz
+    chunk of at most `max_chunk_logits` entries; no fp32 [V, D] accumulator."""
+    T, D, V = shape = 37, 48, 300
+    hidden, weight, targets = random_inputs(shape, dtype, generator)
+    max_chunk_logits = 2 * 64 * T  # two interpreter vocab blocks per chunk: three chunks
+    logp = fused_logprobs(hidden, weight, targets, impl="triton", max_chunk_logits=max_chunk_logits)
+    with torch.no_grad(), FreshTensors() as fresh:
+        grad_hidden, grad_weight = logp.grad_fn.apply(torch.randn(T, generator=generator).to(DEVICE))[:2]
+    assert grad_hidden.dtype == grad_weight.dtype == dtype
+    large = sorted(str((shape, dtype)) for shape, dtype in fresh.allocations if math.prod(shape) > T)
+    expected = [((V, D), dtype), ((T, D), torch.float32), ((T, 2 * 64), dtype)]
+    if dtype != torch.float32:
+        expected.append(((T, D), dtype))  # dh in the input dtype
+    assert large == sorted(map(str, expected))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
