@@ -22,7 +22,7 @@ Two GPU paths cannot run on fake tensors, and stand in by what they allocate, re
 Everything else is the code that runs on a GPU: Hugging Face's model classes, PEFT, iopo-fast's packing,
 preference model and loss, TRL's fused LM head. Where it differs on a CPU device: the padded batches'
 attention runs SDPA's CPU flash kernel, which keeps the output and the log-sum-exp as the GPU's flash
-kernels do, and whose FLOPs PyTorch's counter does not know (`CPU_ATTENTION_FLOPS`); Liger-Kernel's
+kernels do, and whose FLOPs PyTorch's counter does not know (`UNCOUNTED_FLOPS`); Liger-Kernel's
 layer kernels do not run on fake tensors, and the model's own PyTorch layers, which keep at least as
 much for the backward, stand in for them.
 
@@ -345,16 +345,22 @@ def _cpu_attention_backward_flops(grad_shape, query_shape, key_shape, *args, out
     return int(2.5 * _cpu_attention_flops(query_shape, key_shape))
 
 
-# PyTorch's FLOP counter has no formula for SDPA's CPU kernels: without these, the padded systems'
-# attention would count for nothing.
-CPU_ATTENTION_FLOPS = {
+def _addmm_flops(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+
+# Products PyTorch's FLOP counter has no formula for: SDPA's CPU kernels (without them the padded systems'
+# attention would count for nothing) and the in-place `addmm_` (TRL's fused LM head accumulates its
+# backward products with it).
+UNCOUNTED_FLOPS = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops,
+    torch.ops.aten.addmm_: _addmm_flops,
 }
 
 
 def flop_counter() -> FlopCounterMode:
-    return FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
+    return FlopCounterMode(display=False, custom_mapping=UNCOUNTED_FLOPS)
 
 
 def forward_flops(call, formula: FormulaFlops) -> float:
