@@ -11,25 +11,30 @@ Forward: `_lse_forward_kernel` tiles (rows x vocab), computes each logits tile b
 of the vocabulary (a split), and the few per-split partial lse are combined afterwards.
 `_logp_kernel` takes the target logit as an indexed dot product h_t . W[y_t]. Only lse [T] (fp32) is kept
 for the backward.
-Backward, one vocabulary chunk [v0, v1) at a time (at most `max_chunk_logits` entries of dz):
+Backward, one vocabulary chunk [v0, v1) at a time (whole vocab blocks, at most `max_chunk_logits` entries
+of dz unless one block of every row holds more):
 `_logits_gradient_chunk_kernel` recomputes the chunk's logits tiles and writes
 dz = g * (onehot(y) - softmax(z)) [T, v1 - v0] in the input dtype; then dW[v0:v1] = dz^T h is one matrix
 product written straight into the weight's gradient, in its dtype (fp32 accumulation inside the product,
-so no fp32 [V, D] buffer), and `_add_hidden_gradient_kernel` adds dz W[v0:v1] into the fp32 dh [T, D].
-Every element is written by one program: no atomics, and the same inputs give the same bits.
+with PyTorch's reduced-precision matmul options off for it, so no fp32 [V, D] buffer), and
+`_add_hidden_gradient_kernel` adds dz W[v0:v1] into the fp32 dh [T, D]. Every element is written by one
+program, or by the product: no atomics.
 
 Cost: 2 T D V FLOPs forward + 6 T D V backward = 8 T D V (plus O(T D) for the target logits).
-Memory: O(T) in the forward; the backward adds dz for one chunk and the fp32 dh [T, D].
+Memory: O(T) in the forward; the backward adds dz for one chunk, the fp32 dh [T, D] (and its copy in the
+input dtype) and dW [V, D] in the weight's dtype.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 from .chunked_logprobs import ChunkedLogProbsFunction, default_chunk_logits
 
@@ -259,6 +264,19 @@ def _forward(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, 
     return logp, lse
 
 
+@contextlib.contextmanager
+def _full_precision_products():
+    """cuBLAS products with fp32 accumulation whatever the process set: no TF32 for fp32 operands (the fp32
+    tolerance, DESIGN.md "Tolerances"), no reduced-precision split-K reductions for bf16 ones."""
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.allow_tf32, matmul.allow_bf16_reduced_precision_reduction
+    matmul.allow_tf32 = matmul.allow_bf16_reduced_precision_reduction = False
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, matmul.allow_bf16_reduced_precision_reduction = saved
+
+
 def _backward(hidden, weight, targets, lse, grad_logp, ignore_index, config: _LaunchConfig, compute_dh: bool,
               compute_dw: bool, max_chunk_entries: int = DEFAULT_GRADIENT_CHUNK):
     (T, D), V = hidden.shape, weight.shape[0]
@@ -279,7 +297,8 @@ def _backward(hidden, weight, targets, lse, grad_logp, ignore_index, config: _La
             DOT_PRECISION=config.dot_precision, num_warps=config.num_warps, num_stages=config.backward_stages,
         )
         if compute_dw:
-            torch.mm(grad_logits[:, :num_cols].T, hidden, out=grad_weight[v_start:v_start + num_cols])
+            with _full_precision_products():
+                torch.mm(grad_logits[:, :num_cols].T, hidden, out=grad_weight[v_start:v_start + num_cols])
         if compute_dh:
             _add_hidden_gradient_kernel[config.hidden_grid(T, D)](
                 grad_logits, weight, grad_hidden, T, D, v_start, num_cols, chunk, BLOCK_T=config.block_t,
@@ -302,6 +321,7 @@ class FusedLogProbsFunction(torch.autograd.Function):
         return logp
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_logp: torch.Tensor):
         hidden, weight, targets, lse = ctx.saved_tensors
         compute_dh, compute_dw = ctx.needs_input_grad[:2]

@@ -23,7 +23,7 @@ from conftest import TRITON_RUNS_HERE, rerun_under_triton_interpreter, triton_on
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from iopo_fast.kernels import example_chunks_loss, fused_logprobs, resolve_impl
-from iopo_fast.kernels.fused_logprobs import INTERPRETED
+from iopo_fast.kernels.fused_logprobs import INTERPRETED, _launch_config
 from iopo_fast.loss import dpo_loss, iopo_loss
 
 IGNORE_INDEX = -100
@@ -108,9 +108,10 @@ def float64_leaves(*tensors):
     return [tensor.detach().double().requires_grad_() for tensor in tensors]
 
 
-# Chunk bounds: the default (one chunk at test sizes) and one of 64 logits per row, which gives the Triton
-# backward one interpreter vocab block per chunk (the last one ragged) and the twin a few rows per chunk.
-CHUNKS = [pytest.param(None, id="one-chunk"), pytest.param(64, id="chunks")]
+# Chunk bounds: the default (one chunk at test sizes), and 64 or 128 logits per row, which give the Triton
+# backward one or two interpreter vocab blocks per chunk (the last one ragged, or of fewer blocks) and the
+# twin a few rows per chunk.
+CHUNKS = [pytest.param(None, id="one-chunk"), pytest.param(64, id="chunks"), pytest.param(128, id="2-block-chunks")]
 
 
 @pytest.mark.parametrize("chunk_logits_per_row", CHUNKS)
@@ -187,13 +188,14 @@ def test_triton_backward_memory(dtype, generator):
     chunk of at most `max_chunk_logits` entries; no fp32 [V, D] accumulator."""
     T, D, V = shape = 37, 48, 300
     hidden, weight, targets = random_inputs(shape, dtype, generator)
-    max_chunk_logits = 2 * 64 * T  # two interpreter vocab blocks per chunk: three chunks
+    block_v = _launch_config(dtype).block_v
+    max_chunk_logits = 2 * block_v * T  # two vocab blocks per chunk
     logp = fused_logprobs(hidden, weight, targets, impl="triton", max_chunk_logits=max_chunk_logits)
     with torch.no_grad(), FreshTensors() as fresh:
         grad_hidden, grad_weight = logp.grad_fn.apply(torch.randn(T, generator=generator).to(DEVICE))[:2]
     assert grad_hidden.dtype == grad_weight.dtype == dtype
     large = sorted(str((shape, dtype)) for shape, dtype in fresh.allocations if math.prod(shape) > T)
-    expected = [((V, D), dtype), ((T, D), torch.float32), ((T, 2 * 64), dtype)]
+    expected = [((V, D), dtype), ((T, D), torch.float32), ((T, min(2, math.ceil(V / block_v)) * block_v), dtype)]
     if dtype != torch.float32:
         expected.append(((T, D), dtype))  # dh in the input dtype
     assert large == sorted(map(str, expected))
