@@ -495,7 +495,7 @@ def trace_reading() -> str:
         f"iopo-fast's peak and needs {fewest_gpus(gpus[2])} GPUs. TRL 1.16 already scores only the completion tokens "
         f"without materializing the logits, so the activations differ by "
         f"{span(ratios_to_trl(big, 4, 'transient_peak_bytes'), '{:.2f}')}x (LoRA and full, Llama and Qwen, 4K to "
-        f"16K), not by half. The work differs more: per example, shared-prefix packing runs {trace_tokens()}: "
+        f"16K). The work differs more: per example, shared-prefix packing runs {trace_tokens()}: "
         f"{span(ratios_to_trl(big, 4, 'flops_per_useful_token'), '{:.2f}')}x the FLOPs per useful token at 7-8B "
         f"({span(ratios_to_trl(small, 4, 'flops_per_useful_token'), '{:.2f}')}x at 0.5-1B, where attention and the LM "
         f"head weigh more). The original IOPO computation's fp32 logits of every position cost "
