@@ -533,13 +533,19 @@ def data_summary() -> str:
             f"{rows['backend']['seconds']:.0f} s on both cores for the same texts ({run['device']})")
 
 
+def oracle_runs(run: dict) -> tuple[dict, dict, tuple[dict, dict, dict]]:
+    """An oracle benchmark's largest and smallest sizes, and the largest's three runs: the first, the rerun of
+    the finished folder, and the run whose outputs were deleted but whose cache was kept."""
+    largest = max(run["results"], key=lambda result: result["records"])
+    smallest = min(run["results"], key=lambda result: result["records"])
+    return largest, smallest, tuple(largest["runs"][name] for name in (
+        "first run", "rerun of the finished folder", "outputs deleted, cache kept"))
+
+
 @fragment("build-instructions.summary")
 def build_instructions_summary() -> str:
     run = results("build-instructions-cpu")
-    largest = max(run["results"], key=lambda result: result["records"])
-    smallest = min(run["results"], key=lambda result: result["records"])
-    first, rerun, cached = (largest["runs"][name] for name in ("first run", "rerun of the finished folder",
-                                                               "outputs deleted, cache kept"))
+    largest, smallest, (first, rerun, cached) = oracle_runs(run)
     return "\n".join([
         f"The oracle waits {run['latency_seconds'] * 1000:.0f} ms per answer. The input is {largest['records']:,} "
         f"plain prompts at concurrency {run['concurrency']}; each record asks five requests (expand, structure, "
@@ -564,10 +570,7 @@ def build_instructions_summary() -> str:
 @fragment("build-pairs.summary")
 def build_pairs_summary() -> str:
     run = results("build-pairs-cpu")
-    largest = max(run["results"], key=lambda result: result["records"])
-    smallest = min(run["results"], key=lambda result: result["records"])
-    first, rerun, cached = (largest["runs"][name] for name in ("first run", "rerun of the finished folder",
-                                                               "outputs deleted, cache kept"))
+    largest, smallest, (first, rerun, cached) = oracle_runs(run)
     return "\n".join([
         f"The oracle waits {run['endpoint'].split(', ')[-1]}. The input is {largest['records']:,} distinct "
         f"instructions without responses, at concurrency {run['concurrency']} (two generator requests per record):",
