@@ -37,6 +37,7 @@ setup(
         "tiktoken>=0.7",
         "matplotlib>=3.8",
         "psutil>=5.9",
+        "torchao>=0.12",  # the 8-bit and stochastic-rounding optimizers (optim, pure_bf16)
     ],
     extras_require={
         "flash-attn": ["flash-attn>=2.6"],

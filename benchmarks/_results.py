@@ -10,7 +10,7 @@ from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PACKAGES = ("iopo-fast", "torch", "triton", "transformers", "flash-attn", "liger-kernel", "cut-cross-entropy",
-            "deepspeed", "accelerate", "datasets", "trl")
+            "deepspeed", "accelerate", "datasets", "trl", "torchao")
 
 
 def device_slug(device_name: str) -> str:

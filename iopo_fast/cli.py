@@ -125,10 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     from .training.checkpoint import CheckpointError
     from .training.engine import NonFiniteLossError
     from .training.loop import train  # imported here: it pulls in torch and DeepSpeed
+    from .training.optimizers import NonFiniteGradientError
 
     try:
         train(load_config(args.config, overrides))
-    except (CheckpointError, ConfigError, DataError, ModelError, NonFiniteLossError, *EVALUATION_ERRORS) as error:
+    except (CheckpointError, ConfigError, DataError, ModelError, NonFiniteGradientError, NonFiniteLossError,
+            *EVALUATION_ERRORS) as error:
         print(f"iopo-fast: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -25,6 +25,7 @@ from .model.loading import DEFAULT_MODEL
 from .utils import first_line
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+OPTIMIZERS = ("adamw_torch", "adamw_torch_8bit")  # Hugging Face TrainingArguments' names
 
 
 class ConfigError(ValueError):
@@ -67,6 +68,9 @@ class TrainConfig:
     warmup_ratio: float = _option(0.0, "Fraction of the steps spent warming up linearly.")
     weight_decay: float = _option(0.0, "AdamW weight decay.")
     max_grad_norm: float = _option(1.0, "Gradient clipping norm; 0 disables clipping.")
+    optim: str = _option("adamw_torch", "The optimizer. adamw_torch: PyTorch's AdamW, fp32 states (8 bytes a parameter); adamw_torch_8bit: torchao's AdamW8bit, 8-bit states in blocks of 256 values (2 bytes a parameter; tensors under 4,096 values keep fp32 states). Under ZeRO 1-3 and DeepSpeed's bf16 optimizer it steps their fp32 partitions.", OPTIMIZERS)
+    optimizer_in_backward: bool = _option(False, "Step each parameter inside the backward as soon as its gradient is ready, then free that gradient: no gradient of the whole model is held. bf16 parameters keep fp32 master copies (unless pure_bf16). Needs one process, zero_stage 0, one micro-batch per step (gradient_accumulation_steps 1, max_tokens_per_micro_batch 0) and max_grad_norm 0.")
+    pure_bf16: bool = _option(False, "With bf16: no fp32 master weights; the optimizer updates the bf16 weights in place with stochastic rounding (torchao), so that updates below half a bf16 step are kept on average. Gradients accumulate in bf16. Needs zero_stage 0.")
     num_train_epochs: float = _option(1.0, "Passes over the training data (ignored when max_steps > 0).")
     max_steps: int = _option(-1, "Optimizer steps; > 0 overrides num_train_epochs.")
     per_device_train_batch_size: int = _option(4, "Examples per micro-batch.")
@@ -122,6 +126,12 @@ class TrainConfig:
     def model_dtype(self) -> torch.dtype:
         """The dtype the models are loaded and trained in."""
         return torch.bfloat16 if self.bf16 else torch.float32
+
+    @property
+    def deepspeed_bf16(self) -> bool:
+        """Whether DeepSpeed's bf16 optimizer wraps the optimizer, with its fp32 master weights and gradient
+        buffers: with bf16, unless pure_bf16 or optimizer_in_backward, which keep their own precision."""
+        return self.bf16 and not (self.pure_bf16 or self.optimizer_in_backward)
 
     def preference_loss(self) -> PreferenceLoss | SFTLoss:
         """The objective of `loss` with its hyper-parameters."""
@@ -181,6 +191,7 @@ class TrainConfig:
             raise ConfigError(f"eval_max_new_tokens: must be >= 0 (0: each benchmark's default), got {self.eval_max_new_tokens}")
         if self.save_steps < 0:
             raise ConfigError(f"save_steps: must be >= 0, got {self.save_steps}")
+        self._check_optimizer_settings()
         if self.offload_param and self.zero_stage != 3 and self.deepspeed is None:
             raise ConfigError("offload_param: needs zero_stage: 3")
         if self.offload_optimizer and self.zero_stage == 0 and self.deepspeed is None:
@@ -205,6 +216,28 @@ class TrainConfig:
         existing = next(path for path in (output_dir, *output_dir.parents) if path.exists())
         if not existing.is_dir():
             raise ConfigError(f"output_dir: {existing} is a file, not a folder")
+
+
+    def _check_optimizer_settings(self) -> None:
+        """Refuse the settings that `optim`, `optimizer_in_backward` and `pure_bf16` cannot honour."""
+        if self.pure_bf16 and not self.bf16:
+            raise ConfigError("pure_bf16: needs bf16: true")
+        for key in ("optimizer_in_backward", "pure_bf16"):
+            if getattr(self, key) and (self.zero_stage != 0 or self.deepspeed is not None):
+                raise ConfigError(f"{key}: runs without ZeRO, which keeps fp32 partitions of its own: set zero_stage: 0 "
+                                  "and leave deepspeed unset")
+        if self.optim == "adamw_torch_8bit" and self.offload_optimizer:
+            raise ConfigError("offload_optimizer: steps DeepSpeed's CPU AdamW in host memory, which has no 8-bit "
+                              "states: set optim: adamw_torch, or offload_optimizer: false")
+        if not self.optimizer_in_backward:
+            return
+        if self.gradient_accumulation_steps != 1 or self.max_tokens_per_micro_batch != 0:
+            raise ConfigError("optimizer_in_backward: steps inside each backward, so a step must be one micro-batch: "
+                              "set gradient_accumulation_steps: 1 and max_tokens_per_micro_batch: 0 (got "
+                              f"{self.gradient_accumulation_steps} and {self.max_tokens_per_micro_batch})")
+        if self.max_grad_norm != 0:
+            raise ConfigError(f"optimizer_in_backward: never holds the whole gradient that max_grad_norm clips: set "
+                              f"max_grad_norm: 0 (got {self.max_grad_norm})")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:

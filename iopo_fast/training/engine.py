@@ -17,6 +17,7 @@ from transformers import get_scheduler
 from ..compat import optimizer_checks_gradients, zero3_full_state_dict
 from ..config import ConfigError, TrainConfig
 from ..utils import read_json
+from .optimizers import OptimizerInBackward, adamw, parameter_groups
 
 
 def deepspeed_config(config: TrainConfig, world_size: int) -> dict:
@@ -31,7 +32,7 @@ def deepspeed_config(config: TrainConfig, world_size: int) -> dict:
             zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
         if config.zero_stage == 3:
             zero["stage3_gather_16bit_weights_on_model_save"] = True
-        ds_config = {"zero_optimization": zero, "bf16": {"enabled": config.bf16}}
+        ds_config = {"zero_optimization": zero, "bf16": {"enabled": config.deepspeed_bf16}}
         if config.offload_optimizer:
             # Offloaded states need DeepSpeed's own CPU Adam, which it builds from this section.
             ds_config["optimizer"] = {"type": "AdamW", "params": {"lr": config.learning_rate,
@@ -39,7 +40,7 @@ def deepspeed_config(config: TrainConfig, world_size: int) -> dict:
     ds_config = _fill_auto(ds_config, {
         "optimizer.params.lr": config.learning_rate,
         "optimizer.params.weight_decay": config.weight_decay,
-        "bf16.enabled": config.bf16,
+        "bf16.enabled": config.deepspeed_bf16,
         "gradient_clipping": config.max_grad_norm,
     })
     ds_config.update(
@@ -53,7 +54,7 @@ def deepspeed_config(config: TrainConfig, world_size: int) -> dict:
     ds_config.setdefault("zero_optimization", {"stage": 0})
     # The models are loaded in the config's dtype, and the policy's optimizer runs in the JSON's.
     json_bf16 = ds_config.get("bf16", {}).get("enabled", False)
-    if json_bf16 != config.bf16:
+    if json_bf16 != config.deepspeed_bf16:
         raise ConfigError(f"deepspeed: {config.deepspeed}: bf16.enabled is {json_bf16}, but bf16 is {config.bf16}: "
                           "set them alike, or bf16.enabled to \"auto\"")
     if ds_config.get("fp16", {}).get("enabled", False):
@@ -61,6 +62,12 @@ def deepspeed_config(config: TrainConfig, world_size: int) -> dict:
     # A non-finite gradient skips the step (see skip_step); fp32 and fp16 always check.
     ds_config.setdefault("bf16", {}).setdefault("check_grad_overflow", True)
     ds_config.pop("scheduler", None)  # the schedule is lr_scheduler_type's, stepped by the engine
+    if "optimizer" in ds_config and config.optim != "adamw_torch":
+        raise ConfigError(f"deepspeed: {config.deepspeed}: its optimizer section replaces optim: {config.optim}; "
+                          "remove one")
+    if config.optimizer_in_backward and world_size > 1:
+        raise ConfigError(f"optimizer_in_backward: runs in one process, whose gradients are never reduced across "
+                          f"ranks (got {world_size}); on several GPUs, use ZeRO with optim: adamw_torch_8bit")
     return ds_config
 
 
@@ -84,12 +91,15 @@ def partitioned_loading(ds_config: dict):
 
 
 def build_engine(model: torch.nn.Module, config: TrainConfig, ds_config: dict, total_steps: int):
-    """The DeepSpeed engine around `model`, with AdamW and the learning-rate schedule."""
+    """The DeepSpeed engine around `model`, with the optimizer (DeepSpeed's own where its JSON names one) and the
+    learning-rate schedule."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = None
-    if "optimizer" not in ds_config:
-        optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay,
-                                      fused=torch.cuda.is_available())
+    if config.optimizer_in_backward:
+        optimizer = OptimizerInBackward(parameter_groups(model), lambda groups: adamw(groups, config),
+                                        master_weights=not config.pure_bf16, lr=config.learning_rate)
+    elif "optimizer" not in ds_config:
+        optimizer = adamw(parameter_groups(model), config)
 
     def schedule(optimizer):
         return get_scheduler(config.lr_scheduler_type, optimizer, int(config.warmup_ratio * total_steps), total_steps)
@@ -97,6 +107,9 @@ def build_engine(model: torch.nn.Module, config: TrainConfig, ds_config: dict, t
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, model_parameters=trainable, optimizer=optimizer, lr_scheduler=schedule, config=ds_config
     )
+    if config.optimizer_in_backward:
+        # One rank, and no gradient left after the backward: DeepSpeed's reduction would create zero ones.
+        engine.enable_backward_allreduce = False
     return engine, scheduler
 
 
@@ -124,6 +137,8 @@ def grad_norm_before_step(engine) -> float | None:
     """The norm of the step's gradient where DeepSpeed does not record it (None where it does)."""
     if optimizer_checks_gradients(engine):
         return None
+    if isinstance(engine.optimizer, OptimizerInBackward):
+        return engine.optimizer.grad_norm()
     grads = [p.grad.float().norm() for p in engine.module.parameters() if p.grad is not None]
     return float(torch.stack(grads).norm()) if grads else 0.0
 

@@ -197,7 +197,7 @@ def train_step(run: RunState, step: int) -> dict:
     run.trainer_state["step"] = step
     return step_record(run.config, step, examples, indices, plan, outcome, grad_norm,
                        seconds=time.perf_counter() - started, epoch=step / run.steps_per_epoch,
-                       examples_per_step=run.examples_per_step, learning_rate=run.scheduler.get_last_lr()[0],
+                       examples_per_step=run.examples_per_step, learning_rate=float(run.scheduler.get_last_lr()[0]),
                        device=run.device, model=run.model)
 
 
@@ -223,7 +223,8 @@ def accumulate_gradients(run: RunState, examples: list[Example], indices: list[i
         output, num_tokens = forward(run, [examples[i] for i in group], [indices[i] for i in group], run.train_reference)
         if all_reduce(torch.tensor(int(not torch.isfinite(output.loss))), "max"):
             engine.set_gradient_accumulation_boundary(True)
-            engine.backward(output.loss * float("nan"))
+            if not run.config.optimizer_in_backward:  # which would apply it, on its one rank
+                engine.backward(output.loss * float("nan"))
             outcome.finite = False
             return outcome
         engine.backward(output.loss * weight)

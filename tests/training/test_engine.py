@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import fresh_process_env, logged, training_config
 
@@ -88,6 +89,27 @@ def test_two_ranks_with_zero3_match_one_rank_with_the_same_global_batch(tiny_mod
     assert logged(tmp_path / "two", "grad_norm") == pytest.approx(logged(one_rank_run, "grad_norm"), rel=1e-4)
     for two, one in zip(logged(tmp_path / "two", "examples"), logged(one_rank_run, "examples")):
         assert sorted(two) == sorted(one)
+
+
+def test_8bit_states_under_zero_on_two_ranks(tiny_model_dir, tmp_path, one_rank_run):
+    """torchao's AdamW8bit as DeepSpeed's client optimizer under ZeRO-2 on two gloo ranks trains as one rank
+    with fp32 AdamW does, to the 8-bit states' precision. It steps ZeRO's flat fp32 partitions, and keeps 8-bit
+    states for those of 4,096 values or more that split into its blocks of 256 (DeepSpeed aligns a partition
+    to 2 x ranks values only); the others and the embeddings' group keep fp32 states. The checkpoint holds them."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
+    settings = two_rank_settings(tiny_model_dir, tmp_path / "two", zero_stage=2, optim="adamw_torch_8bit",
+                                 save_steps=2)
+    run_cli(command, settings, tmp_path / "two.yaml")
+
+    assert logged(tmp_path / "two") == pytest.approx(logged(one_rank_run), abs=1e-3)
+    checkpoint = tmp_path / "two" / "checkpoints" / "step-000002"
+    for rank in (0, 1):
+        saved = torch.load(checkpoint / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt", weights_only=False)
+        partitions = saved["optimizer_state_dict"]["single_partition_of_fp32_groups"]
+        states = saved["optimizer_state_dict"]["base_optimizer_state"]["state"]
+        for group, (partition, state) in enumerate(zip(partitions, states.values())):
+            quantized = group == 0 and partition.numel() >= 4096 and partition.numel() % 256 == 0
+            assert isinstance(state["exp_avg"], dict) == quantized, (rank, group, partition.numel())
 
 
 def test_an_evaluation_failing_on_the_main_rank_stops_every_rank(tiny_model_dir, tmp_path):
