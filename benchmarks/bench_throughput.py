@@ -192,6 +192,7 @@ class Job:
     offload_optimizer: bool
     seed: int
     fresh_process: bool = True  # else in the parent's process: faster, but peak memory is the parent's
+    optimizer: dict = field(default_factory=dict)  # systems 4 and 5: TrainConfig keys of the optimizer
 
 
 @dataclass
@@ -441,7 +442,7 @@ def run_iopo_fast(job: Job, examples, device: torch.device) -> Run:
     micro_batch = math.gcd(TRL_DEFAULT_MICRO_BATCH // 2, per_step) if original else per_step
     longest = max(packed_length(e) for e in train_examples)
     with tempfile.TemporaryDirectory() as output_dir:
-        config = TrainConfig(
+        settings = dict(
             model_name_or_path=f"random {job.model} seed {job.seed}", output_dir=output_dir, resume="never",
             loss="dpo" if dpo else "iopo", reference="live" if original else "precomputed", pref_beta=BETA,
             learning_rate=LEARNING_RATE, lr_scheduler_type="constant", max_steps=total_steps, seed=job.seed,
@@ -454,6 +455,7 @@ def run_iopo_fast(job: Job, examples, device: torch.device) -> Run:
             logprob_algorithm="recompute" if original else job.logprob_algorithm,
             zero_stage=job.zero_stage, offload_optimizer=job.offload_optimizer,
         )
+        config = TrainConfig(**{**settings, **({} if original else job.optimizer)})
         run = build(config, examples=(train_examples, []),
                     make_model=lambda name: random_model(job.model, training_dtype(device), device, job.seed),
                     layout=pad_examples if original else pack_examples,

@@ -1,7 +1,7 @@
 """How much work can one 80 GB GPU do with full-parameter training of Llama-3.1-8B, with iopo-fast and with TRL?
 
-Both run with ZeRO-3 and the optimizer offloaded to host memory, gradient checkpointing and a
-precomputed reference, in bf16:
+With `--optimizer offload` (the default), both run with ZeRO-3 and the optimizer offloaded to host memory,
+gradient checkpointing and a precomputed reference, in bf16:
   - system 4 of bench_throughput.py: iopo-fast IOPO with packing, the fused log-prob kernel and
     Liger's layer kernels;
   - system 2 of bench_throughput.py: TRL's DPOTrainer in its fastest configuration, on the two DPO
@@ -18,11 +18,18 @@ weight, Adam's two fp32 moments and DeepSpeed's fp32 gradient partition, 16 byte
 "Host memory"). The script compares that with the
 host's available memory and stops (exit status 2) when it does not fit, unless --force.
 
+The one-GPU optimizers without offload run iopo-fast alone (system 4), without ZeRO (docs/performance.md,
+"One GPU without offload"): `--optimizer 8bit-in-backward` (8-bit AdamW states stepped inside the
+backward, fp32 master weights: examples/llama3.1-8b-full-1gpu-8bit.yaml) and `--optimizer pure-bf16` (the
+same without masters, stochastic rounding: examples/llama3.1-8b-full-1gpu-pure-bf16.yaml). Their results
+files are named after the setting.
+
 Without CUDA it refuses in one line with exit status 2. `--smoke` runs the same search on the
 `tiny` configuration on CPU instead (where nothing runs out of memory), to exercise the code; its
 results are only printed, or written to --output-dir.
 
     python benchmarks/fit_8b.py [--budgets 8192 16384 ...] [--systems 4 2] [--force] [--output-dir DIR]
+    python benchmarks/fit_8b.py --optimizer 8bit-in-backward
     python benchmarks/fit_8b.py --smoke
 """
 
@@ -45,6 +52,17 @@ MODEL = "llama-3.1-8b"
 # exp_avg_sq, and the fp32 gradient partition.
 OFFLOAD_BYTES_PER_PARAMETER = 16
 FIT_SYSTEMS = (4, 2)
+# --optimizer: (ZeRO stage, optimizer offload, iopo-fast's optimizer keys, the header's words)
+IN_BACKWARD = {"optim": "adamw_torch_8bit", "optimizer_in_backward": True, "max_grad_norm": 0.0,
+               "max_tokens_per_micro_batch": 0}
+OPTIMIZERS = {
+    "offload": (3, True, {}, "ZeRO-3 with optimizer offload"),
+    "8bit-in-backward": (0, False, IN_BACKWARD,
+                         "no ZeRO and no offload, 8-bit AdamW states stepped inside the backward, fp32 master weights"),
+    "pure-bf16": (0, False, {**IN_BACKWARD, "pure_bf16": True},
+                  "no ZeRO and no offload, 8-bit AdamW states stepped inside the backward, pure bf16 weights with "
+                  "stochastic rounding"),
+}
 REFUSAL_EXIT_STATUS = 2
 
 
@@ -99,14 +117,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="without CUDA: the tiny configuration on CPU")
     parser.add_argument("--budgets", type=int, nargs="+", default=None,
                         help="useful tokens per micro-batch (default 8192 to 262144, doubling; smoke: 256 512)")
-    parser.add_argument("--systems", type=int, nargs="+", choices=FIT_SYSTEMS, default=list(FIT_SYSTEMS))
+    parser.add_argument("--systems", type=int, nargs="+", choices=FIT_SYSTEMS, default=None,
+                        help="default: 4 and 2 with --optimizer offload, else 4 (iopo-fast alone)")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="offload")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per budget, after one warm-up step")
     parser.add_argument("--logprob-algorithm", choices=ALGORITHMS, default="recompute", help="iopo-fast's")
     parser.add_argument("--force", action="store_true", help="run even when host memory looks too small")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="where to write the results (default on GPU: benchmarks/results; smoke: nowhere)")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.systems is None:
+        args.systems = list(FIT_SYSTEMS) if args.optimizer == "offload" else [4]
+    elif args.optimizer != "offload" and args.systems != [4]:
+        parser.error(f"--optimizer {args.optimizer} is iopo-fast's: --systems 4")
+    return args
 
 
 def main() -> None:
@@ -125,12 +150,13 @@ def main() -> None:
     scenario = dataclasses.replace(SCENARIOS["trace"], sigma=0.0) if on_cuda else Scenario(24, 32, 0.0)
     device_name = torch.cuda.get_device_name() if on_cuda else "CPU (smoke run)"
     command = "python " + shlex.join(sys.argv)
+    zero_stage, offload, optimizer, described = OPTIMIZERS[args.optimizer]
     header = [
         f"- device: {device_name}",
         f"- versions: {versions()}",
         f"- command: `{command}`",
-        f"- {check_host_memory(model, model_parameters(model), args.force)}",
-        f"- {model}, full parameters, {'bf16' if on_cuda else 'fp32'}, ZeRO-3 with optimizer offload, gradient "
+        *([f"- {check_host_memory(model, model_parameters(model), args.force)}"] if offload else []),
+        f"- {model}, full parameters, {'bf16' if on_cuda else 'fp32'}, {described}, gradient "
         f"checkpointing, precomputed reference, log-prob algorithm {args.logprob_algorithm}; prompts {scenario.prompt_tokens} and responses "
         f"{scenario.response_tokens} tokens; one micro-batch per step, median of {args.steps} timed steps",
     ]
@@ -138,7 +164,8 @@ def main() -> None:
     base = Job(system=0, model=model, scenario=scenario,
                global_batch=1, warmup=1, steps=args.steps, tokens_per_micro_batch=0, trl_pairs_per_micro_batch=None,
                logprob_algorithm=args.logprob_algorithm,
-               gradient_checkpointing=True, zero_stage=3, offload_optimizer=True, seed=args.seed)
+               gradient_checkpointing=True, zero_stage=zero_stage, offload_optimizer=offload, seed=args.seed,
+               optimizer={**optimizer, "bf16": True} if optimizer.get("pure_bf16") else optimizer)
     points = [point for system in args.systems
               for point in budget_series(dataclasses.replace(base, system=system), budgets)]
     lines = [*TABLE_HEADER, *table_rows(points, SYSTEMS), "", *summary(points, SYSTEMS)]
@@ -146,7 +173,8 @@ def main() -> None:
     output_dir = args.output_dir or (RESULTS_DIR if on_cuda else None)
     if output_dir is not None:
         record = {"device": device_name, "versions": versions(), "command": command, "points": points}
-        write_results(output_dir / f"fit-8b-{device_slug(device_name)}", [*header, "", *lines], record)
+        setting = "" if args.optimizer == "offload" else f"{args.optimizer}-"
+        write_results(output_dir / f"fit-8b-{setting}{device_slug(device_name)}", [*header, "", *lines], record)
 
 
 def write_results(stem: Path, markdown: list[str], record: dict) -> None:

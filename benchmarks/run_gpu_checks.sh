@@ -4,10 +4,10 @@
 #
 #   ../shared/device/fetch-wheels.sh               # first, where a package index is reachable
 #   bash benchmarks/run_gpu_checks.sh [STAGE ...]  # stages: tests equivalence logprob throughput
-#                                                  #   throughput-example-chunks fit
+#                                                  #   throughput-example-chunks fit fit-8bit fit-pure-bf16
 #
-# Default: tests, equivalence and logprob (a few minutes on an H100); throughput and fit each take
-# longer and are best run alone.
+# Default: tests, equivalence and logprob (a few minutes on an H100); throughput and the fit stages each
+# take longer and are best run alone.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -35,6 +35,9 @@ for stage in "${@:-tests equivalence logprob}"; do
             throughput-example-chunks) python3 benchmarks/bench_throughput.py --systems 4 5 --no-sweep \
                        --logprob-algorithm example_chunks ;;
             fit) python3 benchmarks/fit_8b.py ;;
+            # One GPU without offload: 8-bit states stepped inside the backward, with and without fp32 masters.
+            fit-8bit) python3 benchmarks/fit_8b.py --optimizer 8bit-in-backward ;;
+            fit-pure-bf16) python3 benchmarks/fit_8b.py --optimizer pure-bf16 ;;
             *) echo "unknown stage: $name"; false ;;
         esac || status=1
     done

@@ -129,6 +129,15 @@ def test_fit_8b_refuses_without_cuda_in_one_line():
         "fit_8b.py measures GPU memory and needs CUDA; --smoke runs the tiny configuration on CPU"]
 
 
+@pytest.mark.parametrize("optimizer", ["8bit-in-backward", "pure-bf16"])
+def test_fit_8b_smoke_runs_the_one_gpu_optimizers_on_iopo_fast_alone(optimizer):
+    run = run_script("fit_8b.py", "--smoke", "--budgets", "256", "--optimizer", optimizer)
+
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    assert [(row[0].split(".")[0], row[2]) for row in table_rows(run.stdout)] == [("4", "ok")], run.stdout
+    assert "stepped inside the backward" in run.stdout and "host memory:" not in run.stdout
+
+
 def test_fit_8b_smoke_searches_both_systems():
     run = run_script("fit_8b.py", "--smoke", "--budgets", "256")
 
