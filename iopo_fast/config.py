@@ -69,7 +69,7 @@ class TrainConfig:
     warmup_ratio: float = _option(0.0, "Fraction of the steps spent warming up linearly.")
     weight_decay: float = _option(0.0, "AdamW weight decay.")
     max_grad_norm: float = _option(1.0, "Gradient clipping norm; 0 disables clipping.")
-    optim: str = _option("adamw_torch", "The optimizer. adamw_torch: PyTorch's AdamW, fp32 states (8 bytes a parameter); adamw_torch_8bit: torchao's AdamW8bit, 8-bit states in blocks of 256 values (2 bytes a parameter; tensors under 4,096 values keep fp32 states). Under ZeRO 1-3 and DeepSpeed's bf16 optimizer it steps their fp32 partitions.", OPTIMIZERS)
+    optim: str = _option("adamw_torch", "The optimizer. adamw_torch: AdamW with fp32 states (8 bytes a parameter; PyTorch's, or torchao's under pure_bf16); adamw_torch_8bit: torchao's AdamW8bit, 8-bit states in blocks of 256 values (2 bytes a parameter; the embedding, the LM head and tensors under 4,096 values keep fp32 states). torchao steps whole tensors: 8-bit states need zero_stage 0 and, with bf16, optimizer_in_backward or pure_bf16.", OPTIMIZERS)
     optimizer_in_backward: bool = _option(False, "Step each parameter inside the backward as soon as its gradient is ready, then free that gradient: no gradient of the whole model is held. bf16 parameters keep fp32 master copies (unless pure_bf16). Needs one process, zero_stage 0, one micro-batch per step (gradient_accumulation_steps 1, max_tokens_per_micro_batch 0) and max_grad_norm 0.")
     pure_bf16: bool = _option(False, "With bf16: no fp32 master weights; the optimizer updates the bf16 weights in place with stochastic rounding (torchao), so that updates below half a bf16 step are kept on average. Gradients accumulate in bf16. Needs zero_stage 0.")
     num_train_epochs: float = _option(1.0, "Passes over the training data (ignored when max_steps > 0).")
@@ -230,9 +230,11 @@ class TrainConfig:
             if getattr(self, key) and (self.zero_stage != 0 or self.deepspeed is not None):
                 raise ConfigError(f"{key}: runs without ZeRO, which keeps fp32 partitions of its own: set zero_stage: 0 "
                                   "and leave deepspeed unset")
-        if self.optim == "adamw_torch_8bit" and self.offload_optimizer:
-            raise ConfigError("offload_optimizer: steps DeepSpeed's CPU AdamW in host memory, which has no 8-bit "
-                              "states: set optim: adamw_torch, or offload_optimizer: false")
+        wrapped = self.zero_stage != 0 or self.deepspeed is not None or self.deepspeed_bf16
+        if self.optim == "adamw_torch_8bit" and wrapped:
+            raise ConfigError("optim: adamw_torch_8bit steps whole tensors, and DeepSpeed's ZeRO and bf16 optimizers "
+                              "would hand it flat partitions: use it with zero_stage 0 and, with bf16, "
+                              "optimizer_in_backward or pure_bf16")
         if not self.optimizer_in_backward:
             return
         if self.gradient_accumulation_steps != 1 or self.max_tokens_per_micro_batch != 0:

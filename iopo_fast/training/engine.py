@@ -59,15 +59,13 @@ def deepspeed_config(config: TrainConfig, world_size: int) -> dict:
                           "set them alike, or bf16.enabled to \"auto\"")
     if ds_config.get("fp16", {}).get("enabled", False):
         raise ConfigError(f"deepspeed: {config.deepspeed}: fp16 is not supported; use bf16")
-    # A non-finite gradient skips the step (see skip_step); fp32 and fp16 always check.
+    # DeepSpeed's bf16 optimizer skips a step whose gradient is not finite (see skip_step); elsewhere the loop does.
     ds_config.setdefault("bf16", {}).setdefault("check_grad_overflow", True)
     ds_config.pop("scheduler", None)  # the schedule is lr_scheduler_type's, stepped by the engine
-    if "optimizer" in ds_config and config.optim != "adamw_torch":
-        raise ConfigError(f"deepspeed: {config.deepspeed}: its optimizer section replaces optim: {config.optim}; "
-                          "remove one")
     if config.optimizer_in_backward and world_size > 1:
         raise ConfigError(f"optimizer_in_backward: runs in one process, whose gradients are never reduced across "
-                          f"ranks (got {world_size}); on several GPUs, use ZeRO with optim: adamw_torch_8bit")
+                          f"ranks (got {world_size}); on several GPUs, pure_bf16 with optim: adamw_torch_8bit runs "
+                          "without it")
     return ds_config
 
 
@@ -94,18 +92,19 @@ def build_engine(model: torch.nn.Module, config: TrainConfig, ds_config: dict, t
     """The DeepSpeed engine around `model`, with the optimizer (DeepSpeed's own where its JSON names one) and the
     learning-rate schedule."""
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = None
-    if config.optimizer_in_backward:
-        optimizer = OptimizerInBackward(parameter_groups(model), lambda groups: adamw(groups, config),
-                                        master_weights=not config.pure_bf16, lr=config.learning_rate)
-    elif "optimizer" not in ds_config:
-        optimizer = adamw(parameter_groups(model), config)
+
+    def optimizer(parameters):  # built by DeepSpeed once it has moved the model to its device
+        if config.optimizer_in_backward:
+            return OptimizerInBackward(parameter_groups(model, config), lambda groups: adamw(groups, config),
+                                       master_weights=not config.pure_bf16, lr=config.learning_rate)
+        return adamw(parameter_groups(model, config), config)
 
     def schedule(optimizer):
         return get_scheduler(config.lr_scheduler_type, optimizer, int(config.warmup_ratio * total_steps), total_steps)
 
     engine, _, _, scheduler = deepspeed.initialize(
-        model=model, model_parameters=trainable, optimizer=optimizer, lr_scheduler=schedule, config=ds_config
+        model=model, model_parameters=trainable, optimizer=None if "optimizer" in ds_config else optimizer,
+        lr_scheduler=schedule, config=ds_config
     )
     if config.optimizer_in_backward:
         # One rank, and no gradient left after the backward: DeepSpeed's reduction would create zero ones.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -188,6 +189,10 @@ def train_step(run: RunState, step: int) -> dict:
     grad_norm = None
     if outcome.finite:
         grad_norm = grad_norm_before_step(run.engine)
+        # A non-finite gradient of a finite loss skips the step where DeepSpeed does not check it (fp32, pure bf16);
+        # inside the backward it was applied already, and the optimizer's step stops the run.
+        outcome.finite = grad_norm is None or math.isfinite(grad_norm) or run.config.optimizer_in_backward
+    if outcome.finite:
         run.engine.step()
         grad_norm = float(run.engine.get_global_grad_norm() if grad_norm is None else grad_norm)
         run.trainer_state["nonfinite_in_a_row"] = 0
@@ -209,7 +214,8 @@ def accumulate_gradients(run: RunState, examples: list[Example], indices: list[i
     whatever the split into micro-batches and ranks. Ranks run the same number of micro-batches
     (collectives must match); a rank with fewer pads with an empty group, run as example 0 weighted
     0. A non-finite loss on any rank ends the step early with a backward of NaN, which every rank
-    joins (their collectives stay matched) and `engine.skip_step` then discards whole.
+    joins (their collectives stay matched) and `engine.skip_step` then discards whole; with the optimizer
+    inside the backward (one rank), with no backward at all.
     """
     engine = run.engine
     count = int(all_reduce(torch.tensor(len(plan)), "max"))

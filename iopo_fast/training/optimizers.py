@@ -1,11 +1,14 @@
 """The policy's optimizer: AdamW with fp32 states (PyTorch's) or 8-bit states (torchao's `AdamW8bit`),
 stepped after the backward by the DeepSpeed engine, or inside the backward (`OptimizerInBackward`).
 
-Bytes per parameter of a bf16 model, besides the activations (8-bit states: 2 bytes; the embeddings and
+torchao's optimizers step whole tensors: 8-bit states run without DeepSpeed's ZeRO and bf16 optimizers,
+which would hand them flat partitions (see `TrainConfig._check_optimizer_settings`).
+
+Bytes per parameter of a bf16 model, besides the activations (8-bit states: 2 bytes; the embedding and
 the LM head keep fp32 states, see `parameter_groups`):
 
     DeepSpeed's bf16 optimizer, AdamW           2 weights + 2 gradient + 4 fp32 master + 4 fp32 gradient + 8 states
-    ... with 8-bit states                       2 + 2 + 4 + 4 + 2
+    pure bf16, 8-bit states, after the backward 2 + 2 + 2
     in the backward, fp32 master, 8-bit states  2 + 4 + 2, and one parameter's gradient at a time
     in the backward, pure bf16, 8-bit states    2 + 2, and one parameter's gradient at a time
 
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 
 import torch
 from torch import nn
@@ -28,19 +30,21 @@ from ..config import TrainConfig
 _FP32_STATES = "fp32_states"  # a parameter group's flag: its states stay in fp32 under 8-bit optimizers
 
 
-def parameter_groups(model: nn.Module) -> list[dict]:
-    """The trainable parameters of `model` (a causal LM, or a module holding one as `.model`), in the
-    optimizer's groups: the input embedding and the LM head keep fp32 states.
+def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+    """The trainable parameters of `model` (a causal LM, or a module holding one as `.model`) in the
+    optimizer's groups: one, or with 8-bit states two, the input embedding and the LM head keeping fp32 ones.
 
     Blockwise 8-bit states lose a value below about 1e-7 of its block's largest: a second moment that
     rounds to zero beside a first moment that does not makes an update of m / eps, hundreds of learning
     rates. The rows of these two matrices, some tokens' rare and others' frequent, meet that in their first
     steps; bitsandbytes and Hugging Face's Trainer keep the embeddings' states in 32 bits for it too.
     """
+    trainable = [param for param in model.parameters() if param.requires_grad]
+    if config.optim != "adamw_torch_8bit":
+        return [{"params": trainable}]
     language_model = model if hasattr(model, "get_input_embeddings") else model.model
     embeddings = {id(module.weight) for module in (language_model.get_input_embeddings(),
                                                    language_model.get_output_embeddings()) if module is not None}
-    trainable = [param for param in model.parameters() if param.requires_grad]
     groups = [{"params": [p for p in trainable if id(p) not in embeddings]},
               {"params": [p for p in trainable if id(p) in embeddings], _FP32_STATES: True}]
     return [group for group in groups if group["params"]]
@@ -52,13 +56,11 @@ def adamw(param_groups: list[dict], config: TrainConfig) -> torch.optim.Optimize
     settings = {"lr": config.learning_rate, "weight_decay": config.weight_decay}
     if config.optim == "adamw_torch" and not config.pure_bf16:
         return torch.optim.AdamW(param_groups, **settings, fused=torch.cuda.is_available())
-    torchao_optim = _import_torchao_optim()
-    if config.optim == "adamw_torch_8bit":
-        optimizer = _torchao_optimizer(torchao_optim.AdamW8bit)
-    else:  # torchao's AdamW, for its stochastic rounding; it would keep a bf16 tensor's states in bf16
-        optimizer = _torchao_optimizer(torchao_optim._AdamW)
-        param_groups = [{**group, _FP32_STATES: True} for group in param_groups]
-    return optimizer(param_groups, **settings, bf16_stochastic_round=config.pure_bf16)
+    import torchao.optim as torchao_optim  # an extra: iopo-fast[torchao]
+
+    # torchao's AdamW (fp32 states here) for its stochastic rounding, or its AdamW8bit.
+    optimizer = torchao_optim.AdamW8bit if config.optim == "adamw_torch_8bit" else torchao_optim._AdamW
+    return _torchao_optimizer(optimizer)(param_groups, **settings, bf16_stochastic_round=config.pure_bf16)
 
 
 class NonFiniteGradientError(RuntimeError):
@@ -139,16 +141,18 @@ def _set_learning_rate(group: dict, lr: float) -> None:
 
 
 class _TorchaoStates:
-    """Mixed into torchao's optimizers: the states of the groups flagged `fp32_states` are kept in fp32, and
-    the 8-bit states are saved as their plain tensors (DeepSpeed loads its checkpoints with a callable
-    `map_location`, which cannot rebuild a tensor subclass)."""
+    """Mixed into torchao's optimizers: every state that is not 8-bit is fp32 (torchao would keep a bf16
+    tensor's in bf16, where Adam's second moment cannot decay by 0.1% a step), the groups flagged
+    `fp32_states` have no 8-bit states, and 8-bit states are saved as their plain tensors (DeepSpeed loads
+    its checkpoints with a callable `map_location`, which cannot rebuild a tensor subclass)."""
 
     def _new_buffer(self, param: torch.Tensor, signed: bool) -> torch.Tensor:
-        # The flag is read from the group the tensor is in when its states are created: DeepSpeed's wrappers
-        # replace a group's parameters by flat fp32 partitions of their own, group by group, keeping its keys.
-        if any(param is other for group in self.param_groups if group.get(_FP32_STATES) for other in group["params"]):
+        in_fp32_group = any(param is other for group in self.param_groups if group.get(_FP32_STATES)
+                            for other in group["params"])
+        buffer = None if in_fp32_group else super()._new_buffer(param, signed)
+        if buffer is None or type(buffer) is torch.Tensor:
             return torch.zeros_like(param, dtype=torch.float32)
-        return super()._new_buffer(param, signed)
+        return buffer
 
     def state_dict(self) -> dict:
         state_dict = super().state_dict()
@@ -193,12 +197,3 @@ def _quantized_state(value):
 def _torchao_optimizer(torchao_optimizer: type) -> type:
     """`torchao_optimizer` with `_TorchaoStates`."""
     return type(torchao_optimizer.__name__, (_TorchaoStates, torchao_optimizer), {})
-
-
-def _import_torchao_optim():
-    """torchao's optimizers, without the warnings it prints about the CUDA extensions it cannot load on CPU."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import torchao.optim
-
-    return torchao.optim

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from transformers import LlamaConfig, LlamaForCausalLM
 from conftest import fresh_process_env, logged, training_config
 
 from iopo_fast.config import ConfigError, TrainConfig
@@ -91,25 +92,37 @@ def test_two_ranks_with_zero3_match_one_rank_with_the_same_global_batch(tiny_mod
         assert sorted(two) == sorted(one)
 
 
-def test_8bit_states_under_zero_on_two_ranks(tiny_model_dir, tmp_path, one_rank_run):
-    """torchao's AdamW8bit as DeepSpeed's client optimizer under ZeRO-2 on two gloo ranks trains as one rank
-    with fp32 AdamW does, to the 8-bit states' precision. It steps ZeRO's flat fp32 partitions, and keeps 8-bit
-    states for those of 4,096 values or more that split into its blocks of 256 (DeepSpeed aligns a partition
-    to 2 x ranks values only); the others and the embeddings' group keep fp32 states. The checkpoint holds them."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
-    settings = two_rank_settings(tiny_model_dir, tmp_path / "two", zero_stage=2, optim="adamw_torch_8bit",
-                                 save_steps=2)
-    run_cli(command, settings, tmp_path / "two.yaml")
+@pytest.fixture(scope="module")
+def wider_model_dir(tmp_path_factory, smollm2_tokenizer):
+    """tiny_model_dir's Llama twice as wide, so that its MLP matrices (128 x 64) get 8-bit states."""
+    path = tmp_path_factory.mktemp("wider-llama")
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(smollm2_tokenizer), hidden_size=64, intermediate_size=128,
+                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                 tie_word_embeddings=False)).save_pretrained(path)
+    smollm2_tokenizer.save_pretrained(path)
+    return path
 
-    assert logged(tmp_path / "two") == pytest.approx(logged(one_rank_run), abs=1e-3)
-    checkpoint = tmp_path / "two" / "checkpoints" / "step-000002"
-    for rank in (0, 1):
-        saved = torch.load(checkpoint / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt", weights_only=False)
-        partitions = saved["optimizer_state_dict"]["single_partition_of_fp32_groups"]
-        states = saved["optimizer_state_dict"]["base_optimizer_state"]["state"]
-        for group, (partition, state) in enumerate(zip(partitions, states.values())):
-            quantized = group == 0 and partition.numel() >= 4096 and partition.numel() % 256 == 0
-            assert isinstance(state["exp_avg"], dict) == quantized, (rank, group, partition.numel())
+
+def test_8bit_states_on_two_ranks_train_as_one_rank(wider_model_dir, smollm2_tokenizer, tmp_path):
+    """torchao's AdamW8bit without ZeRO on two gloo ranks (each steps the averaged gradient) against one rank
+    with the same global batch; the checkpoint holds the 8-bit states, and the embeddings' fp32 ones."""
+    for name, launcher, batch in (("one", [sys.executable, "-m"], 4), ("two", [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"], 2)):
+        settings = two_rank_settings(wider_model_dir, tmp_path / name, zero_stage=0, optim="adamw_torch_8bit",
+                                     per_device_train_batch_size=batch, save_steps=2)
+        run_cli(launcher, settings, tmp_path / f"{name}.yaml")
+
+    assert logged(tmp_path / "two") == pytest.approx(logged(tmp_path / "one"), abs=1e-5)
+    assert logged(tmp_path / "two", "grad_norm") == pytest.approx(logged(tmp_path / "one", "grad_norm"), rel=1e-4)
+    saved = torch.load(tmp_path / "two" / "checkpoints" / "step-000002" / "mp_rank_00_model_states.pt",
+                       weights_only=False)
+    kinds = {}  # by shape: 8-bit states are saved as their codes and scales
+    for state in saved["optimizer"]["state"].values():
+        exp_avg = state["exp_avg"]
+        shape, kind = (exp_avg["codes"].shape, "8-bit") if isinstance(exp_avg, dict) else (exp_avg.shape, exp_avg.dtype)
+        kinds.setdefault(tuple(shape), set()).add(kind)
+    assert kinds[(128, 64)] == {"8-bit"} and kinds[(len(smollm2_tokenizer), 64)] == {torch.float32}
 
 
 def test_an_evaluation_failing_on_the_main_rank_stops_every_rank(tiny_model_dir, tmp_path):

@@ -72,7 +72,7 @@ def test_bf16_parameters_are_stepped_through_fp32_masters():
     only the masters keep them."""
     config = TrainConfig(learning_rate=1e-5, weight_decay=0.1, bf16=True)
     model, twin = small_llama().bfloat16(), small_llama().bfloat16()
-    optimizer = OptimizerInBackward(parameter_groups(model), lambda groups: adamw(groups, config),
+    optimizer = OptimizerInBackward(parameter_groups(model, config), lambda groups: adamw(groups, config),
                                     master_weights=True, lr=config.learning_rate)
     masters = [param.detach().float() for param in twin.parameters()]
     twin_optimizer = torch.optim.AdamW(masters, lr=config.learning_rate, weight_decay=0.1)
@@ -102,15 +102,20 @@ def test_bf16_parameters_are_stepped_through_fp32_masters():
 @pytest.mark.parametrize("optim", ["adamw_torch", "adamw_torch_8bit"])
 def test_pure_bf16_keeps_updates_below_half_a_bf16_step_on_average(optim):
     """1 - 1e-3 rounds back to 1 in bf16 (its step below 1 is 2^-8); with stochastic rounding, ten steps of
-    about 1e-3 take the mean to 0.99."""
+    about 1e-3 take the mean to 0.99. The states that are not 8-bit are fp32, the small tensor's too: in
+    bf16, Adam's second moment could not decay by 0.1% a step."""
     config = TrainConfig(bf16=True, pure_bf16=True, optim=optim, learning_rate=1e-3, weight_decay=0.0)
     weight = torch.nn.Parameter(torch.ones(64, 64, dtype=torch.bfloat16))
-    optimizer = adamw([{"params": [weight]}], config)
+    norm = torch.nn.Parameter(torch.ones(64, dtype=torch.bfloat16))
+    optimizer = adamw([{"params": [weight, norm]}], config)
     for _ in range(10):
-        weight.grad = torch.ones_like(weight)
+        weight.grad, norm.grad = torch.ones_like(weight), torch.ones_like(norm)
         optimizer.step()
     assert weight.dtype == torch.bfloat16
     assert float(weight.float().mean()) == pytest.approx(0.99, abs=1e-3)
+    assert optimizer.state[norm]["exp_avg_sq"].dtype == torch.float32
+    expected = "OptimState8bit" if optim == "adamw_torch_8bit" else "Tensor"
+    assert type(optimizer.state[weight]["exp_avg_sq"]).__name__ == expected
 
 
 def test_8bit_states_except_for_the_embeddings_and_no_weight_jumps(tmp_path, examples):
@@ -173,6 +178,25 @@ def test_a_non_finite_loss_skips_the_step_and_a_non_finite_gradient_stops(tmp_pa
         run.engine.destroy()
 
 
+@pytest.mark.parametrize("settings", [{}, {"bf16": True, "pure_bf16": True, "optim": "adamw_torch_8bit"}],
+                         ids=["fp32", "pure-bf16"])
+def test_a_non_finite_gradient_of_a_finite_loss_skips_the_step_after_the_backward(tmp_path, examples, settings):
+    """Without DeepSpeed's bf16 optimizer, which checks the gradient itself, the loop does."""
+    config = TrainConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=3, resume="never",
+                         **settings)
+    model = small_llama().to(config.model_dtype)
+    run = build(config, examples=(examples, []), make_model=lambda name: copy.deepcopy(model))
+    try:
+        weights = [param.detach().clone() for param in run.model.parameters()]
+        handle = next(run.model.parameters()).register_hook(lambda grad: grad * float("nan"))
+        assert "grad_norm" not in train_step(run, 1) and run.trainer_state["nonfinite_in_a_row"] == 1
+        assert all(torch.equal(p, w) for p, w in zip(run.model.parameters(), weights))
+        handle.remove()
+        assert train_step(run, 2)["grad_norm"] > 0 and run.trainer_state["nonfinite_in_a_row"] == 0
+    finally:
+        run.engine.destroy()
+
+
 @pytest.mark.parametrize("settings, message", [
     ({"optimizer_in_backward": True, "gradient_accumulation_steps": 2}, "set gradient_accumulation_steps: 1"),
     ({"optimizer_in_backward": True, "max_tokens_per_micro_batch": 512}, "max_tokens_per_micro_batch: 0"),
@@ -180,7 +204,8 @@ def test_a_non_finite_loss_skips_the_step_and_a_non_finite_gradient_stops(tmp_pa
     ({"optimizer_in_backward": True, "max_grad_norm": 0, "zero_stage": 2}, "optimizer_in_backward: runs without ZeRO"),
     ({"pure_bf16": True}, "pure_bf16: needs bf16: true"),
     ({"pure_bf16": True, "bf16": True, "zero_stage": 1}, "pure_bf16: runs without ZeRO"),
-    ({"optim": "adamw_torch_8bit", "zero_stage": 3, "offload_optimizer": True}, "no 8-bit states"),
+    ({"optim": "adamw_torch_8bit", "zero_stage": 2}, "adamw_torch_8bit steps whole tensors"),
+    ({"optim": "adamw_torch_8bit", "bf16": True}, "with bf16, optimizer_in_backward or pure_bf16"),
     ({"optim": "adam"}, "optim: 'adam' is not one of adamw_torch, adamw_torch_8bit"),
 ])
 def test_settings_the_optimizer_cannot_honour_are_refused(settings, message):
