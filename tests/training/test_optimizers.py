@@ -63,7 +63,8 @@ def test_the_step_in_the_backward_equals_the_step_after_it(tmp_path, examples, f
     for got, want, initial in zip(in_backward[2], after_backward[2], after_backward[1]):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
         changed += not torch.equal(want, initial)
-    assert changed >= (14 if finetuning_type == "lora" else 20)  # every trained tensor moved
+    trained_tensors = sum(len(group["params"]) for group in after_backward[3].param_groups)
+    assert changed == trained_tensors > 0  # every trained tensor moved, and only those
 
 
 def test_bf16_parameters_are_stepped_through_fp32_masters():
@@ -112,7 +113,7 @@ def test_pure_bf16_keeps_updates_below_half_a_bf16_step_on_average(optim):
         weight.grad, norm.grad = torch.ones_like(weight), torch.ones_like(norm)
         optimizer.step()
     assert weight.dtype == torch.bfloat16
-    assert float(weight.float().mean()) == pytest.approx(0.99, abs=1e-3)
+    assert float(weight.detach().float().mean()) == pytest.approx(0.99, abs=1e-3)
     assert optimizer.state[norm]["exp_avg_sq"].dtype == torch.float32
     expected = "OptimState8bit" if optim == "adamw_torch_8bit" else "Tensor"
     assert type(optimizer.state[weight]["exp_avg_sq"]).__name__ == expected
