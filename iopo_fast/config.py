@@ -128,6 +128,10 @@ class TrainConfig:
         """The dtype the models are loaded and trained in."""
         return torch.bfloat16 if self.bf16 else torch.float32
 
+    def optimizer_settings(self) -> dict:
+        """The keys that decide the optimizer's states, which a resumed run must keep."""
+        return {name: getattr(self, name) for name in ("optim", "optimizer_in_backward", "pure_bf16")}
+
     @property
     def deepspeed_bf16(self) -> bool:
         """Whether DeepSpeed's bf16 optimizer wraps the optimizer, with its fp32 master weights and gradient

@@ -95,13 +95,14 @@ class Checkpoints:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def checkpoint_to_resume(checkpoints: Checkpoints, resume: str, data_order: dict) -> Path | None:
+def checkpoint_to_resume(checkpoints: Checkpoints, resume: str, data_order: dict, optimizer: dict) -> Path | None:
     """The checkpoint a run continues from, or None; a run that cannot continue it exactly is refused.
 
     `data_order` is what fixes the examples of every step (`loop.data_order`): the examples per step, the
     seed, and the training examples themselves. A resume must keep all of it, or it would train on other
     examples than the uninterrupted run; and a fresh start (`resume: never`) must not mix its checkpoints
-    with an earlier run's.
+    with an earlier run's. `optimizer` (`TrainConfig.optimizer_settings`) decides the form of the saved
+    optimizer states, which another optimizer could not continue.
     """
     latest = checkpoints.latest()
     if latest is None:
@@ -109,7 +110,16 @@ def checkpoint_to_resume(checkpoints: Checkpoints, resume: str, data_order: dict
     if resume == "never":
         raise ConfigError(f"resume: never, but {checkpoints.root} holds an earlier run's checkpoints ({latest.name}); "
                           "set resume: auto to continue it, or choose another output_dir")
-    saved = json.loads((latest / "trainer_state.json").read_text(encoding="utf-8")).get("data_order")
+    trainer_state = json.loads((latest / "trainer_state.json").read_text(encoding="utf-8"))
+    # Checkpoints from before these keys were recorded were all PyTorch's AdamW after the backward.
+    saved_optimizer = trainer_state.get("optimizer", {"optim": "adamw_torch", "optimizer_in_backward": False,
+                                                      "pure_bf16": False})
+    changed = [f"{name} {saved_optimizer.get(name)} -> {value}" for name, value in optimizer.items()
+               if saved_optimizer.get(name) != value]
+    if changed:
+        raise ConfigError(f"resume: {latest} was trained with another optimizer ({'; '.join(changed)}), whose states "
+                          "this one cannot continue: resume with the same settings, or choose another output_dir")
+    saved = trainer_state.get("data_order")
     if saved is None:
         raise ConfigError(f"resume: {latest} does not record the order of its training examples, so it cannot be "
                           "continued exactly: choose another output_dir")

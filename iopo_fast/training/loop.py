@@ -136,7 +136,7 @@ def build(config: TrainConfig, *, examples: tuple[Sequence[Example], Sequence[Ex
     order_of_examples = data_order(config, train_examples)
     examples_per_step = order_of_examples["examples_per_step"]
     checkpoints = Checkpoints(output_dir, config.save_total_limit)
-    latest = checkpoint_to_resume(checkpoints, config.resume, order_of_examples)
+    latest = checkpoint_to_resume(checkpoints, config.resume, order_of_examples, config.optimizer_settings())
     ds_config = deepspeed_config(config, world_size())
     total_steps = config.total_steps(len(train_examples), examples_per_step)
 
@@ -158,7 +158,8 @@ def build(config: TrainConfig, *, examples: tuple[Sequence[Example], Sequence[Ex
                    eval_examples=eval_examples, train_reference=live, eval_reference=live, layout=layout,
                    order=order or ExampleOrder(len(train_examples), config.seed), checkpoints=checkpoints,
                    total_steps=total_steps, tokenizer=tokenizer, log=log,
-                   trainer_state={"step": 0, "data_order": order_of_examples, "nonfinite_in_a_row": 0, "results": {}})
+                   trainer_state={"step": 0, "data_order": order_of_examples, "optimizer": config.optimizer_settings(),
+                                  "nonfinite_in_a_row": 0, "results": {}})
     if config.reference_mode == "precomputed":
         started = time.perf_counter()
         run.train_reference, run.eval_reference = precompute_references(config, live, [train_examples, eval_examples],

@@ -179,6 +179,7 @@ def checkpointed_run(tiny_model_dir, tmp_path_factory):
     ({"seed": 7}, "another data order \\(seed 42 -> 7\\)"),
     ({"edit_data": True}, "another data order \\(training_data [0-9a-f]+ -> [0-9a-f]+\\)"),
     ({"drop_record": True}, "another data order \\(training_examples 40 -> 39; training_data"),
+    ({"optim": "adamw_torch_8bit"}, "another optimizer \\(optim adamw_torch -> adamw_torch_8bit\\)"),
 ])
 def test_a_run_that_cannot_continue_a_checkpoint_exactly_is_refused(tiny_model_dir, tmp_path, checkpointed_run,
                                                                     overrides, message):
