@@ -32,6 +32,7 @@ from _results import RESULTS_DIR, cpu_name, versions, write_results
 
 from iopo_fast.config import load_config
 from iopo_fast.training.loop import train
+from iopo_fast.utils import write_atomically
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 SETTINGS = {
@@ -58,7 +59,7 @@ def run(name: str, overrides: dict, work: Path, log) -> dict:
     results = train(config)
     outcome = {"settings": overrides, "seconds": time.perf_counter() - started,
                **{when: {metric: results[when][metric] for metric in METRICS} for when in ("before", "after")}}
-    done.write_text(json.dumps(outcome, indent=2) + "\n")
+    write_atomically(done, json.dumps(outcome, indent=2) + "\n")  # a kill never leaves half of it
     log(f"{name}: after {outcome['after']}")
     return outcome
 

@@ -27,6 +27,7 @@ from .utils import first_line
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 OPTIMIZERS = ("adamw_torch", "adamw_torch_8bit")  # Hugging Face TrainingArguments' names
+_OPTIMIZER_KEYS = ("optim", "optimizer_in_backward", "pure_bf16")  # what decides the form of the optimizer's states
 
 
 class ConfigError(ValueError):
@@ -130,7 +131,12 @@ class TrainConfig:
 
     def optimizer_settings(self) -> dict:
         """The keys that decide the optimizer's states, which a resumed run must keep."""
-        return {name: getattr(self, name) for name in ("optim", "optimizer_in_backward", "pure_bf16")}
+        return {name: getattr(self, name) for name in _OPTIMIZER_KEYS}
+
+    @staticmethod
+    def default_optimizer_settings() -> dict:
+        """`optimizer_settings` of a config that leaves them at their defaults."""
+        return {item.name: item.default for item in dataclasses.fields(TrainConfig) if item.name in _OPTIMIZER_KEYS}
 
     @property
     def deepspeed_bf16(self) -> bool:
@@ -222,7 +228,6 @@ class TrainConfig:
         if not existing.is_dir():
             raise ConfigError(f"output_dir: {existing} is a file, not a folder")
 
-
     def _check_optimizer_settings(self) -> None:
         """Refuse the settings that `optim`, `optimizer_in_backward` and `pure_bf16` cannot honour."""
         if self.pure_bf16 and not self.bf16:
@@ -230,12 +235,12 @@ class TrainConfig:
         for key, value in (("optim", self.optim == "adamw_torch_8bit"), ("pure_bf16", self.pure_bf16)):
             if value and importlib.util.find_spec("torchao") is None:
                 raise ConfigError(f"{key}: {getattr(self, key)} runs torchao's optimizers: pip install 'iopo-fast[torchao]'")
+        with_zero = self.zero_stage != 0 or self.deepspeed is not None
         for key in ("optimizer_in_backward", "pure_bf16"):
-            if getattr(self, key) and (self.zero_stage != 0 or self.deepspeed is not None):
+            if getattr(self, key) and with_zero:
                 raise ConfigError(f"{key}: runs without ZeRO, which keeps fp32 partitions of its own: set zero_stage: 0 "
                                   "and leave deepspeed unset")
-        wrapped = self.zero_stage != 0 or self.deepspeed is not None or self.deepspeed_bf16
-        if self.optim == "adamw_torch_8bit" and wrapped:
+        if self.optim == "adamw_torch_8bit" and (with_zero or self.deepspeed_bf16):
             raise ConfigError("optim: adamw_torch_8bit steps whole tensors, and DeepSpeed's ZeRO and bf16 optimizers "
                               "would hand it flat partitions: use it with zero_stage 0 and, with bf16, "
                               "optimizer_in_backward or pure_bf16")

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ConfigError
+from ..config import ConfigError, TrainConfig
 from ..distributed import barrier, is_main, rank
 from ..utils import fsync_file, write_atomically
 
@@ -111,11 +111,8 @@ def checkpoint_to_resume(checkpoints: Checkpoints, resume: str, data_order: dict
         raise ConfigError(f"resume: never, but {checkpoints.root} holds an earlier run's checkpoints ({latest.name}); "
                           "set resume: auto to continue it, or choose another output_dir")
     trainer_state = json.loads((latest / "trainer_state.json").read_text(encoding="utf-8"))
-    # Checkpoints from before these keys were recorded were all PyTorch's AdamW after the backward.
-    saved_optimizer = trainer_state.get("optimizer", {"optim": "adamw_torch", "optimizer_in_backward": False,
-                                                      "pure_bf16": False})
-    changed = [f"{name} {saved_optimizer.get(name)} -> {value}" for name, value in optimizer.items()
-               if saved_optimizer.get(name) != value]
+    # Checkpoints from before these keys were recorded were all trained with their defaults.
+    changed = _changes(trainer_state.get("optimizer", TrainConfig.default_optimizer_settings()), optimizer)
     if changed:
         raise ConfigError(f"resume: {latest} was trained with another optimizer ({'; '.join(changed)}), whose states "
                           "this one cannot continue: resume with the same settings, or choose another output_dir")
@@ -123,12 +120,17 @@ def checkpoint_to_resume(checkpoints: Checkpoints, resume: str, data_order: dict
     if saved is None:
         raise ConfigError(f"resume: {latest} does not record the order of its training examples, so it cannot be "
                           "continued exactly: choose another output_dir")
-    changed = [f"{name} {saved.get(name)} -> {value}" for name, value in data_order.items() if saved.get(name) != value]
+    changed = _changes(saved, data_order)
     if changed:
         raise ConfigError(f"resume: {latest} was trained in another data order ({'; '.join(changed)}): resume with "
                           "the same data, seed, ranks x per_device_train_batch_size x gradient_accumulation_steps, "
                           "or choose another output_dir")
     return latest
+
+
+def _changes(saved: dict, current: dict) -> list[str]:
+    """"name saved -> current" for every entry of `current` that `saved` records otherwise."""
+    return [f"{name} {saved.get(name)} -> {value}" for name, value in current.items() if saved.get(name) != value]
 
 
 class StopRequest:

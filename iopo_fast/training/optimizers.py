@@ -118,17 +118,19 @@ class OptimizerInBackward(torch.optim.Optimizer):
                 "cannot skip a step: resume from the last checkpoint with a lower learning_rate, or train without "
                 "optimizer_in_backward")
 
+    def _own_masters(self) -> list[torch.Tensor]:
+        """The fp32 master copies (of the parameters in a lower precision, with master weights)."""
+        return [master for _, param, master, _ in self._steppers if master is not param]
+
     def state_dict(self) -> dict:
-        return {**super().state_dict(),
-                "optimizers": [optimizer.state_dict() for *_, optimizer in self._steppers],
-                "masters": [master for _, param, master, _ in self._steppers if master is not param]}
+        return {**super().state_dict(), "optimizers": [optimizer.state_dict() for *_, optimizer in self._steppers],
+                "masters": self._own_masters()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict({key: state_dict[key] for key in ("state", "param_groups")})
         for (*_, optimizer), state in zip(self._steppers, state_dict["optimizers"], strict=True):
             optimizer.load_state_dict(state)
-        own_masters = [master for _, param, master, _ in self._steppers if master is not param]
-        for master, saved in zip(own_masters, state_dict["masters"], strict=True):
+        for master, saved in zip(self._own_masters(), state_dict["masters"], strict=True):
             master.copy_(saved)
 
 
